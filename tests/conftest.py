@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random-weight Qwen2 models built locally (no hub).
+
+`tiny_models` gives directories of a small base, a small "RL" model (the base with perturbed
+weights), and a large model with MORE embedding rows than the small pair (160 vs 128 for a
+98-token tokenizer), like Qwen2.5's 151936 vs 152064 for its 151665-token tokenizer.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from train.tiny.tokenizer import build_tokenizer
+
+
+def build_random_qwen2(path, *, hidden=32, layers=2, heads=4, ffn=64, embedding_rows=128, seed=0,
+                       perturb_from=None, perturb_scale=0.5):
+    """Save a random Qwen2 model plus the character tokenizer to `path`; return the path.
+
+    With perturb_from, start from that model's weights and add Gaussian noise: a stand-in for an
+    RL-tuned copy of a base model (same architecture, shifted logits).
+    """
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=embedding_rows, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads // 2, intermediate_size=ffn,
+        max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    if perturb_from is not None:
+        model.load_state_dict(Qwen2ForCausalLM.from_pretrained(perturb_from).state_dict())
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(perturb_scale * param.std() * torch.randn_like(param))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_models")
+    small_base = build_random_qwen2(root / "small_base", seed=1)
+    return {
+        "small_base": small_base,
+        "small_rl": build_random_qwen2(root / "small_rl", seed=2, perturb_from=small_base),
+        "large": build_random_qwen2(root / "large", hidden=64, layers=3, ffn=128,
+                                    embedding_rows=160, seed=3),
+    }

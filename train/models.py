@@ -1,0 +1,106 @@
+"""Model registry and robust loading.
+
+Short names (`0.5B` ... `32B`, `tiny-s`, `tiny-m`, `tiny-l`) resolve to Qwen2.5 hub ids or to the
+tiny family's local directories; any local directory or `org/name` hub id is accepted as is.
+`TARGET=32B` in the Makefile resolves through here.
+
+    python -c "from train.models import resolve_model; print(resolve_model('32B'))"
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from train.errors import UserError
+
+# Where the tiny family is built and cached (`make tiny-family`); override with RAST_HOME.
+RAST_HOME = Path(os.environ.get("RAST_HOME", Path.home() / ".cache" / "rast"))
+QWEN_STOP_IDS = (151643, 151645)  # <|endoftext|> (base models' eos), <|im_end|> (ChatML prompt)
+ROUND_TRIP_PROBE = "Q: 47*8=\nA: Let's 7*8+0=56 4*8+5=37 \\boxed{376}\n  x^2 + y_1 = \\frac{1}{2}"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    base_id: str  # hub id, or the local directory of a tiny-family member
+    rl_id: str | None  # same-size RL reference (SimpleRL-Zoo) for recovery rate, if one exists
+    params_b: float  # parameters, billions
+    weight_gb: float  # bf16 weight bytes read per decode step, GB
+    embedding_rows: int  # 151936 vs 152064: small Qwen2.5 models pad the embedding differently
+
+
+def _qwen(size: str, params_b: float, weight_gb: float, rows: int) -> ModelInfo:
+    return ModelInfo(size, f"Qwen/Qwen2.5-{size}", f"hkust-nlp/Qwen-2.5-{size}-SimpleRL-Zoo",
+                     params_b, weight_gb, rows)
+
+
+def _tiny(member: str, params_b: float) -> ModelInfo:
+    return ModelInfo(member, str(RAST_HOME / "tiny" / member), None, params_b, params_b * 2, 128)
+
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        _qwen("0.5B", 0.49, 0.99, 151936),
+        _qwen("1.5B", 1.54, 3.09, 151936),
+        _qwen("3B", 3.09, 6.17, 151936),
+        _qwen("7B", 7.62, 14.1, 152064),
+        _qwen("14B", 14.8, 28.0, 152064),
+        _qwen("32B", 32.8, 64.0, 152064),
+        _tiny("tiny-s", 48e-6),
+        _tiny("tiny-m", 85e-6),
+        _tiny("tiny-l", 646e-6),
+    ]
+}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A registry name, local directory or hub id -> what from_pretrained should be given."""
+    if name_or_path in MODELS:
+        path = MODELS[name_or_path].base_id
+        if name_or_path.startswith("tiny-") and not Path(path).is_dir():
+            raise UserError(f"tiny model {name_or_path} is not built at {path}: run `make tiny-family`")
+        return path
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        return name_or_path  # hub id, e.g. hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo
+    raise UserError(f"unknown model {name_or_path!r}: use a local directory, an org/name hub id "
+                    f"or one of {', '.join(MODELS)}")
+
+
+def _from_pretrained(loader, name_or_path: str, **kwargs):
+    try:
+        return loader(name_or_path, **kwargs)
+    except OSError as err:  # not cached and the hub is unreachable, or not a model directory
+        raise UserError(f"cannot load {name_or_path!r}: not a local model directory and not in "
+                        f"the Hugging Face cache (hub offline?); download it first "
+                        f"({type(err).__name__})") from None
+
+
+def load_tokenizer(name_or_path: str):
+    """Load a tokenizer and prove decode(encode(x)) == x.
+
+    Trap: AutoTokenizer on a directory whose config says qwen2 returns Qwen2's byte-level
+    tokenizer even when the saved tokenizer is our character-level one, and that drops spaces
+    and newlines; a saved generic `TokenizersBackend` class is therefore loaded as itself.
+    """
+    path = resolve_model(name_or_path)
+    config_file = Path(path) / "tokenizer_config.json"
+    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    loader = PreTrainedTokenizerFast if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast") else AutoTokenizer
+    tokenizer = _from_pretrained(loader.from_pretrained, path)
+    ids = tokenizer(ROUND_TRIP_PROBE, add_special_tokens=False)["input_ids"]
+    if tokenizer.decode(ids) != ROUND_TRIP_PROBE:
+        raise UserError(f"tokenizer of {name_or_path!r} does not round-trip text "
+                        f"({type(tokenizer).__name__}); check its tokenizer_config.json")
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype=None, device_map=None, **kwargs):
+    """Load a causal LM from a registry name, local directory or hub id."""
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, resolve_model(name_or_path),
+                            dtype=dtype, device_map=device_map, **kwargs)
