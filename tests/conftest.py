@@ -10,6 +10,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Local benchmark copies (never committed) sit in ../shared/data next to the repository.
+os.environ.setdefault("RAST_DATA_DIR",
+                      os.path.abspath(os.path.join(__file__, "..", "..", "..", "shared", "data")))
 
 import pytest
 import torch
