@@ -1,0 +1,209 @@
+"""The decode loop on tiny random models: exact against a no-cache recompute, identities,
+batch invariance, shared LoRA weights, and forward counts."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Qwen2ForCausalLM
+
+from train.errors import UserError
+from train.models import load_tokenizer
+from train.tiny.tokenizer import build_tokenizer
+from transfer.engine import RastEngine, SamplingParams, _placement
+
+PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
+           "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
+SHARED = 98
+# Random models rarely emit eos (id 0); these frequent characters end rows at scattered steps.
+STOP_IDS = [0, *range(40, 50)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models):
+    """RAST, plain large, and RAST with S_RL == S_base, loaded once for the module."""
+    large, base, rl = tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"]
+    return {"rast": RastEngine.from_pretrained(large, base, rl, lam=1.5),
+            "plain": RastEngine.from_pretrained(large),
+            "same_pair": RastEngine.from_pretrained(large, base, base, lam=1.0)}
+
+
+def by_key(completions):
+    return {(c.key, c.sample_index): (c.token_ids, c.finished) for c in completions}
+
+
+def test_cached_loop_equals_a_no_cache_fp32_recompute_at_every_step(engines, tiny_models):
+    engine, lam = engines["rast"], 1.5
+    tokenizer = engine.tokenizer
+    prompt_ids = tokenizer(PROMPTS)["input_ids"]
+    steps = []
+    rows = engine.decode(prompt_ids, [[seed] for seed in range(len(PROMPTS))],
+                         SamplingParams(temperature=1.0, max_new_tokens=12), STOP_IDS,
+                         on_step=lambda active, combined: steps.append((active.clone(), combined)))
+    lengths = [len(ids) for ids, _ in rows]
+    assert len(set(lengths)) > 2 and min(lengths) < 12  # rows left the batch at different steps
+
+    models = {name: Qwen2ForCausalLM.from_pretrained(tiny_models[name]).float().eval()
+              for name in ("large", "small_base", "small_rl")}
+    for step, (active, combined) in enumerate(steps):
+        assert torch.isneginf(combined[:, SHARED:]).all()
+        for position, row in enumerate(active.tolist()):
+            sequence = torch.tensor([prompt_ids[row] + rows[row][0][:step]])
+            with torch.no_grad():  # whole sequence, no cache, no padding
+                z = {name: model(sequence).logits[0, -1, :SHARED] for name, model in models.items()}
+            expected = z["large"] + lam * (z["small_rl"] - z["small_base"])
+            torch.testing.assert_close(combined[position, :SHARED], expected, rtol=0, atol=1e-4)
+
+
+def test_lam_zero_and_identical_pair_reproduce_the_large_models_greedy_generate(engines, tiny_models):
+    large = Qwen2ForCausalLM.from_pretrained(tiny_models["large"]).eval()
+    tokenizer = engines["plain"].tokenizer
+    params = SamplingParams(temperature=0, max_new_tokens=15)
+    for name in ("plain", "same_pair"):
+        completions = engines[name].generate(PROMPTS, params, batch_size=8)
+        for prompt, completion in zip(PROMPTS, completions):
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            # ids >= 98 are embedding padding: the engine masks them, so generate must too
+            reference = large.generate(ids, do_sample=False, max_new_tokens=15,
+                                       suppress_tokens=list(range(SHARED, 160)))[0, ids.shape[1]:]
+            assert completion.token_ids == reference.tolist()
+
+
+def test_identical_pair_samples_exactly_what_the_large_model_alone_samples(engines):
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=15)
+    plain = engines["plain"].generate(PROMPTS, params, n=2, seed=3)
+    same_pair = engines["same_pair"].generate(PROMPTS, params, n=2, seed=3)
+    assert by_key(plain) == by_key(same_pair)
+    assert by_key(plain) != by_key(engines["rast"].generate(PROMPTS, params, n=2, seed=3))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_output_does_not_depend_on_batch_size_or_order(engines, temperature):
+    engine, params = engines["rast"], SamplingParams(temperature=temperature, max_new_tokens=12)
+    reference = by_key(engine.generate(PROMPTS, params, n=2, batch_size=16, stop_ids=STOP_IDS))
+    alone = by_key(engine.generate(PROMPTS, params, n=2, batch_size=1, stop_ids=STOP_IDS))
+    reordered = by_key(engine.generate(PROMPTS[::-1], params, n=2, batch_size=6, stop_ids=STOP_IDS))
+    assert reference == alone == reordered
+    if temperature > 0:  # samples of one prompt differ: each has its own seed
+        assert reference[(PROMPTS[0], 0)] != reference[(PROMPTS[0], 1)]
+
+
+def test_one_forward_per_model_per_token_one_prefill_and_finished_rows_cost_nothing(tiny_models):
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"])
+    prompt_ids = engine.tokenizer(PROMPTS[:4])["input_ids"]
+    n, new_tokens = 3, 10
+    seeds = [[10 * p + i for i in range(n)] for p in range(4)]
+    engine.decode(prompt_ids, seeds, SamplingParams(max_new_tokens=new_tokens), stop_ids=[])
+    for counts in engine.forward_counts().values():  # the large model and both small models
+        assert counts == {"prefill_calls": 1, "prefill_rows": 4,  # n samples share one prefill
+                          "decode_calls": new_tokens - 1, "decode_rows": 4 * n * (new_tokens - 1)}
+
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"])
+    rows = engine.decode(prompt_ids, seeds, SamplingParams(max_new_tokens=new_tokens), STOP_IDS)
+    # a row that produced k tokens was fed k - 1 of them: nothing after it finished
+    fed = sum(len(ids) - 1 for ids, _ in rows)
+    assert fed < 4 * n * (new_tokens - 1)
+    assert {counts["decode_rows"] for counts in engine.forward_counts().values()} == {fed}
+
+
+@pytest.fixture(scope="module")
+def lora_pair(tiny_models, tmp_path_factory):
+    """A LoRA adapter of small_base with nonzero B, and the same adapter merged into a full model."""
+    root = tmp_path_factory.mktemp("lora")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                        init_lora_weights=False)  # random B: the adapter changes the logits
+    torch.manual_seed(0)
+    adapter = get_peft_model(Qwen2ForCausalLM.from_pretrained(tiny_models["small_base"]), config)
+    adapter.save_pretrained(root / "adapter")
+    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tiny_models["small_base"]),
+                                       root / "adapter").merge_and_unload()
+    merged.save_pretrained(root / "merged")
+    build_tokenizer().save_pretrained(root / "merged")
+    return str(root / "adapter"), str(root / "merged")
+
+
+def test_lora_shared_weights_give_the_tokens_of_two_separate_models(tiny_models, lora_pair):
+    adapter, merged = lora_pair
+    shared = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter)
+    separate = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], merged)
+    assert [model.name for model in shared.small] == ["small_base+rl"]  # one set of small weights
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(temperature=temperature, max_new_tokens=12)
+        shared_out = shared.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS)
+        assert by_key(shared_out) == by_key(separate.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS))
+    plain = RastEngine.from_pretrained(tiny_models["large"])
+    assert by_key(shared_out) != by_key(plain.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS))
+    counts = shared.forward_counts()  # one small forward per step, computing base and RL rows
+    assert counts["small_base+rl"]["decode_calls"] == counts["large"]["decode_calls"]
+    assert counts["small_base+rl"]["decode_rows"] == 2 * counts["large"]["decode_rows"]
+
+
+def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
+    rl_dir = tmp_path / "grpo-output"
+    shutil.copytree(tiny_models["small_rl"], rl_dir)
+    with pytest.raises(UserError, match="pass small_base"):
+        RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
+    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
+                                                       "adapter": False}))
+    engine = RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
+    assert [model.name for model in engine.small] == ["small_base", "small_rl"]
+
+
+def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_models["small_base"], other)
+    tokenizer = load_tokenizer(tiny_models["small_base"])
+    tokenizer.add_tokens(["<think>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(UserError, match="tokenizers of .* and .* differ") as error:
+        RastEngine.from_pretrained(tiny_models["large"], str(other), tiny_models["small_rl"])
+    assert str(other) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_default_stop_ids_and_placement():
+    assert _placement(None, None, None) == ("cpu", "cpu", torch.float32)
+    assert _placement("cuda:0", None, "cuda:1") == ("cuda:0", "cuda:1", torch.bfloat16)
+    with pytest.raises(UserError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
+    assert engines["rast"].default_stop_ids == [0]
+
+
+def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
+    from transfer import gpu_bench
+
+    gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = report["pairs"][0]["batches"]
+    assert [row["batch"] for row in rows] == [1, 2]
+    assert all(row["rast"]["tokens"] == row["batch"] * report["new_tokens"] for row in rows)
+    assert 0 < report["pairs"][0]["bound"] < 1
+
+
+def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
+    from transfer.generate import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
+                               for i, p in enumerate(PROMPTS[:3])))
+    main(["--large", tiny_models["large"], "--small-base", tiny_models["small_base"],
+          "--small-rl", tiny_models["small_rl"], "--input", str(prompts),
+          "--output", str(tmp_path / "out.jsonl"), "--n", "2", "--max-new-tokens", "5"])
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["sample_index"]) for row in rows] == [
+        (f"p{i}", s) for i in range(3) for s in range(2)]
+    assert all(len(row["token_ids"]) <= 5 and row["prompt"] == PROMPTS[int(row["id"][1])] for row in rows)

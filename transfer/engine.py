@@ -1,0 +1,344 @@
+"""RAST decoding engine: a large base model steered by a small RL model pair, exact and cached.
+
+Every model keeps its own KV cache; each prompt is prefilled once per model (n samples share the
+prefill), then every generated token costs exactly one forward per model fed only that token.
+Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. When
+the RL model is a LoRA adapter of the small base, the base and RL logits come from one forward of
+one set of weights (peft mixed-adapter batch). lam = 0, or no small pair, is plain decoding of
+the large model through this same loop, so baselines and RAST share every line.
+
+    from transfer.engine import RastEngine, SamplingParams
+    engine = RastEngine.from_pretrained("tiny-l", "tiny-s", "outputs/tiny-grpo", lam=1.0)
+    completions = engine.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
+
+The command-line front end is `python -m transfer.generate --help`.
+"""
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from train.errors import UserError
+from train.models import QWEN_STOP_IDS, load_model, load_tokenizer, resolve_model
+from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
+
+logger = logging.getLogger(__name__)
+
+RL_ADAPTER = "rl"  # name the LoRA adapter is loaded under for shared-weight mode
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Completion:
+    key: str
+    sample_index: int
+    seed: int
+    token_ids: list[int]  # generated ids, ending with the stop id when finished
+    text: str  # decoded token_ids without the stop id
+    finished: bool  # False: cut at max_new_tokens
+
+
+class CachedModel:
+    """One model of the decode loop: its KV cache, attention mask and next positions, plus counters.
+
+    With `adapters` = ("__base__", "rl") the model is a peft LoRA model and every call runs the
+    batch twice in ONE forward, without and with the adapter (peft mixed-adapter batch, which
+    needs eval mode), returning one logits tensor per adapter.
+    """
+
+    def __init__(self, name: str, model, adapters: tuple[str, ...] | None = None):
+        self.name, self.model = name, model.eval()
+        self.adapters = adapters
+        self.copies = len(adapters) if adapters else 1
+        self.input_device = model.get_input_embeddings().weight.device
+        self.prefill_calls = self.prefill_rows = self.decode_calls = self.decode_rows = 0
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Start a fresh cache with left-padded prompts; last-position logits per copy."""
+        self.cache = DynamicCache(config=self.model.config)
+        self.attention_mask = self._tile(attention_mask.to(self.input_device))
+        # Left padding: a row's positions count its real tokens only, as generate() does;
+        # without this every padded row would be shifted and differ from decoding it alone.
+        positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_position = positions[:, -1:] + 1
+        self.prefill_calls += 1
+        self.prefill_rows += input_ids.shape[0]
+        return self._forward(self._tile(input_ids.to(self.input_device)), positions)
+
+    def decode(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Feed one new token per row [rows]; next-token logits per copy."""
+        tokens = self._tile(token_ids.to(self.input_device)[:, None])
+        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=-1)
+        positions, self.next_position = self.next_position, self.next_position + 1
+        self.decode_calls += 1
+        self.decode_rows += tokens.shape[0]
+        return self._forward(tokens, positions)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) these rows of the batch, in this order, in the cache and the mask."""
+        rows = rows.to(self.input_device)
+        batch = self.attention_mask.shape[0] // self.copies
+        tiled = torch.cat([rows + copy * batch for copy in range(self.copies)])
+        self.cache.reorder_cache(tiled)  # index_select per layer, on each layer's own device
+        self.attention_mask = self.attention_mask[tiled]
+        self.next_position = self.next_position[tiled]
+
+    def _tile(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor] * self.copies) if self.copies > 1 else tensor
+
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> list[torch.Tensor]:
+        extra = {}
+        if self.adapters:  # peft needs adapter_names at every step, cache or not
+            rows = input_ids.shape[0] // self.copies
+            extra["adapter_names"] = [name for name in self.adapters for _ in range(rows)]
+        output = self.model(input_ids=input_ids, attention_mask=self.attention_mask,
+                            position_ids=position_ids, past_key_values=self.cache, use_cache=True,
+                            logits_to_keep=1, **extra)  # logits of the last position only
+        return list(output.logits[:, -1].chunk(self.copies))
+
+
+class RastEngine:
+    """Decode prompts with softmax(z_large + lam * (z_small_rl - z_small_base)).
+
+    Takes loaded models; `from_pretrained` loads them by name. `small_rl` is the RL model, or the
+    name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
+    `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
+    benchmarks on ids) pass `vocab_size` and use `decode`.
+    """
+
+    def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
+                 vocab_size: int | None = None):
+        if (small_base is None) != (small_rl is None):
+            raise ValueError("give both small_base and small_rl, or neither")
+        self.lam, self.tokenizer = lam, tokenizer
+        self.large = CachedModel("large", large)
+        if small_base is None or lam == 0:
+            self.small = []  # plain decoding of the large model
+        elif isinstance(small_rl, str):
+            self.small = [CachedModel("small_base+rl", small_base, ("__base__", small_rl))]
+        else:
+            self.small = [CachedModel("small_base", small_base), CachedModel("small_rl", small_rl)]
+        self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
+        if self.shared_vocab is None:
+            raise ValueError("pass a tokenizer or vocab_size")
+        self.default_stop_ids = _default_stop_ids(large, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
+                        lam: float = 1.0, device=None, dtype=None,
+                        small_device=None) -> "RastEngine":
+        """Load a RAST triple by registry name, local directory or hub id.
+
+        small_rl may be a full model or a LoRA adapter directory of small_base (shared weights);
+        with small_base None it must be a train.grpo output holding rast_pair.json. device: a
+        device, "auto" or an accelerate device map dict for the large model (multi-GPU);
+        small_device defaults to the last GPU then, else to device. dtype: bf16 on GPU, fp32 on CPU.
+        """
+        if small_rl is None and small_base is not None:
+            raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
+                            f"neither to decode the large model alone")
+        if small_rl is not None and small_base is None:
+            small_base = _paired_base(small_rl)
+        large_map, small_map, dtype = _placement(device, dtype, small_device)
+        tokenizer = load_tokenizer(large)
+        large_model = load_model(large, dtype=dtype, device_map=large_map)
+        if small_rl is None or lam == 0:
+            logger.info("decoding %s alone (lam=%s, small pair: %s)", large, lam, small_rl)
+            return cls(large_model, tokenizer=tokenizer, lam=0.0)
+        check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large, small_base)
+        if _has_tokenizer(small_rl):
+            check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl), large, small_rl)
+        small_base_model = load_model(small_base, dtype=dtype, device_map=small_map)
+        rl_path = resolve_model(small_rl)
+        if (Path(rl_path) / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
+            shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
+            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer)
+        small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
+        return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer)
+
+    def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
+                         seed: int = 0, keys: list[str] | None = None,
+                         stop_ids: list[int] | None = None,
+                         batch_size: int = 16) -> Iterator[list[Completion]]:
+        """Yield the completions of each batch as it finishes, ordered by (prompt, sample).
+
+        batch_size counts sequences decoded together; a batch holds max(1, batch_size // n)
+        prompts with all n samples of each (so a prompt is never prefilled twice). The seed of
+        sample i of a prompt is sample_seed(seed, key, i), key defaulting to the prompt text.
+        """
+        keys = list(prompts) if keys is None else list(keys)
+        if len(keys) != len(prompts):
+            raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
+        prompts_per_batch = max(1, batch_size // n)
+        progress = tqdm(total=len(prompts), unit="prompt", desc="decode")
+        for start in range(0, len(prompts), prompts_per_batch):
+            batch_prompts = prompts[start:start + prompts_per_batch]
+            batch_keys = keys[start:start + prompts_per_batch]
+            seeds = [[sample_seed(seed, key, i) for i in range(n)] for key in batch_keys]
+            prompt_ids = self.tokenizer(batch_prompts)["input_ids"]
+            rows = iter(self.decode(prompt_ids, seeds, params, stop_ids))
+            completions = []
+            for key, key_seeds in zip(batch_keys, seeds):
+                for index, row_seed in enumerate(key_seeds):
+                    ids, finished = next(rows)
+                    text = self.tokenizer.decode(ids[:-1] if finished else ids)
+                    completions.append(Completion(key, index, row_seed, ids, text, finished))
+            progress.update(len(batch_prompts))
+            yield completions
+        progress.close()
+
+    def generate(self, prompts: list[str], params: SamplingParams, n: int = 1, seed: int = 0,
+                 keys: list[str] | None = None, stop_ids: list[int] | None = None,
+                 batch_size: int = 16) -> list[Completion]:
+        """All completions, ordered by (prompt, sample); see generate_batches."""
+        batches = self.generate_batches(prompts, params, n, seed, keys, stop_ids, batch_size)
+        return [completion for batch in batches for completion in batch]
+
+    @torch.inference_mode()
+    def decode(self, prompt_ids: list[list[int]], seeds: list[list[int]], params: SamplingParams,
+               stop_ids: list[int] | None = None,
+               on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+               ) -> list[tuple[list[int], bool]]:
+        """Decode token ids: len(seeds[p]) samples of prompt p, one seed each (ignored when greedy).
+
+        Returns (generated ids, finished) per row, prompt-major. on_step(rows, combined_logits)
+        sees every step's fp32 combined logits and which rows they belong to (for tests).
+        """
+        if any(len(ids) == 0 for ids in prompt_ids):
+            raise UserError("empty prompt: every prompt needs at least one token")
+        stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
+        input_ids, attention_mask = _left_pad(prompt_ids, self._pad_id())
+        logits = [part for model in self._models()
+                  for part in model.prefill(input_ids, attention_mask)]
+
+        # n samples per prompt: repeat the prefilled cache rows instead of prefilling n times.
+        samples_per_prompt = torch.tensor([len(row_seeds) for row_seeds in seeds])
+        expand = torch.arange(len(prompt_ids)).repeat_interleave(samples_per_prompt)
+        for model in self._models():
+            model.keep_rows(expand)
+        logits = [part[expand.to(part.device)] for part in logits]
+        output_device = logits[0].device
+        greedy = params.temperature == 0
+        generators = None if greedy else [torch.Generator(output_device).manual_seed(s)
+                                          for row_seeds in seeds for s in row_seeds]
+        active = torch.arange(len(expand))  # original row index of each row still decoding
+        outputs = [[] for _ in range(len(expand))]
+        for step in range(params.max_new_tokens):
+            combined = combine_logits(*logits, lam=self.lam, shared_vocab=self.shared_vocab)
+            if on_step is not None:
+                on_step(active, combined)
+            row_generators = None if greedy else [generators[row] for row in active.tolist()]
+            tokens = sample_tokens(combined, row_generators, temperature=params.temperature,
+                                   top_k=params.top_k, top_p=params.top_p)
+            token_list = tokens.tolist()
+            for row, token in zip(active.tolist(), token_list):
+                outputs[row].append(token)
+            keep = [i for i, token in enumerate(token_list) if token not in stop]
+            if not keep or step + 1 == params.max_new_tokens:
+                break
+            if len(keep) < len(token_list):  # compaction: finished rows leave every cache
+                keep_index = torch.tensor(keep)
+                for model in self._models():
+                    model.keep_rows(keep_index)
+                active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
+            logits = [part for model in self._models() for part in model.decode(tokens)]
+        return [(ids, bool(ids) and ids[-1] in stop) for ids in outputs]
+
+    def forward_counts(self) -> dict[str, dict[str, int]]:
+        """Forwards run so far per model: prefill/decode calls and the batch rows they computed."""
+        return {model.name: {"prefill_calls": model.prefill_calls,
+                             "prefill_rows": model.prefill_rows,
+                             "decode_calls": model.decode_calls, "decode_rows": model.decode_rows}
+                for model in self._models()}
+
+    def _models(self) -> list[CachedModel]:
+        return [self.large, *self.small]
+
+    def _pad_id(self) -> int:
+        # Any id works: padded positions are masked out. Prefer the tokenizer's own.
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        return 0
+
+
+def _left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def _default_stop_ids(large, tokenizer) -> list[int]:
+    """The large model's generation_config eos ids, the tokenizer's eos, and for Qwen's vocabulary
+    both <|endoftext|> (151643, base models' eos) and <|im_end|> (151645, ChatML prompts)."""
+    eos = large.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is not None:
+            stop.add(tokenizer.eos_token_id)
+        vocab = tokenizer.get_vocab()
+        if (vocab.get("<|endoftext|>"), vocab.get("<|im_end|>")) == QWEN_STOP_IDS:
+            stop.update(QWEN_STOP_IDS)
+    return sorted(stop)
+
+
+def _paired_base(small_rl: str) -> str:
+    """The small base a train.grpo output started from, read from its rast_pair.json."""
+    pair_file = Path(resolve_model(small_rl)) / "rast_pair.json"
+    try:
+        return json.loads(pair_file.read_text())["small_base"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise UserError(f"cannot tell which small base {small_rl!r} was trained from (no readable "
+                        f"{pair_file.name} with 'small_base'): pass small_base (--small-base)"
+                        ) from None
+
+
+def _has_tokenizer(name_or_path: str) -> bool:
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        return True  # a hub id: its repository carries a tokenizer
+    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+
+
+def _placement(device, dtype, small_device):
+    """-> (large model device_map, small pair device_map, dtype): bf16 on GPU, fp32 on CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spread = device == "auto" or isinstance(device, dict)  # accelerate places the large model
+    on_gpu = torch.cuda.is_available() if spread else str(device).startswith("cuda")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
+    if small_device is None:
+        small_device = f"cuda:{torch.cuda.device_count() - 1}" if spread and on_gpu else (
+            "cpu" if spread else device)
+    return device, small_device, dtype
