@@ -1,0 +1,239 @@
+"""The shared grader: extraction, math-verify equivalence, time bounds, threads and processes."""
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from train import grader
+from train.grader import Grade, extract_answer, grade, grade_batch, warm_up
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(os.environ.get("RAST_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+
+
+def boxed(answer: str) -> str:
+    return f"Reasoning ... so the answer is $\\boxed{{{answer}}}$."
+
+
+# (gold, completion, correct)
+CASES = [
+    # fractions
+    (r"\frac{1}{2}", boxed(r"\frac12"), True),
+    (r"\frac{1}{2}", boxed("1/2"), True),
+    (r"\frac{1}{2}", boxed("0.5"), True),
+    ("0.5", boxed(r"\dfrac{1}{2}"), True),
+    (r"\tfrac{3}{4}", boxed("0.75"), True),
+    (r"-\frac{3}{4}", boxed("-0.75"), True),
+    (r"\frac{1}{2}", boxed(r"\frac{1}{3}"), False),
+    # radicals: a bare gold 3\sqrt{2} can parse as 3 unless it is boxed first
+    (r"3\sqrt{2}", boxed("3"), False),
+    (r"3\sqrt{2}", boxed(r"\sqrt{18}"), True),
+    (r"3\sqrt{2}", boxed(r"3\sqrt2"), True),
+    (r"\frac{\sqrt{3}}{2}", boxed(r"\frac{1}{2}\sqrt{3}"), True),
+    # intervals
+    ("[1,2)", boxed("[1,2)"), True),
+    ("[1,2)", boxed("[1,2]"), False),
+    (r"(-\infty, 3]", boxed(r"(-\infty,3]"), True),
+    (r"(-\infty,0)\cup(1,\infty)", boxed(r"(1,\infty)\cup(-\infty,0)"), True),
+    # sets and tuples
+    (r"\{1,2,3\}", boxed(r"\{3,2,1\}"), True),
+    ("1,2", boxed("2, 1"), True),
+    ("(1,2)", boxed("(2,1)"), False),
+    (r"(3,\frac{\pi}{2})", boxed(r"\left(3, \frac{\pi}{2}\right)"), True),
+    # units, percent, currency, degrees
+    (r"10\%", boxed("10"), True),
+    (r"10\%", boxed(r"10\%"), True),
+    (r"10\%", boxed("0.1"), True),
+    (r"5\text{ cm}", boxed("5"), True),
+    ("5", boxed("5 cm"), True),
+    (r"5 \text{ cm}", boxed(r"6\text{ cm}"), False),
+    (r"\$18.90", boxed("18.90"), True),
+    ("18.90", boxed(r"\$18.9"), True),
+    (r"30^\circ", boxed("30"), True),
+    ("30", boxed(r"30^{\circ}"), True),
+    (r"90^\circ", boxed(r"\frac{\pi}{2}"), False),  # math-verify keeps degrees and radians apart
+    # thousands separators
+    ("2,125", boxed("2125"), True),
+    ("2125", boxed("2,125"), True),
+    ("1{,}000{,}000", boxed("1000000"), True),
+    ("2125", boxed("2,126"), False),
+    # several boxes: the last one wins; nested braces stay inside their box
+    ("7", r"first \boxed{3}, then \boxed{7}", True),
+    ("3", r"first \boxed{3}, then \boxed{7}", False),
+    (r"\frac{\sqrt{2}}{2}", r"\boxed{\frac{\sqrt{2}}{2}}", True),
+    (r"\{1,2\}", boxed(r"\{1,2\}"), True),
+    ("5", r"\fbox{5}", True),
+    ("1", r"\boxed {1}", True),
+    (r"\boxed{5}", boxed("5"), True),  # a gold that already carries a box
+    # unbalanced braces: a truncated last box falls back to the last complete one
+    ("5", r"so \boxed{5} and finally \boxed{\frac{1}{2", True),
+    ("5", r"\boxed{5", False),
+    (r"\frac{1}{2}", boxed(r"\frac{1}{2}") + r" hmm, \boxed{}", False),
+    # empty output, no answer
+    ("5", "", False),
+    ("5", "I cannot solve this.", False),
+    # no box: GSM8K-style last plain number
+    ("18", "She sells 16 - 3 - 4 = 9 eggs for 9 * 2 = 18 dollars.\n#### 18", True),
+    ("2125", "So she has 2,125 apples.", True),
+    ("-3", "The temperature fell to -3.", True),
+    ("2", "3-5 is not it, the answer is 2", True),
+    ("0.25", "x equals .25", True),
+    ("3", "final: 3.0", True),
+    ("18", "9 * 2 = 18 dollars, minus 1 is 17.", False),
+    # text answers
+    (r"\text{Evelyn}", boxed(r"\text{Evelyn}"), True),
+    (r"\text{Evelyn}", boxed("Evelyn"), True),
+    (r"\text{(C)}", boxed("C"), True),
+    (r"\text{(C)}", boxed("D"), False),
+    (r"\text{east}", boxed(r"\text{west}"), False),
+    # negative numbers
+    ("-5", boxed("-5"), True),
+    ("-5", boxed("5"), False),
+    # equations
+    ("3", boxed("x=3"), True),
+    ("x=3", boxed("3"), True),
+    ("y=2x+1", boxed("y = 1 + 2x"), True),
+    ("x=3", boxed("x=4"), False),
+    # matrices and vectors
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", boxed(r"\begin{pmatrix}1\\2\end{pmatrix}"), True),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", boxed(r"\begin{pmatrix}1\\3\end{pmatrix}"), False),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}",
+     boxed(r"\begin{bmatrix} 1 & 2 \\ 3 & 4 \end{bmatrix}"), True),
+    # symbolic and constants
+    ("x^2+2x+1", boxed("(x+1)^2"), True),
+    (r"\pi", boxed("3.14"), False),
+    (r"2\pi", boxed("6.283185307"), True),
+    ("1+2i", boxed("2i+1"), True),
+    (r"\infty", boxed(r"\infty"), True),
+]
+
+
+@pytest.mark.parametrize("gold, completion, correct", CASES)
+def test_grade_table(gold, completion, correct):
+    result = grade(gold, completion)
+    assert result.correct is correct, result
+    assert result.reason in (("ok",) if correct else ("wrong", "no-answer"))
+
+
+def test_grade_batch_agrees_with_the_table():
+    results = grade_batch([g for g, _, _ in CASES], [c for _, c, _ in CASES], workers=2)
+    assert [r.correct for r in results] == [expected for _, _, expected in CASES]
+
+
+@pytest.mark.parametrize("text, answer", [
+    (r"a \boxed{1} b \boxed{\frac{2}{3}} c", r"\frac{2}{3}"),
+    (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped braces do not close the box
+    (r"\boxed{ \left\{ x \right\} }", r"\left\{ x \right\}"),
+    (r"\boxed{\frac{1}{2}} \boxed{\sqrt{3}", r"\frac{1}{2}"),
+    (r"\boxed{\sqrt{3}", None),
+    (r"\boxed{}", ""),
+    ("Total: 1,234,567.5 dollars.", "1234567.5"),
+    ("x2 and abc123", None),
+    ("", None),
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_reasons():
+    results = grade_batch(["1", "1", "1", ""], [boxed("1"), boxed("2"), "no digits", boxed("1")])
+    assert results == [Grade(True, "1", "ok"), Grade(False, "2", "wrong"),
+                       Grade(False, None, "no-answer"), Grade(False, "1", "parse-error")]
+    with pytest.raises(ValueError, match="2 gold answers for 1 completions"):
+        grade_batch(["1", "2"], ["1"])
+
+
+def test_math500_gold_answers_grade_against_themselves():
+    rows = [json.loads(line) for line in (DATA_DIR / "math500" / "test.jsonl").open()]
+    golds = [row["answer"] for row in rows]
+    results = grade_batch(golds, [boxed(gold) for gold in golds])
+    wrong = [(gold, r) for gold, r in zip(golds, results) if not r.correct]
+    assert len(rows) == 500
+    assert not wrong, wrong[:5]
+
+
+PATHOLOGICAL = {
+    "power tower": ("1", boxed("9^{9^{9^{9^{9}}}}")),
+    "python power": ("1", boxed("10**10**10")),
+    "huge exact power": ("1", boxed("7^{7^{10}}")),
+    "500 nested fractions": ("1", boxed(r"\frac{" * 500 + "1" + "}{2}" * 500)),
+    "100 kB expression": ("1", boxed("1+" * 50_000 + "1")),
+    "100 kB of unclosed boxes": ("1", r"\boxed{" * 15_000),
+}
+TIMEOUT_S = 2.0
+SLACK_S = 1.0  # parent scheduling on a loaded 2-core machine
+
+
+def test_pathological_inputs_return_within_the_bound_from_threads():
+    # One ready worker per input, so every call's time is its own answer's checking time.
+    warm_up(len(PATHOLOGICAL))
+
+    def timed_grade(case):
+        gold, completion = case
+        start = time.monotonic()
+        return grade(gold, completion, timeout_s=TIMEOUT_S), time.monotonic() - start
+
+    with ThreadPoolExecutor(len(PATHOLOGICAL)) as threads:
+        outcomes = dict(zip(PATHOLOGICAL, threads.map(timed_grade, PATHOLOGICAL.values())))
+    for name, (result, elapsed) in outcomes.items():
+        assert not result.correct, name
+        assert elapsed < TIMEOUT_S + SLACK_S, (name, elapsed, result)
+    assert outcomes["power tower"][0].reason == "timeout"
+    # A long completion whose answer is short is ordinary work.
+    long_reasoning = "Let me think step by step. " * 3_800 + boxed("5")
+    assert len(long_reasoning) > 100_000
+    assert grade("5", long_reasoning) == Grade(True, "5", "ok")
+
+
+def test_parent_kills_a_worker_that_ignores_its_soft_timeout(monkeypatch):
+    # Push the in-worker timer past the bound, as when sympy sits in C code no signal reaches.
+    monkeypatch.setattr(grader, "SOFT_TIMEOUT_SHARE", 50.0)
+    warm_up(1)  # a ready worker, so the time below is checking time only
+    start = time.monotonic()
+    result = grade("1", boxed("9^{9^{9^{9^{9}}}}"), timeout_s=1.0)
+    elapsed = time.monotonic() - start
+    assert result == Grade(False, "9^{9^{9^{9^{9}}}}", "timeout")
+    assert 1.0 <= elapsed < 1.0 + SLACK_S
+    assert grade("1", boxed("1")).correct  # the killed worker was replaced
+
+
+def test_many_threads_share_the_pool():
+    golds = [str(n) for n in range(64)]
+    with ThreadPoolExecutor(16) as threads:
+        completions = [boxed(g) if int(g) % 2 else boxed("x") for g in golds]
+        results = list(threads.map(grade, golds, completions))
+    assert [r.correct for r in results] == [n % 2 == 1 for n in range(64)]
+
+
+def grade_in_child(gold, completion):
+    """Run in a pool process: the grade and the ids of the grading workers this process used."""
+    result = grade(gold, completion)
+    return result, {worker.process.pid for worker in grader._get_pool().idle}
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_grade_inside_daemonic_worker_processes(start_method):
+    warm_up(1)  # the parent has a pool before the fork: the child must start its own
+    parent_workers = {worker.process.pid for worker in grader._get_pool().idle}
+    # multiprocessing.Pool workers are daemonic, like DataLoader workers.
+    with multiprocessing.get_context(start_method).Pool(1) as processes:
+        cases = [(r"\frac12", boxed("0.5")), ("2", boxed("3"))]
+        outcomes = processes.starmap(grade_in_child, cases)
+    assert [r for r, _ in outcomes] == [Grade(True, "0.5", "ok"), Grade(False, "3", "wrong")]
+    child_workers = set().union(*(pids for _, pids in outcomes))
+    assert child_workers and not child_workers & parent_workers
+    assert grade("1", boxed("1")).correct
+
+
+def test_a_worker_that_died_while_idle_is_replaced():
+    warm_up(1)
+    for worker in grader._get_pool().idle:
+        worker.process.kill()
+        worker.process.wait()
+    results = grade_batch(["1", "2"], [boxed("1"), boxed("2")])
+    assert results == [Grade(True, "1", "ok"), Grade(True, "2", "ok")]
