@@ -51,8 +51,8 @@ MODELS: dict[str, ModelInfo] = {
         _qwen("14B", 14.8, 28.0, 152064),
         _qwen("32B", 32.8, 64.0, 152064),
         _tiny("tiny-s", 48e-6),
-        _tiny("tiny-m", 85e-6),
-        _tiny("tiny-l", 646e-6),
+        _tiny("tiny-m", 82e-6),
+        _tiny("tiny-l", 608e-6),
     ]
 }
 
