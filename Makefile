@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-slow train-small transfer bench tiny-family clean
+.PHONY: setup test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze
 
 setup: $(VENV)/.installed
 
@@ -23,14 +24,44 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+# make train-small [RECIPE=recipes/.../grpo/config_x.yaml] [ARGS="--max_steps 20 --report_to none"]
+# Default: GRPO of tiny-s on CPU (built first if not cached), before/after held-out accuracy.
+train-small: RECIPE ?= recipes/tiny/grpo/config_cpu.yaml
 train-small: setup
-	@echo "make train-small: not wired up yet (issue 3: GRPO recipes and the tiny family)" >&2; exit 1
+	$(if $(findstring recipes/tiny/,$(RECIPE)),$(PY) -m train.tiny.family --members tiny-s)
+	$(PY) -m train.grpo --config $(RECIPE) $(ARGS)
 
+# make transfer [TARGET=tiny|7B|14B|32B] [RECIPE=recipes/.../rast/config_x.yaml] [ARGS="--limit 20"]
+transfer: TARGET ?= tiny
+transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
-	@echo "make transfer: not wired up yet (issue 5: benchmark evaluation with RAST)" >&2; exit 1
+	$(PY) -m transfer.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup
-	@echo "make bench: not wired up yet (issue 4: RAST engine benchmark)" >&2; exit 1
+	$(PY) -m transfer.bench --batch-size 8 --prompts 32
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# The embedded tiny model family, built once into $RAST_HOME/tiny (default ~/.cache/rast/tiny):
+# three members side by side on 2 cores, a few minutes each. --force rebuilds.
+tiny-family: setup
+	$(PY) -m train.tiny.family
+
+# On a machine with one GPU (about 6 minutes on an H100); writes outputs/gpu_bench.json.
+gpu-bench: setup
+	$(PY) -m transfer.gpu_bench --pairs 7B:0.5B 14B:1.5B --batches 1 8 32
+
+# GRPO of the other tiny members (the RL references of RR and the cross-scale analysis), one
+# after the other on CPU; each is built first if not cached.
+train-family: setup
+	$(PY) -m train.tiny.family --members tiny-m tiny-l
+	$(PY) -m train.grpo --config recipes/tiny/grpo/config_cpu_tiny-m.yaml $(ARGS)
+	$(PY) -m train.grpo --config recipes/tiny/grpo/config_cpu_tiny-l.yaml $(ARGS)
+
+# make analyze [RECIPE=recipes/.../analyze/config_x.yaml] [ARGS="--limit 50 --report_to none"]
+# Token-level analysis of the RL deltas (coverage, where the shift lives, cross-scale cosine);
+# the tiny recipe needs `make train-small` and `make train-family` first.
+analyze: RECIPE ?= recipes/tiny/analyze/config_cpu.yaml
+analyze: setup
+	$(PY) -m transfer.analyze --config $(RECIPE) $(ARGS)

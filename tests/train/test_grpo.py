@@ -1,0 +1,163 @@
+"""GRPO training (train/grpo.py) end to end on tiny random Qwen2 models, a few steps each.
+
+A random model almost never answers right, so these runs reward the share of digits in a
+completion instead: it varies inside every group, which is what gives GRPO a signal.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from train import grpo
+from train.errors import UserError
+from train.models import load_tokenizer
+from train.tiny.tokenizer import build_tokenizer
+
+
+def digit_share_reward(completions, **kwargs):
+    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in completions]
+
+
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def grpo_run(model, output_dir, *flags, callbacks=None):
+    """run() on the tiny task: 4 prompts x 4 samples of 8 tokens per step, lr high enough to see."""
+    parsed = grpo.parse_args([
+        "--model_name_or_path", str(model), "--output_dir", str(output_dir),
+        "--dataset", "tiny", "--dataset_limit", "16", "--prompt_template", "tiny",
+        "--per_device_train_batch_size", "16", "--num_generations", "4",
+        "--max_completion_length", "8", "--learning_rate", "1e-2", "--max_steps", "2",
+        "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+        "--save_steps", "1", "--logging_steps", "1", "--report_to", "none",
+        "--torch_threads", "1", "--disable_tqdm", "true", *flags,
+    ])
+    return grpo.run(*parsed, reward_funcs=[digit_share_reward], callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_models, tmp_path_factory):
+    """2 steps with W&B (offline) and the before/after evaluation on 4 held-out problems."""
+    output_dir = tmp_path_factory.mktemp("grpo") / "full"
+    summary = grpo_run(tiny_models["small_base"], output_dir, "--report_to", "wandb",
+                       "--log_completions", "true", "--eval_problems", "4", "--eval_samples", "2")
+    return output_dir, summary
+
+
+def test_every_trainable_parameter_changes(full_run, tiny_models):
+    output_dir, summary = full_run
+    assert summary["global_step"] == 2 and summary["trained_steps"] == 2
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["small_base"])
+    trained = dict(AutoModelForCausalLM.from_pretrained(output_dir).named_parameters())
+    for name, param in base.named_parameters():
+        assert not torch.equal(param, trained[name]), f"{name} did not change"
+
+
+def test_output_pairs_with_its_base_and_keeps_the_tokenizer(full_run, tiny_models):
+    output_dir, _ = full_run
+    pair = json.loads((output_dir / "rast_pair.json").read_text())
+    assert pair["small_base"] == str(Path(tiny_models["small_base"]).resolve())
+    assert pair["adapter"] is False and pair["global_step"] == 2
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
+    assert load_tokenizer(str(output_dir)).eos_token_id == 0  # round trip asserted inside
+
+
+def test_before_after_evaluation_is_saved(full_run):
+    output_dir, summary = full_run
+    saved = json.loads((output_dir / "eval_before_after.json").read_text())
+    assert saved == summary["eval"]
+    for when in ("before", "after"):
+        assert saved[when]["n"] == 4 * 2
+        assert 0.0 <= saved[when]["accuracy"] <= 1.0 and 0.0 <= saved[when]["careful_share"] <= 1.0
+    assert saved["gain"] == pytest.approx(saved["after"]["accuracy"] - saved["before"]["accuracy"])
+
+
+def test_wandb_offline_run_has_reward_and_length_history(full_run):
+    output_dir, _ = full_run
+    (run_file,) = (output_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(run_file), "--json"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    history = [json.loads(line)["history"]["item"] for line in records if '"type":"history"' in line]
+    # wandb's _step counts log calls, not trainer steps: key on train/global_step
+    rewards = {row["train/global_step"]: row["train/reward"] for row in history if "train/reward" in row}
+    lengths = {row["train/global_step"]: row["train/completions/mean_length"]
+               for row in history if "train/completions/mean_length" in row}
+    assert sorted(rewards) == sorted(lengths) == [1, 2]
+    assert all(0 < length <= 8 for length in lengths.values())
+    assert any(row.get("completions._type") == "table-file" for row in history)
+
+
+def test_resume_continues_from_the_saved_step_and_a_finished_run_is_not_retrained(
+        full_run, tiny_models, tmp_path):
+    source, _ = full_run
+    output_dir = tmp_path / "resumed"
+    shutil.copytree(source, output_dir, ignore=shutil.ignore_patterns("wandb"))
+    counter = StepCounter()
+    summary = grpo_run(tiny_models["small_base"], output_dir, "--max_steps", "3", callbacks=[counter])
+    assert counter.steps == 1  # steps 1-2 came from checkpoint-2
+    assert summary["global_step"] == 3 and summary["trained_steps"] == 1
+    assert json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+    again = grpo_run(tiny_models["small_base"], output_dir, "--max_steps", "3", callbacks=[counter])
+    assert again["trained_steps"] == 0 and counter.steps == 1
+
+
+def test_lora_run_saves_an_adapter_that_learned(tiny_models, tmp_path):
+    output_dir = tmp_path / "lora"
+    grpo_run(tiny_models["small_base"], output_dir, "--use_peft", "true", "--lora_r", "4",
+             "--lora_alpha", "8", "--lora_dropout", "0", "--max_steps", "1")
+    assert (output_dir / "adapter_config.json").is_file()
+    assert not (output_dir / "model.safetensors").exists()
+    assert json.loads((output_dir / "rast_pair.json").read_text())["adapter"] is True
+    lora_b = {k: v for k, v in load_file(output_dir / "adapter_model.safetensors").items()
+              if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # lora_B starts at zero
+
+
+def test_stop_ids_add_im_end_when_the_vocabulary_has_it():
+    tokenizer = build_tokenizer()
+    assert grpo.stop_token_ids(tokenizer) == [0]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    assert grpo.stop_token_ids(tokenizer) == [0, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_unknown_recipe_key_is_a_one_line_error(tmp_path, capsys):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model_name_or_path: tiny-s\nuse_cpu: true\nbf16: false\nlerning_rate: 1.0e-4\n")
+    with pytest.raises(UserError, match="lerning_rate"):
+        grpo.parse_args(["--config", str(recipe)])
+    with pytest.raises(SystemExit) as exit_info:
+        grpo.main(["--config", str(recipe)])
+    assert exit_info.value.code == 2
+    assert "lerning_rate" in capsys.readouterr().err
+
+
+def test_eval_on_a_benchmark_dataset_is_refused(tiny_models, tmp_path):
+    with pytest.raises(UserError, match="eval_problems"):
+        grpo_run(tiny_models["small_base"], tmp_path / "x", "--dataset", "math500",
+                 "--eval_problems", "10")
+
+
+@pytest.mark.slow
+def test_tiny_recipe_gains_a_quarter_of_held_out_accuracy(tmp_path):
+    """make train-small's recipe, end to end (~1-2 min once tiny-s is built; building it ~3 min)."""
+    subprocess.run([sys.executable, "-m", "train.tiny.family", "--members", "tiny-s"], check=True)
+    recipe = Path(__file__).parents[2] / "recipes" / "tiny" / "grpo" / "config_cpu.yaml"
+    parsed = grpo.parse_args(["--config", str(recipe), "--output_dir", str(tmp_path / "out"),
+                              "--report_to", "none"])
+    evaluation = grpo.run(*parsed)["eval"]
+    assert evaluation["before"]["n"] == 300 * 4
+    assert evaluation["after"]["accuracy"] - evaluation["before"]["accuracy"] >= 0.25
+    assert evaluation["after"]["careful_share"] > 0.8

@@ -1,0 +1,294 @@
+"""GRPO on TRL: RL-train a small model on math problems with a verifiable correctness reward.
+
+One recipe YAML is read by TRL's TrlParser into three dataclasses (TRL's GRPOConfig and
+ModelConfig, and this project's RastTrainArguments); command-line flags override the YAML and an
+unknown key is an error. The pipeline: problems -> prompts rendered with a named plain-text
+template -> GRPOTrainer with `correctness_reward` (the grader the evaluation also uses) ->
+output_dir with TRL checkpoints, the final model (or LoRA adapter), the tokenizer and
+`rast_pair.json`, which tells `transfer` which base model this RL model pairs with.
+
+    python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml                  # make train-small
+    python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml --max_steps 5 --report_to none
+    accelerate launch -m train.grpo --config recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml
+
+Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
+--max_steps continues training); a run that already reached max_steps is not retrained: it says
+so and prints its saved results. W&B: `report_to: wandb` logs offline into output_dir/wandb
+unless credentials exist or WANDB_MODE is set; `--report_to none` turns it off.
+"""
+
+import contextlib
+import json
+import logging
+import netrc
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+
+from train.data import load_problems
+from train.errors import UserError, exit_on_user_error
+from train.models import load_model, load_tokenizer, resolve_model
+from train.prompts import render_prompt
+from train.rewards import correctness_reward
+
+logger = logging.getLogger(__name__)
+
+PAIR_FILE = "rast_pair.json"
+EVAL_FILE = "eval_before_after.json"
+
+
+@dataclass
+class RastTrainArguments:
+    """The project's recipe fields; the model, LoRA and trainer fields are TRL's own."""
+
+    dataset: str = field(default="tiny", metadata={"help": (
+        "'tiny' (the embedded multiplication task), a train.data benchmark name such as "
+        "simplerl_math_level3to5, a .jsonl file, or a directory holding <split>.jsonl")})
+    dataset_split: str = field(default="train", metadata={"help": "split to train on"})
+    dataset_limit: int | None = field(default=None, metadata={"help": "first N problems only"})
+    prompt_template: str = field(default="tiny", metadata={"help": "a train.prompts.TEMPLATES name"})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "drop problems whose prompt is longer (TRL 1.16 has no max_prompt_length)"})
+    eval_problems: int = field(default=0, metadata={
+        "help": "tiny task only: held-out problems scored before and after training (0 = skip)"})
+    eval_samples: int = field(default=4, metadata={"help": "samples per held-out problem"})
+    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of that eval"})
+    torch_threads: int | None = field(default=None, metadata={
+        "help": "torch CPU threads; 1 is fastest for the tiny family (default: torch's choice)"})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RastTrainArguments, GRPOConfig, ModelConfig]:
+    """Recipe YAML (--config) + CLI overrides -> the three dataclasses; bad keys are UserErrors."""
+    parser = TrlParser((RastTrainArguments, GRPOConfig, ModelConfig))
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except (ValueError, OSError) as err:  # unknown key, bf16 without a GPU, no such recipe file
+        raise UserError(f"recipe: {err}") from None
+
+
+@contextlib.contextmanager
+def wandb_logging(training_args: GRPOConfig):
+    """W&B for one run: offline into output_dir/wandb unless credentials exist or WANDB_MODE is set.
+
+    The WANDB_* variables are set for this run only (unless the user set them), and the run is
+    finished on the way out: transformers 5.17's Trainer leaves it open.
+    """
+    if "wandb" not in training_args.report_to:
+        yield
+        return
+    import wandb
+
+    wanted = {"WANDB_DIR": os.path.abspath(training_args.output_dir), "WANDB_PROJECT": "rast"}
+    if not _wandb_credentials():
+        wanted["WANDB_MODE"] = "offline"
+    added = {key: value for key, value in wanted.items() if key not in os.environ}
+    os.environ.update(added)
+    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("WANDB_MODE") == "offline":
+        logger.info("W&B offline in %s/wandb (upload later with `wandb sync`)", os.environ["WANDB_DIR"])
+    try:
+        yield
+    finally:
+        if wandb.run is not None:
+            wandb.finish()
+        for key in added:
+            os.environ.pop(key)
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
+    """Problems (id, problem, answer, ...) with a `prompt` column rendered from the template."""
+    if args.dataset == "tiny":
+        from train.tiny.task import problems
+
+        dataset = problems(args.dataset_split)
+        if args.dataset_limit:
+            dataset = dataset.select(range(min(args.dataset_limit, len(dataset))))
+    else:
+        dataset = load_problems(args.dataset, split=args.dataset_split, limit=args.dataset_limit)
+    dataset = dataset.map(lambda row: {"prompt": render_prompt(args.prompt_template, row["problem"])})
+    if args.max_prompt_tokens:
+        before = len(dataset)
+        dataset = dataset.filter(
+            lambda row: len(tokenizer(row["prompt"])["input_ids"]) <= args.max_prompt_tokens)
+        logger.info("kept %d of %d problems with prompts <= %d tokens", len(dataset), before,
+                    args.max_prompt_tokens)
+    if len(dataset) == 0:
+        raise UserError(f"no training problems left in {args.dataset!r} split {args.dataset_split!r}: "
+                        f"check dataset, dataset_split and max_prompt_tokens")
+    return dataset
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end a completion: the tokenizer's eos, and <|im_end|> where it exists.
+
+    Qwen2.5 base models declare only <|endoftext|> (151643), but with the ChatML prompt of the
+    qwen-boxed template they close their answer with <|im_end|> (151645) and would otherwise ramble
+    on to max_completion_length. TRL 1.16 stops on (and masks after) every id in
+    model.generation_config.eos_token_id, so that is where the list goes.
+    """
+    ids = [tokenizer.eos_token_id]
+    im_end = tokenizer.get_vocab().get("<|im_end|>")
+    if im_end is not None and im_end not in ids:
+        ids.append(im_end)
+    return ids
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def finished_step(output_dir: str, max_steps: int) -> int | None:
+    """The step of a finished run in output_dir (final model saved, max_steps reached), else None."""
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint is None or not (Path(output_dir) / PAIR_FILE).is_file():
+        return None
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    return step if max_steps > 0 and step >= max_steps else None
+
+
+def evaluate_tiny(model, tokenizer, args: RastTrainArguments) -> dict:
+    """Held-out accuracy and careful-style share on the tiny task (train.tiny.evaluate)."""
+    from train.tiny.evaluate import evaluate
+    from train.tiny.task import problems
+
+    held_out = problems("test")
+    held_out = held_out.select(range(min(args.eval_problems, len(held_out))))
+    return evaluate(model, held_out, samples=args.eval_samples, temperature=args.eval_temperature,
+                    tokenizer=tokenizer)
+
+
+def report_eval(evaluation: dict) -> str:
+    before, after, samples = evaluation["before"], evaluation["after"], evaluation["samples"]
+    return (f"held-out: {before['n'] // samples} problems x {samples} samples at temperature "
+            f"{evaluation['temperature']}\n"
+            f"  accuracy       before {before['accuracy']:.3f} -> after {after['accuracy']:.3f} "
+            f"({after['accuracy'] - before['accuracy']:+.3f})\n"
+            f"  careful share  before {before['careful_share']:.3f} -> after "
+            f"{after['careful_share']:.3f}")
+
+
+def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelConfig,
+        reward_funcs=(correctness_reward,), callbacks=None, recipe: str | None = None) -> dict:
+    """Train (or resume) to max_steps, save the model and rast_pair.json; returns a summary."""
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.eval_problems and args.dataset != "tiny":
+        raise UserError("eval_problems is for the tiny task only (dataset: tiny); benchmark "
+                        "evaluation of other models is `make transfer`'s job: set eval_problems 0")
+    if not model_args.model_name_or_path:
+        raise UserError("recipe has no model_name_or_path: give a registry name (tiny-s, 1.5B), "
+                        "a local directory or a hub id")
+    output_dir = training_args.output_dir
+    done = finished_step(output_dir, training_args.max_steps)
+    if done is not None:
+        return report_finished(output_dir, done, training_args.max_steps)
+
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    train_dataset = load_prompts(args, tokenizer)
+    model = load_model(model_args.model_name_or_path, dtype=model_args.dtype,
+                       attn_implementation=model_args.attn_implementation)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    before = evaluate_tiny(model, tokenizer, args) if args.eval_problems else None
+    if training_args.run_name is None:
+        training_args.run_name = Path(output_dir).name
+
+    with wandb_logging(training_args):
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=list(reward_funcs), args=training_args,
+            train_dataset=train_dataset, processing_class=tokenizer,
+            peft_config=get_peft_config(model_args), callbacks=callbacks,
+        )
+        checkpoint = training_args.resume_from_checkpoint or last_checkpoint(output_dir)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        start_step = _checkpoint_step(checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model(output_dir)  # the LoRA adapter alone when use_peft, with the tokenizer
+
+        step = trainer.state.global_step
+        summary = {"output_dir": output_dir, "global_step": step, "trained_steps": step - start_step,
+                   "train_runtime_s": train_result.metrics.get("train_runtime"), "eval": None}
+        if trainer.is_world_process_zero():
+            write_pair(output_dir, args, model_args, recipe, step)
+            if before is not None:
+                after = evaluate_tiny(trainer.model, tokenizer, args)
+                summary["eval"] = save_eval(output_dir, before, after, args)
+    return summary
+
+
+def write_pair(output_dir: str, args: RastTrainArguments, model_args: ModelConfig,
+               recipe: str | None, step: int) -> None:
+    """rast_pair.json: the base this RL model pairs with, so `transfer` needs no extra flag."""
+    small_base = resolve_model(model_args.model_name_or_path)
+    if Path(small_base).is_dir():
+        small_base = os.path.abspath(small_base)
+    pair = {"small_base": small_base, "model_name_or_path": model_args.model_name_or_path,
+            "adapter": bool(model_args.use_peft), "recipe": recipe,
+            "prompt_template": args.prompt_template, "global_step": step}
+    (Path(output_dir) / PAIR_FILE).write_text(json.dumps(pair, indent=2) + "\n")
+
+
+def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments) -> dict:
+    evaluation = {"before": before, "after": after, "gain": after["accuracy"] - before["accuracy"],
+                  "samples": args.eval_samples, "temperature": args.eval_temperature}
+    (Path(output_dir) / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    _log_to_wandb_summary(evaluation)
+    print(report_eval(evaluation))
+    return evaluation
+
+
+def report_finished(output_dir: str, step: int, max_steps: int) -> dict:
+    logger.warning("%s already holds a finished run (step %d, max_steps %d): not retraining. Pass a "
+                   "larger --max_steps to continue it, or a new --output_dir (or delete this one) "
+                   "to train again.", output_dir, step, max_steps)
+    saved = Path(output_dir) / EVAL_FILE
+    evaluation = json.loads(saved.read_text()) if saved.is_file() else None
+    if evaluation:
+        print(report_eval(evaluation))
+    return {"output_dir": output_dir, "global_step": step, "trained_steps": 0, "eval": evaluation}
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+
+
+def _log_to_wandb_summary(evaluation: dict) -> None:
+    import wandb
+
+    if wandb.run is not None:
+        for when in ("before", "after"):
+            for key in ("accuracy", "careful_share"):
+                wandb.run.summary[f"eval/{when}_{key}"] = evaluation[when][key]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    with exit_on_user_error():
+        args, training_args, model_args = parse_args(argv)
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            level=logging.INFO if training_args.should_log else logging.WARNING)
+        summary = run(args, training_args, model_args, recipe=recipe)
+    print(f"GRPO done: step {summary['global_step']} ({summary['trained_steps']} trained now); "
+          f"model and {PAIR_FILE} in {summary['output_dir']}")
+
+
+if __name__ == "__main__":
+    main()
