@@ -1,0 +1,275 @@
+"""transfer.evaluate: recipes, fail-fast validation, crash-safe resume, W&B offline, real engine.
+
+The resume and W&B tests run the evaluation in a subprocess with tests/transfer/fake_engine.py
+(instant, deterministic, known accuracies) and kill it with SIGKILL mid-run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from train.errors import UserError
+from transfer.evaluate import (SampleLog, System, TransferConfig, build_systems, check_signatures,
+                               parse_config, run, validate_models)
+
+REPO = Path(__file__).resolve().parents[2]
+RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
+SAMPLES, LIMIT, BATCH = 4, 10, 8  # 2 problems per batch, 5 batches per system and benchmark
+
+
+@pytest.mark.parametrize("recipe", RAST_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_rast_recipe_parses_into_systems(recipe):
+    config = parse_config(["--config", str(recipe)])
+    names = [s.name for s in build_systems(config)]
+    assert "L" in names and all(f"L+RAST(lam={lam:g})" in names for lam in config.lambdas)
+    assert ("L_RL" in names) == (config.target_rl is not None)
+    assert config.output_dir.startswith("outputs/")
+
+
+def test_rast_recipes_exist_for_every_make_target():
+    for target in ("tiny/rast/config_cpu", "Qwen2.5-7B/rast/config_1.5B",
+                   "Qwen2.5-14B/rast/config_1.5B", "Qwen2.5-32B/rast/config_1.5B"):
+        assert (REPO / "recipes" / f"{target}.yaml") in RAST_RECIPES
+
+
+def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
+    recipe = REPO / "recipes/tiny/rast/config_cpu.yaml"
+    config = parse_config(["--config", str(recipe), "--lambdas", "3", "--samples", "2"])
+    assert config.lambdas == [3.0] and config.samples == 2 and config.target == "tiny-l"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text() + "lamda: 2\n")
+    with pytest.raises(UserError, match="lamda"):
+        parse_config(["--config", str(bad)])
+    with pytest.raises(UserError, match="lambdas"):
+        TransferConfig(lambdas=[])
+
+
+def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home")}
+    result = subprocess.run([sys.executable, "-m", "transfer.evaluate", "--config",
+                             "recipes/Qwen2.5-32B/rast/config_1.5B.yaml"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Qwen/Qwen2.5-32B" in lines[0]
+    assert "offline" in lines[0] and not (REPO / "outputs/transfer-32B-1.5B").exists()
+
+
+def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_models, tmp_path):
+    rl_dir = tmp_path / "grpo-out"
+    rl_dir.mkdir()
+    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
+                                                       "adapter": True}))
+    systems = build_systems(TransferConfig(target=tiny_models["large"], small_rl=str(rl_dir),
+                                           lambdas=[0.5, 2]))
+    assert [(s.name, s.small_base, s.lam) for s in systems] == [
+        ("S_RL", tiny_models["small_base"], 1.0),  # an adapter decodes as S + 1 * (S_RL - S)
+        ("L", None, 0.0), ("L+RAST(lam=0.5)", tiny_models["small_base"], 0.5),
+        ("L+RAST(lam=2)", tiny_models["small_base"], 2.0)]
+    with pytest.raises(UserError, match="is not the model"):
+        build_systems(TransferConfig(small_base=tiny_models["large"], small_rl=str(rl_dir)))
+    with pytest.raises(UserError, match="does not exist: train it first"):
+        validate_models([System("S_RL", "outputs/no-such-grpo-run")])
+
+
+def test_sample_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "te')
+    log = SampleLog(path)
+    assert log.records == [{"a": 1}, {"a": 2}]
+    log.append([{"a": 4}])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"a": 1}, {"a": 2}, {"a": 4}]
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(UserError, match=":2 is not a JSON record"):
+        SampleLog(path)
+
+
+def test_output_dir_refuses_a_system_decoded_with_other_settings(tmp_path):
+    systems = [System("L", "tiny-l")]
+    check_signatures(tmp_path, systems, TransferConfig())
+    check_signatures(tmp_path, systems + [System("L_RL", "x")], TransferConfig())  # adding is fine
+    with pytest.raises(UserError, match="temperature: 1.0 -> 0.5"):
+        check_signatures(tmp_path, systems, TransferConfig(temperature=0.5))
+
+
+def _write_recipe(path: Path, tiny_models: dict, tmp_path: Path, **overrides) -> Path:
+    benchmark = tmp_path / "mul.jsonl"
+    benchmark.write_text("".join(json.dumps({"id": f"m{i}", "problem": f"{12 + i}*{3 + i % 7}",
+                                             "answer": str((12 + i) * (3 + i % 7))}) + "\n"
+                                 for i in range(LIMIT)))
+    recipe = {"target": tiny_models["large"], "small_base": tiny_models["small_base"],
+              "small_rl": tiny_models["small_rl"], "target_rl": tiny_models["large"],
+              "lambdas": [0.5, 1.0], "include_small_rl": True, "include_small_base": True,
+              "samples": SAMPLES, "benchmarks": ["tiny", str(benchmark)], "limit": LIMIT,
+              "prompt_template": "tiny", "batch_size": BATCH, "max_new_tokens": 8,
+              "output_dir": str(path), "report_to": "none", **overrides}
+    file = path.parent / f"{path.name}.yaml"
+    file.write_text(yaml.safe_dump(recipe))
+    return file
+
+
+FAKE_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    from fake_engine import FakeEngine
+    from train.errors import exit_on_user_error
+    from transfer.evaluate import parse_config, run
+    with exit_on_user_error():
+        run(parse_config(sys.argv[1:]),
+            make_engine=lambda system, config: FakeEngine(system, {delay}))
+""")
+
+
+def _fake_run(recipe: Path, delay: float = 0.0, **popen) -> subprocess.Popen:
+    script = FAKE_RUN.format(here=str(Path(__file__).parent), delay=delay)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, "--config", str(recipe)], cwd=REPO,
+                            env=env, **popen)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, tmp_path_factory):
+    """A full fake-engine run, with W&B offline on; returns its output dir."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    process = _fake_run(_write_recipe(root / "out", tiny_models, root, report_to="wandb"),
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    return root / "out", stdout
+
+
+def test_resume_after_sigkill_loses_nothing_and_reproduces_the_metrics(uninterrupted, tiny_models,
+                                                                        tmp_path):
+    full_dir, _ = uninterrupted
+    out = tmp_path / "out"
+    recipe = _write_recipe(out, tiny_models, tmp_path)
+    samples = out / "samples.jsonl"
+    process = _fake_run(recipe, delay=0.05, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_lines(samples)) < 150 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before_kill = _lines(samples)
+    total = 6 * 2 * LIMIT * SAMPLES  # systems x benchmarks x problems x samples
+    assert 150 <= len(before_kill) < total, "the kill did not land mid-run"
+    with open(samples, "a") as file:
+        file.write('{"system": "L", "benchmark": "ti')  # what a kill inside write() leaves
+    resumed_run = _fake_run(recipe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert resumed_run.wait(timeout=300) == 0
+
+    after = _lines(samples)
+    assert after[:len(before_kill)] == before_kill  # every completed sample survived, untouched
+    keys = [(r["system"], r["benchmark"], r["problem_id"], r["sample_index"])
+            for r in map(json.loads, after)]
+    assert len(keys) == len(set(keys)) == total  # nothing decoded twice, nothing missing
+    full = [json.loads(line) for line in _lines(full_dir / "samples.jsonl")]
+    assert sorted(map(json.loads, after), key=json.dumps) == sorted(full, key=json.dumps)
+    resumed = json.loads((out / "summary.json").read_text())["benchmarks"]
+    assert resumed == json.loads((full_dir / "summary.json").read_text())["benchmarks"]
+
+
+def test_summary_report_and_plots_of_a_run(uninterrupted):
+    out, stdout = uninterrupted
+    summary = json.loads((out / "summary.json").read_text())
+    tiny = summary["benchmarks"]["tiny"]
+    assert list(tiny) == ["S", "S_RL", "L", "L+RAST(lam=0.5)", "L+RAST(lam=1)", "L_RL"]
+    # The fake engine's accuracies (0.1 .. 0.9) must come out in order; the lambda sweep reached
+    # the engine (lam 0.5 -> 0.5, lam 1 -> 0.7 expected).
+    avg = {name: m["avg"] for name, m in tiny.items()}
+    assert avg["S"] < avg["L"] < avg["L+RAST(lam=0.5)"] < avg["L+RAST(lam=1)"] < avg["L_RL"]
+    rast = tiny["L+RAST(lam=1)"]
+    assert rast["rr"] == pytest.approx((rast["avg"] - avg["L"]) / (avg["L_RL"] - avg["L"]))
+    assert rast["careful_share"] == pytest.approx(rast["avg"])  # correct <=> careful in the fake
+    assert set(rast["pass"]) == {"1", "2", "4"} and rast["pass"]["1"] == pytest.approx(rast["avg"])
+    assert rast["ci_low"] <= rast["avg"] <= rast["ci_high"] and 0 < rast["truncated_share"] < 0.5
+    assert "careful_share" not in summary["benchmarks"]["mul"]["L"]
+    table = (out / "results.md").read_text()
+    assert "| L+RAST(lam=1) |" in table and "### mul" in table and table in stdout
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "recovery_rate.png").exists()
+
+
+def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
+    out, _ = uninterrupted
+    summary = json.loads((out / "summary.json").read_text())
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 7  # one per system + the comparison run
+    found = {}
+    for run_dir in runs:
+        result = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect",
+                                 "--summary", "--json", str(run_dir)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        state = json.loads(result.stdout)
+        found[state["config"].get("system", {}).get("name", "comparison")] = state
+    expected = summary["benchmarks"]["tiny"]["L+RAST(lam=1)"]
+    metrics = found["L+RAST(lam=1)"]["summary"]
+    assert metrics["tiny/avg"] == pytest.approx(expected["avg"])
+    assert metrics["tiny/rr"] == pytest.approx(expected["rr"])
+    assert found["comparison"]["summary"]["mul/L_RL/avg"] == pytest.approx(
+        summary["benchmarks"]["mul"]["L_RL"]["avg"])
+
+
+def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
+                           benchmarks=["tiny"], lambdas=[1.0])
+    summary = run(parse_config(["--config", str(recipe)]))
+    records = [json.loads(line) for line in _lines(tmp_path / "out/samples.jsonl")]
+    assert len(records) == 5 * 3 * 2  # S, S_RL, L, L+RAST(lam=1), L_RL x 3 problems x 2 samples
+    assert all(0 < r["num_tokens"] <= 8 for r in records)
+    by_system = {}
+    for r in records:
+        by_system.setdefault(r["system"], []).append(r["text"])
+    assert by_system["L"] != by_system["L+RAST(lam=1)"]  # the delta changed what L samples
+    assert by_system["L"] == by_system["L_RL"]  # same model, same seeds -> same samples
+    assert set(summary["benchmarks"]["tiny"]) == set(by_system)
+    again = run(parse_config(["--config", str(recipe)]))  # finished: decodes nothing, same report
+    assert again["benchmarks"] == summary["benchmarks"]
+    assert len(_lines(tmp_path / "out/samples.jsonl")) == len(records)
+
+
+@pytest.mark.slow
+def test_tiny_family_shows_the_paper_effect(tmp_path):
+    """`make transfer` on the trained tiny family: RAST moves tiny-l to the careful style.
+
+    Trains tiny-s and tiny-l with GRPO first when their outputs are missing (`make train-small`,
+    `make train-family`: tens of minutes); the 10-minute budget applies to `make transfer` alone.
+    """
+    config = parse_config(["--config", str(REPO / "recipes/tiny/rast/config_cpu.yaml")])
+    for output, target in ((config.small_rl, "train-small"), (config.target_rl, "train-family")):
+        if not (REPO / output / "rast_pair.json").is_file():
+            trained = subprocess.run(["make", target, "ARGS=--report_to none"], cwd=REPO,
+                                     capture_output=True, text=True, check=False)
+            assert trained.returncode == 0, trained.stderr[-3000:]
+    start = time.time()
+    result = subprocess.run(["make", "transfer", f"ARGS=--output_dir {tmp_path / 'out'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=1800, check=False)
+    wall = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    tiny = json.loads((tmp_path / "out/summary.json").read_text())["benchmarks"]["tiny"]
+    print(result.stdout[-3000:], f"\nwall time {wall:.0f} s")
+    rast, base, small_rl = tiny["L+RAST(lam=1)"], tiny["L"], tiny["S_RL"]
+    assert rast["problems"] == 300 and config.samples >= 4 and config.temperature == 1.0
+    assert rast["avg"] - base["avg"] >= 0.3
+    assert rast["avg"] > small_rl["avg"]
+    assert rast["rr"] is not None and rast["rr"] >= 0.7
+    assert rast["careful_share"] >= 0.9
+    assert wall < 600, f"make transfer took {wall:.0f} s, the budget is 10 minutes on 2 cores"

@@ -1,0 +1,376 @@
+"""Benchmark evaluation of RAST: large base vs large + RL delta of a small pair vs RL references.
+
+Every system (L base alone, L + RAST for each lambda, optionally L's own RL model, the small RL
+and small base models alone) decodes the same prompts with the same per-sample seeds through
+one engine. Each graded sample is appended to `output_dir/samples.jsonl` as its batch finishes,
+so a killed run resumes where it stopped when started again with the same output_dir; every
+number in `summary.json`, `results.md`, the plots and W&B is recomputed from that file.
+
+    python -m transfer.evaluate --config recipes/tiny/rast/config_cpu.yaml          # make transfer
+    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --limit 50
+"""
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from train.errors import UserError, exit_on_user_error
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferConfig:
+    """One comparison; every field can be overridden on the command line (`--samples 8`)."""
+
+    target: str = field(default="tiny-l", metadata={"help": "large base L: name, dir or hub id"})
+    small_base: str | None = field(default=None, metadata={
+        "help": "small base model S; empty = the `small_base` of small_rl's rast_pair.json"})
+    small_rl: str = field(default="outputs/tiny-s-grpo", metadata={
+        "help": "small RL model: a train.grpo output dir (full model or LoRA adapter) or a hub id"})
+    target_rl: str | None = field(default=None, metadata={
+        "help": "RL model of L's size (hkust-nlp/Qwen-2.5-32B-SimpleRL-Zoo), for recovery rate"})
+    lambdas: list[float] = field(default_factory=lambda: [1.0], metadata={
+        "help": "RAST strengths to sweep"})
+    include_small_rl: bool = field(default=True, metadata={"help": "also decode small RL alone"})
+    include_small_base: bool = field(default=False, metadata={"help": "also decode S alone"})
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    samples: int = field(default=4, metadata={"help": "samples per problem (k of Avg@k)"})
+    benchmarks: list[str] = field(default_factory=lambda: ["tiny"], metadata={
+        "help": "'tiny' (multiplication held-out set), a train.data benchmark name, .jsonl or dir"})
+    split: str = "test"
+    limit: int | None = field(default=None, metadata={"help": "first N problems of each benchmark"})
+    prompt_template: str = field(default="tiny", metadata={"help": "train.prompts template name"})
+    seed: int = 0
+    batch_size: int = field(default=64, metadata={"help": "sequences decoded together"})
+    device: str | None = field(default=None, metadata={
+        "help": "large model's device: cuda/cpu (default: cuda if any) or auto (spread over GPUs)"})
+    output_dir: str = "outputs/transfer-tiny"
+    report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
+    wandb_project: str = "rast-transfer"
+    wandb_group: str | None = field(default=None, metadata={
+        "help": "W&B group; default: output_dir's name"})
+
+    def __post_init__(self):
+        self.lambdas = [float(lam) for lam in self.lambdas]
+        self.small_base = self.small_base or None
+        self.target_rl = self.target_rl or None
+        if not self.lambdas or any(lam < 0 or not math.isfinite(lam) for lam in self.lambdas):
+            raise UserError(f"lambdas must be a non-empty list of finite values >= 0, "
+                            f"got {self.lambdas}")
+        if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UserError("samples, batch_size and max_new_tokens must be >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError(f"need temperature >= 0 and 0 < top_p <= 1, "
+                            f"got {self.temperature}, {self.top_p}")
+        if not self.benchmarks:
+            raise UserError("benchmarks is empty: name at least one (e.g. [tiny] or [math500])")
+        if self.report_to not in ("wandb", "none"):
+            raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
+
+
+@dataclass(frozen=True)
+class System:
+    """One decoding setup: `large` alone, or `large` + lam * (small_rl - small_base)."""
+
+    name: str
+    large: str
+    small_base: str | None = None
+    small_rl: str | None = None
+    lam: float = 0.0
+
+
+def parse_config(argv: list[str] | None = None) -> TransferConfig:
+    from trl import TrlParser  # heavy import, kept out of module import time
+
+    try:
+        (config,) = TrlParser([TransferConfig]).parse_args_and_config(argv)
+    except (ValueError, OSError) as err:  # unknown YAML key, missing or malformed recipe file
+        raise UserError(f"bad transfer recipe: {err}") from None
+    from train.prompts import TEMPLATES
+
+    if config.prompt_template not in TEMPLATES:
+        raise UserError(f"unknown prompt_template {config.prompt_template!r}: "
+                        f"use one of {', '.join(TEMPLATES)}")
+    return config
+
+
+def _rast_pair(small_rl: str) -> dict:
+    pair_file = Path(small_rl) / "rast_pair.json"
+    return json.loads(pair_file.read_text()) if pair_file.is_file() else {}
+
+
+def build_systems(config: TransferConfig) -> list[System]:
+    """Systems in table order; ones that share models are adjacent so an engine can be reused."""
+    trained_from = _rast_pair(config.small_rl).get("small_base")
+    small_base = config.small_base or trained_from
+    if small_base is None:
+        raise UserError(f"small_base is not set and {config.small_rl}/rast_pair.json does not "
+                        f"exist: set small_base in the recipe")
+    if trained_from and config.small_base and not _same_model(config.small_base, trained_from):
+        raise UserError(f"small_base {config.small_base!r} is not the model {config.small_rl} was "
+                        f"trained from ({trained_from!r}, its rast_pair.json): fix small_base")
+    systems = []
+    if config.include_small_base:
+        systems.append(System("S", small_base))
+    if config.include_small_rl and _rast_pair(config.small_rl).get("adapter"):
+        # A LoRA adapter dir cannot be decoded alone; S + 1 * (S_RL - S) equals S_RL up to fp32
+        # rounding, through the engine's adapter path.
+        systems.append(System("S_RL", small_base, small_base, config.small_rl, 1.0))
+    elif config.include_small_rl:
+        systems.append(System("S_RL", config.small_rl))
+    systems.append(System("L", config.target))
+    systems += [System(f"L+RAST(lam={lam:g})", config.target, small_base, config.small_rl, lam)
+                for lam in config.lambdas]
+    if config.target_rl:
+        systems.append(System("L_RL", config.target_rl))
+    return systems
+
+
+def _same_model(name: str, other: str) -> bool:
+    from train.models import resolve_model
+
+    paths = [resolve_model(n) for n in (name, other)]
+    return len({str(Path(p).resolve()) if Path(p).is_dir() else p for p in paths}) == 1
+
+
+def _missing_locally(name: str) -> str | None:
+    """None when `name` loads without the network, else the hub id that is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from train.models import resolve_model
+
+    path = resolve_model(name)  # UserError for unknown names and unbuilt tiny models
+    if Path(path).is_dir():
+        return None
+    if path.startswith("outputs/") or Path(path.split("/")[0]).is_dir():
+        # "outputs/tiny-s-grpo" has the shape of an org/name hub id, but it is a training output
+        raise UserError(f"{path} does not exist: train it first (`make train-small` for "
+                        f"outputs/tiny-s-grpo, `make train-family` for outputs/tiny-l-grpo)")
+    for filename in ("config.json", "adapter_config.json"):
+        if isinstance(try_to_load_from_cache(path, filename), str):
+            return None
+    return path
+
+
+def validate_models(systems: list[System]) -> None:
+    """Fail in one line, before loading anything, when a model is neither local nor cached."""
+    from huggingface_hub import constants
+
+    names = dict.fromkeys(n for s in systems for n in (s.large, s.small_base, s.small_rl) if n)
+    missing = [m for m in map(_missing_locally, names) if m]
+    if not missing:
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
+                        f"{', '.join(missing)}; download them first (`hf download <id>`) or unset "
+                        f"HF_HUB_OFFLINE where the hub is reachable")
+    logger.info("not cached, will download: %s", ", ".join(missing))
+
+
+def load_benchmark(name: str, split: str, limit: int | None) -> list[dict]:
+    """Rows {id, problem, answer} of a benchmark; 'tiny' = the multiplication held-out set."""
+    if name == "tiny":
+        from train.tiny.task import problems
+
+        dataset = problems(split)
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+    else:
+        from train.data import load_problems
+
+        dataset = load_problems(name, split=split, limit=limit)
+    return [{"id": str(row["id"]), "problem": row["problem"], "answer": str(row["answer"])}
+            for row in dataset]
+
+
+def benchmark_label(name: str) -> str:
+    """Short name for tables and keys: a path's stem, else the name itself."""
+    return Path(name).stem if ("/" in name or name.endswith(".jsonl")) else name
+
+
+class SampleLog:
+    """Append-only JSONL of graded samples that survives SIGKILL.
+
+    A kill mid-write leaves at most one torn last line (no trailing newline): it is dropped and
+    cut from the file before appending, so the next record does not glue onto it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = self._read_and_repair()
+
+    def _read_and_repair(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        *lines, torn = data.split(b"\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{self.path}:{number} is not a JSON record; fix or delete that "
+                                f"line, or use a new output_dir") from None
+        if torn:
+            logger.warning("dropping a torn last line of %s (%d bytes) left by a killed run",
+                           self.path, len(torn))
+            with open(self.path, "r+b") as file:
+                file.truncate(len(data) - len(torn))
+        return records
+
+    def append(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as file:
+            file.write("".join(json.dumps(record) + "\n" for record in records))
+            file.flush()
+            os.fsync(file.fileno())
+        self.records += records
+
+
+def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
+    """Refuse to mix samples of one system name decoded with different settings in one output_dir.
+
+    batch_size is part of it: it fixes which problems share a batch, and padding changes floats.
+    """
+    keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
+            "split")
+    decoding = {key: getattr(config, key) for key in keys}
+    signatures = {s.name: {**asdict(s), **decoding} for s in systems}
+    path = output_dir / "systems.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    for name, signature in signatures.items():
+        old = stored.get(name)
+        changed = [key for key in signature if old and old.get(key) != signature[key]]
+        if changed:
+            changes = ", ".join(f"{key}: {old.get(key)!r} -> {signature[key]!r}" for key in changed)
+            raise UserError(f"{output_dir} already holds samples of {name} with other settings "
+                            f"({changes}); use a new output_dir or the old settings")
+    path.write_text(json.dumps({**stored, **signatures}, indent=2))
+
+
+def stop_ids_of(tokenizer) -> list[int]:
+    """eos plus Qwen's <|endoftext|> / <|im_end|> where the vocabulary has them (ChatML prompts)."""
+    ids = [tokenizer.eos_token_id]
+    for token in ("<|endoftext|>", "<|im_end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            ids.append(token_id)
+    return sorted(set(ids))
+
+
+def chunks_to_do(system: System, benchmark: str, problems: list[dict], config: TransferConfig,
+                 log: SampleLog) -> tuple[list[list[dict]], int]:
+    """(chunks with a sample not yet logged, number of chunks in all) of one system and benchmark.
+
+    Problems go to the engine in fixed chunks of batch_size // samples problems, the same chunks
+    on every run, so a resumed run re-decodes an interrupted chunk with the same batch contents
+    and gets the same tokens; only its missing samples are appended.
+    """
+    done = {(r["problem_id"], r["sample_index"]) for r in log.records
+            if r["system"] == system.name and r["benchmark"] == benchmark}
+    per_chunk = max(1, config.batch_size // config.samples)
+    chunks = [problems[i:i + per_chunk] for i in range(0, len(problems), per_chunk)]
+    todo = [chunk for chunk in chunks
+            if any((p["id"], i) not in done for p in chunk for i in range(config.samples))]
+    return todo, len(chunks)
+
+
+def evaluate_system(engine, system: System, benchmark: str, problems: list[dict],
+                    config: TransferConfig, params, stop_ids: list[int], log: SampleLog) -> None:
+    """Decode, grade and log each (problem, sample) of one system and benchmark not yet logged."""
+    from train.grader import grade_batch
+    from train.prompts import render_prompt
+    from train.tiny.task import is_careful
+
+    own = [r for r in log.records if r["system"] == system.name and r["benchmark"] == benchmark]
+    done = {(r["problem_id"], r["sample_index"]) for r in own}
+    todo, total = chunks_to_do(system, benchmark, problems, config, log)
+    correct, graded = sum(r["correct"] for r in own), len(own)
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
+               unit="batch")
+    by_key = {f"{benchmark}/{p['id']}": p for chunk in todo for p in chunk}
+    prompts = [render_prompt(config.prompt_template, p["problem"]) for p in by_key.values()]
+    # The engine batches batch_size // samples consecutive prompts, so its batches are exactly
+    # these chunks (only the last chunk of a benchmark may be short, and it stays last).
+    for completions in engine.generate_batches(prompts, params, n=config.samples, seed=config.seed,
+                                               keys=list(by_key), stop_ids=stop_ids,
+                                               batch_size=config.batch_size):
+        new = [c for c in completions if (by_key[c.key]["id"], c.sample_index) not in done]
+        grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
+        records = [{"system": system.name, "benchmark": benchmark,
+                    "problem_id": by_key[c.key]["id"], "sample_index": c.sample_index,
+                    "seed": c.seed, "text": c.text,
+                    "extracted": g.extracted, "correct": g.correct, "reason": g.reason,
+                    "num_tokens": len(c.token_ids), "finished": c.finished}
+                   for c, g in zip(new, grades)]
+        if benchmark == "tiny":
+            for record in records:
+                record["careful"] = is_careful(record["text"])
+        log.append(records)
+        done.update((r["problem_id"], r["sample_index"]) for r in records)
+        correct, graded = correct + sum(r["correct"] for r in records), graded + len(records)
+        bar.update(1)
+        bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}")
+    bar.close()
+
+
+def load_engine(system: System, config: TransferConfig):
+    from transfer.engine import RastEngine
+
+    return RastEngine.from_pretrained(system.large, small_base=system.small_base,
+                                      small_rl=system.small_rl, lam=system.lam,
+                                      device=config.device)
+
+
+def run(config: TransferConfig, make_engine=load_engine) -> dict:
+    """Evaluate every system on every benchmark (resuming), then report; returns the summary."""
+    from train.models import load_tokenizer
+    from transfer.engine import SamplingParams
+    from transfer.report import report, summarize
+
+    systems = build_systems(config)
+    validate_models(systems)
+    benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
+                  for name in config.benchmarks}
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_signatures(output_dir, systems, config)
+    (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens)
+    stop_ids = stop_ids_of(load_tokenizer(config.target))
+    log = SampleLog(output_dir / "samples.jsonl")
+    engine, engine_models = None, None
+    for system in systems:
+        if not any(chunks_to_do(system, label, problems, config, log)[0]
+                   for label, problems in benchmarks.items()):
+            continue  # finished in an earlier run: do not even load its models
+        models = (system.large, system.small_base, system.small_rl)
+        if engine is not None and models == engine_models and system.lam and engine.lam:
+            engine.lam = system.lam  # lambda sweep: same three models, another strength
+        else:
+            engine = None  # free them first: L and L_RL may not fit in memory together
+            engine, engine_models = make_engine(system, config), models
+        for label, problems in benchmarks.items():
+            evaluate_system(engine, system, label, problems, config, params, stop_ids, log)
+    problem_ids = {label: {p["id"] for p in problems} for label, problems in benchmarks.items()}
+    summary = summarize(config, systems, problem_ids, log.records)
+    report(summary, log.records, output_dir, config)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with exit_on_user_error():
+        return run(parse_config(argv))
+
+
+if __name__ == "__main__":
+    main()

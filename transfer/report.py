@@ -1,0 +1,183 @@
+"""Reports of a transfer comparison: summary.json, results.md, PNG bar charts and W&B runs.
+
+Everything is computed from the sample records (`samples.jsonl`), never from in-memory state of a
+run, so a resumed run reports exactly what an uninterrupted one would. Re-running a finished
+comparison decodes nothing and rebuilds the report:
+
+    python -m transfer.evaluate --config recipes/tiny/rast/config_cpu.yaml --report_to none
+"""
+
+import json
+import netrc
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from transfer.metrics import recovery_rate, system_metrics
+
+SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
+
+
+def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[dict]) -> dict:
+    """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}} from the records."""
+    benchmarks = {}
+    for benchmark, ids in problem_ids.items():
+        rows = {}
+        for system in systems:
+            own = [r for r in records if r["system"] == system.name and r["benchmark"] == benchmark
+                   and r["problem_id"] in ids]
+            rows[system.name] = system_metrics(own, config.samples, seed=config.seed)
+        rl_avg = rows["L_RL"]["avg"] if "L_RL" in rows else None
+        for system in systems:
+            if system.name.startswith("L+RAST"):
+                rr = recovery_rate(rows[system.name]["avg"], rows["L"]["avg"], rl_avg)
+                rows[system.name].update(rr=rr.value, rr_note=rr.reason)
+        benchmarks[benchmark] = rows
+    return {"config": asdict(config), "systems": [asdict(s) for s in systems],
+            "benchmarks": benchmarks}
+
+
+def markdown_table(summary: dict) -> str:
+    """A table per benchmark: system, Avg@k ± CI, pass@k, RR, length, truncated, careful share."""
+    samples = summary["config"]["samples"]
+    parts = []
+    for benchmark, rows in summary["benchmarks"].items():
+        first = next(iter(rows.values()))
+        ks = list(first["pass"])
+        careful = all("careful_share" in m for m in rows.values())
+        header = ["system", f"avg@{samples} [95% CI]", *(f"pass@{k}" for k in ks), "RR", "tokens",
+                  "truncated"]
+        header += ["careful"] if careful else []
+        lines = [f"### {benchmark} ({first['problems']} problems x {samples} samples)", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, m in rows.items():
+            rr = "" if "rr" not in m else ("n/a" if m["rr"] is None else f"{m['rr']:.2f}")
+            cells = [name, f"{m['avg']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+                     *(f"{m['pass'][k]:.3f}" for k in ks), rr, f"{m['mean_tokens']:.1f}",
+                     f"{m['truncated_share']:.3f}"]
+            cells += [f"{m['careful_share']:.3f}"] if careful else []
+            lines.append("| " + " | ".join(cells) + " |")
+        notes = {m["rr_note"] for m in rows.values() if m.get("rr") is None and "rr_note" in m}
+        lines += [""] + [f"RR n/a: {note}." for note in sorted(notes)]
+        parts.append("\n".join(lines).rstrip() + "\n")
+    return "\n".join(parts)
+
+
+def plot(summary: dict, output_dir: Path) -> list[Path]:
+    """accuracy.png (Avg@k per benchmark and system, CI error bars) and recovery_rate.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    benchmarks = list(summary["benchmarks"])
+    systems = [s["name"] for s in summary["systems"]]
+    width = 0.8 / len(systems)
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(benchmarks) * len(systems) + 2), 4))
+    for i, name in enumerate(systems):
+        rows = [summary["benchmarks"][b][name] for b in benchmarks]
+        avg = np.array([m["avg"] for m in rows])
+        err = np.array([[m["avg"] - m["ci_low"] for m in rows],
+                        [m["ci_high"] - m["avg"] for m in rows]])
+        ax.bar(np.arange(len(benchmarks)) + i * width, avg, width, yerr=err, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(benchmarks)) + width * (len(systems) - 1) / 2, benchmarks)
+    ax.set_ylabel(f"avg@{summary['config']['samples']} (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")  # outside: bars reach 1
+    paths = [output_dir / "accuracy.png"]
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    rr = {(b, n): m["rr"] for b, rows in summary["benchmarks"].items() for n, m in rows.items()
+          if m.get("rr") is not None}
+    if rr:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rr)), 4))
+        ax.bar([f"{b}\n{n}" for b, n in rr], list(rr.values()))
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        ax.set_ylabel("recovery rate (RAST - L) / (L_RL - L)")
+        paths.append(output_dir / "recovery_rate.png")
+        fig.tight_layout()
+        fig.savefig(paths[1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def log_to_wandb(summary: dict, records: list[dict], output_dir: Path, project: str, group: str,
+                 images: list[Path]) -> None:
+    """One run per system (config, summary metrics, per-problem table), one comparison run
+    (table, bar charts, plots), all in one group."""
+    if "WANDB_MODE" not in os.environ and not _wandb_credentials():
+        # sync later with `wandb sync <output_dir>/wandb/offline-run-*`
+        os.environ["WANDB_MODE"] = "offline"
+    import wandb
+
+    samples = summary["config"]["samples"]
+    for system in summary["systems"]:
+        name = system["name"]
+        run = wandb.init(project=project, group=group, name=f"{group}/{name}", job_type="eval",
+                         dir=str(output_dir), config={**summary["config"], "system": system},
+                         reinit="finish_previous")
+        for benchmark, rows in summary["benchmarks"].items():
+            metrics = rows[name]
+            flat = {key: metrics.get(key) for key in SUMMARY_KEYS}
+            flat.update({f"pass@{k}": value for k, value in metrics["pass"].items()})
+            run.summary.update({f"{benchmark}/{key}": value for key, value in flat.items()
+                                if value is not None})
+        columns = ["benchmark", "problem_id", "correct", "samples", "mean_tokens", "first_sample"]
+        run.log({"per_problem": wandb.Table(columns=columns,
+                                            data=_per_problem_rows(records, name, samples))})
+        run.finish()
+
+    run = wandb.init(project=project, group=group, name=f"{group}/comparison",
+                     job_type="comparison", dir=str(output_dir), config=summary["config"],
+                     reinit="finish_previous")
+    columns = ["benchmark", "system", "avg", "ci_low", "ci_high", "rr", "mean_tokens",
+               "truncated_share"]
+    rows = [[benchmark, name] + [metrics.get(column) for column in columns[2:]]
+            for benchmark, by_system in summary["benchmarks"].items()
+            for name, metrics in by_system.items()]
+    logged = {"comparison": wandb.Table(columns=columns, data=rows)}
+    logged.update({f"plots/{image.stem}": wandb.Image(str(image)) for image in images})
+    for benchmark, by_system in summary["benchmarks"].items():
+        accuracy = wandb.Table(columns=["system", "avg"],
+                               data=[[name, m["avg"]] for name, m in by_system.items()])
+        logged[f"accuracy/{benchmark}"] = wandb.plot.bar(accuracy, "system", "avg",
+                                                         title=f"avg@{samples} on {benchmark}")
+        run.summary.update({f"{benchmark}/{name}/avg": m["avg"] for name, m in by_system.items()})
+    run.log(logged)
+    run.finish()
+
+
+def _per_problem_rows(records: list[dict], system: str, samples: int) -> list[list]:
+    by_problem: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["system"] == system and r["sample_index"] < samples:
+            by_problem.setdefault((r["benchmark"], r["problem_id"]), []).append(r)
+    rows = []
+    for (benchmark, problem_id), own in sorted(by_problem.items()):
+        own.sort(key=lambda r: r["sample_index"])
+        rows.append([benchmark, problem_id, sum(r["correct"] for r in own), len(own),
+                     sum(r["num_tokens"] for r in own) / len(own), own[0]["text"][:2000]])
+    return rows
+
+
+def report(summary: dict, records: list[dict], output_dir: Path, config) -> None:
+    """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled."""
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = markdown_table(summary)
+    (output_dir / "results.md").write_text(table)
+    images = plot(summary, output_dir)
+    if config.report_to == "wandb":
+        log_to_wandb(summary, records, output_dir, config.wandb_project,
+                     config.wandb_group or output_dir.name, images)
+    print(f"\n{table}\nsamples, summary.json, results.md, plots: {output_dir}")
