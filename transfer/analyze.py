@@ -1,0 +1,365 @@
+"""Token-level analysis of an RL delta: where it lives, whether it transfers across scales.
+
+For a set of trajectories (an evaluation's `samples.jsonl`, or generated here with the RAST
+engine), every model (large base L, its RL model L_RL if any, and each small pair S_i / S_i_RL)
+runs ONE teacher-forced forward per trajectory batch (right-padded, so default position ids are
+right), and every statistic of every position comes from those logits (transfer/token_stats.py):
+path coverage, where KL(RL || base) concentrates, the tokens RL moves, the cross-scale cosine of
+Delta R, the RAST distribution's KL and entropy. Writes summary.json, report.md, PNG plots and
+positions.jsonl into output_dir, and W&B behind report_to (offline without credentials).
+
+    python -m transfer.analyze --config recipes/tiny/analyze/config_cpu.yaml        # make analyze
+    python -m transfer.analyze --config recipes/tiny/analyze/config_cpu.yaml \\
+        --trajectories outputs/transfer-tiny/samples.jsonl --system "L+RAST(lam=1)" \\
+        --evaluation outputs/transfer-tiny/samples.jsonl --report_to none
+"""
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from train.errors import UserError, exit_on_user_error
+from transfer.analyze_report import report, summarize
+
+logger = logging.getLogger(__name__)
+
+GENERATED_SYSTEMS = ("S_RL", "S", "L", "L_RL", "L+RAST")
+POSITION_CHUNK = 1024  # positions per fp32 stats call: bounds memory at Qwen's 152k-token vocab
+
+
+@dataclass
+class AnalyzeConfig:
+    """One analysis; every field can be overridden on the command line (`--limit 16`)."""
+
+    target: str = field(default="tiny-l", metadata={"help": "large base L: name, dir or hub id"})
+    small_rl: list[str] = field(default_factory=lambda: ["outputs/tiny-s-grpo"], metadata={
+        "help": "small RL models (train.grpo outputs or hub ids); the first steers RAST, two or "
+                "more give the cross-scale cosine"})
+    small_base: list[str] = field(default_factory=list, metadata={
+        "help": "base of each small_rl, same order; empty = each one's rast_pair.json"})
+    target_rl: str | None = field(default=None, metadata={
+        "help": "L's own RL model (e.g. outputs/tiny-l-grpo): cosine of Delta R vs L's delta"})
+    lam: float = field(default=1.0, metadata={"help": "RAST strength for the RAST distribution"})
+    trajectories: str | None = field(default=None, metadata={
+        "help": "samples.jsonl of transfer.evaluate (or its directory); empty = generate here"})
+    system: str = field(default="S_RL", metadata={
+        "help": "whose trajectories: a system name of the trajectories file, or to generate one "
+                "of S_RL, S, L, L_RL, L+RAST (with lam)"})
+    benchmark: str = field(default="tiny", metadata={"help": "'tiny', a benchmark name or path"})
+    split: str = "test"
+    limit: int | None = field(default=64, metadata={"help": "first N problems"})
+    samples: int = field(default=1, metadata={"help": "trajectories per problem"})
+    prompt_template: str = "tiny"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int = 0
+    batch_size: int = field(default=16, metadata={"help": "trajectories per forward"})
+    evaluation: str | None = field(default=None, metadata={
+        "help": "samples.jsonl with every system's graded samples: per-problem RAST gain, and "
+                "lengths and behaviour words per system"})
+    baseline_system: str = "L"
+    rast_system: str = "L+RAST(lam=1)"
+    branching_words: list[str] = field(default_factory=lambda: [
+        "alternatively", "another", "try", "suppose", "consider", "instead"])
+    backtracking_words: list[str] = field(default_factory=lambda: [
+        "however", "but", "mistake", "wrong", "actually", "again", "wait"])
+    verification_words: list[str] = field(default_factory=lambda: [
+        "check", "verify", "confirm", "substitute", "ensure", "double-check"])
+    top_tokens: int = field(default=10, metadata={"help": "most up/down-weighted tokens listed"})
+    min_shift: float = field(default=0.05, metadata={
+        "help": "a position counts for a token when RL moves its probability by at least this"})
+    example: int = field(default=-1, metadata={
+        "help": "trajectory of the heat strip; -1 = the correct one (else any) with the largest "
+                "total KL"})
+    device: str | None = field(default=None, metadata={
+        "help": "cuda, cpu or auto (spread over GPUs); default: cuda if any"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "default bfloat16 on GPU, else float32"})
+    torch_threads: int | None = field(default=1, metadata={"help": "CPU threads (1: tiny models)"})
+    output_dir: str = "outputs/analyze-tiny"
+    report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
+    wandb_project: str = "rast-analyze"
+
+    def __post_init__(self):
+        self.small_base = [base for base in self.small_base if base]
+        self.trajectories = self.trajectories or None
+        self.evaluation = self.evaluation or None
+        self.target_rl = self.target_rl or None
+        if not self.small_rl:
+            raise UserError("small_rl is empty: name at least one small RL model")
+        if self.small_base and len(self.small_base) != len(self.small_rl):
+            raise UserError(f"{len(self.small_base)} small_base for {len(self.small_rl)} small_rl: "
+                            f"give one base per RL model, or none to read rast_pair.json")
+        if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UserError("samples, batch_size and max_new_tokens must be >= 1")
+        if self.report_to not in ("wandb", "none"):
+            raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
+        if self.trajectories is None and self.system not in GENERATED_SYSTEMS:
+            raise UserError(f"system {self.system!r} cannot be generated here: use one of "
+                            f"{', '.join(GENERATED_SYSTEMS)}, or give --trajectories")
+        if self.system == "L_RL" and self.trajectories is None and not self.target_rl:
+            raise UserError("system L_RL needs target_rl")
+
+    @property
+    def lexicons(self) -> dict[str, list[str]]:
+        return {"branching": self.branching_words, "backtracking": self.backtracking_words,
+                "verification": self.verification_words}
+
+
+@dataclass
+class Trajectory:
+    problem_id: str
+    sample_index: int
+    prompt_ids: list[int]
+    token_ids: list[int]  # the completion, teacher-forced
+    text: str
+    correct: bool | None
+
+
+@dataclass
+class Models:
+    tokenizer: object
+    large: object
+    pairs: list[tuple[object, object]]  # (small_base, small_rl) per config.small_rl
+    large_rl: object | None
+    names: dict[str, str]  # "L", "L_RL", "S0", "S0_RL", ... -> what was loaded
+
+
+def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
+    from trl import TrlParser  # heavy import, kept out of module import time
+
+    try:
+        (config,) = TrlParser([AnalyzeConfig]).parse_args_and_config(argv)
+    except (ValueError, OSError) as err:  # unknown YAML key, missing or malformed recipe file
+        raise UserError(f"bad analyze recipe: {err}") from None
+    from train.prompts import TEMPLATES
+
+    if config.prompt_template not in TEMPLATES:
+        raise UserError(f"unknown prompt_template {config.prompt_template!r}: "
+                        f"use one of {', '.join(TEMPLATES)}")
+    return config
+
+
+def _check_local(name: str) -> None:
+    # "outputs/tiny-s-grpo" looks like an org/name hub id; when outputs/ exists it is a path.
+    if "/" in name and Path(name.split("/")[0]).is_dir() and not Path(name).is_dir():
+        raise UserError(f"{name}: no such directory; train it first (`make train-small` for "
+                        f"tiny-s, `make train-family` for tiny-m and tiny-l) or fix the recipe")
+
+
+def load_models(config: AnalyzeConfig) -> Models:
+    """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
+    from train.models import load_model, load_tokenizer, resolve_model
+    from transfer.engine import _paired_base
+    from transfer.rast import check_tokenizers_compatible
+
+    for name in [config.target, config.target_rl, *config.small_rl, *config.small_base]:
+        if name:
+            _check_local(name)
+    bases = config.small_base or [_paired_base(rl) for rl in config.small_rl]
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
+    on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dtype = getattr(torch, config.dtype) if config.dtype else (
+        torch.bfloat16 if on_gpu else torch.float32)
+    tokenizer = load_tokenizer(config.target)
+
+    def load(name: str, adapter_of: str | None = None):
+        path = Path(resolve_model(name))
+        if (path / "adapter_config.json").is_file():  # a LoRA output of train.grpo
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(load(adapter_of), str(path)).eval()
+        if name != config.target and ((path / "tokenizer_config.json").is_file()
+                                      or not path.is_dir()):  # a hub id carries a tokenizer
+            check_tokenizers_compatible(tokenizer, load_tokenizer(name), config.target, name)
+        return load_model(name, dtype=dtype, device_map=device).eval()
+
+    names = {"L": config.target}
+    pairs = []
+    for i, (base, rl) in enumerate(zip(bases, config.small_rl)):
+        _warn_if_rebuilt(resolve_model(base), resolve_model(rl))
+        pairs.append((load(base), load(rl, adapter_of=base)))
+        names |= {f"S{i}": base, f"S{i}_RL": rl}
+    large_rl = None
+    if config.target_rl:
+        large_rl, names["L_RL"] = load(config.target_rl, adapter_of=config.target), config.target_rl
+    return Models(tokenizer, load(config.target), pairs, large_rl, names)
+
+
+def _warn_if_rebuilt(base_path: str, rl_path: str) -> None:
+    """A base saved after its RL model was (`make tiny-family --force`) makes Delta R noise."""
+    def newest(path: str) -> float:
+        return max((f.stat().st_mtime for f in Path(path).glob("*.safetensors")), default=0.0)
+
+    if newest(base_path) > newest(rl_path) > 0:
+        logger.warning("%s was saved after %s: the RL model was trained from an older base, so "
+                       "their delta is not the RL delta; retrain it", base_path, rl_path)
+
+
+def _problems(config: AnalyzeConfig) -> dict[str, dict]:
+    from transfer.evaluate import load_benchmark
+
+    return {p["id"]: p for p in load_benchmark(config.benchmark, config.split, config.limit)}
+
+
+def read_records(path_or_dir: str) -> list[dict]:
+    path = Path(path_or_dir)
+    path = path / "samples.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"{path_or_dir}: no samples.jsonl there; run `make transfer` first or "
+                        f"leave trajectories empty to generate them")
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
+    """The chosen system's samples of the first `limit` problems, `samples` per problem.
+
+    The records hold text, not ids: the text is re-tokenized (exact for the tiny family's
+    character tokenizer) and the stop token is not part of the analysed positions.
+    """
+    from train.prompts import render_prompt
+    from transfer.evaluate import benchmark_label
+
+    records, problems = read_records(config.trajectories), _problems(config)
+    label = benchmark_label(config.benchmark)
+    chosen = [r for r in records if r["system"] == config.system and r["benchmark"] == label
+              and r["problem_id"] in problems and r["sample_index"] < config.samples]
+    if not chosen:
+        systems = sorted({r["system"] for r in records})
+        raise UserError(f"no samples of system {config.system!r} on {label} in "
+                        f"{config.trajectories}; systems there: {', '.join(systems)}")
+    trajectories = []
+    for r in sorted(chosen, key=lambda r: (r["problem_id"], r["sample_index"])):
+        prompt = render_prompt(config.prompt_template, problems[r["problem_id"]]["problem"])
+        ids = r.get("token_ids") or tokenizer(r["text"], add_special_tokens=False)["input_ids"]
+        trajectories.append(Trajectory(r["problem_id"], r["sample_index"],
+                                       tokenizer(prompt)["input_ids"], list(ids), r["text"],
+                                       r.get("correct")))
+    return trajectories
+
+
+def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Trajectory]:
+    """Decode config.system with the loaded models; graded records go to output_dir/samples.jsonl
+    in transfer.evaluate's format (plus token_ids), so --trajectories can reuse them."""
+    from train.grader import grade_batch
+    from train.prompts import render_prompt
+    from train.tiny.task import is_careful
+    from transfer.engine import RastEngine, SamplingParams
+    from transfer.evaluate import benchmark_label
+
+    tokenizer, (base, rl) = models.tokenizer, models.pairs[0]
+    steered = {"S_RL": (rl,), "S": (base,), "L": (models.large,), "L_RL": (models.large_rl,),
+               "L+RAST": (models.large, base, rl)}[config.system]
+    engine = RastEngine(*steered, lam=config.lam, tokenizer=tokenizer)
+    problems = list(_problems(config).values())
+    prompts = [render_prompt(config.prompt_template, p["problem"]) for p in problems]
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens)
+    completions = engine.generate(prompts, params, n=config.samples, seed=config.seed,
+                                  keys=[p["id"] for p in problems], batch_size=config.batch_size)
+    answers = {p["id"]: p["answer"] for p in problems}
+    grades = grade_batch([answers[c.key] for c in completions], [c.text for c in completions])
+    records = [{"system": config.system, "benchmark": benchmark_label(config.benchmark),
+                "problem_id": c.key, "sample_index": c.sample_index, "seed": c.seed,
+                "text": c.text, "extracted": g.extracted, "correct": g.correct,
+                "num_tokens": len(c.token_ids), "finished": c.finished, "token_ids": c.token_ids,
+                **({"careful": is_careful(c.text)} if config.benchmark == "tiny" else {})}
+               for c, g in zip(completions, grades)]
+    path = Path(config.output_dir) / "samples.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    prompt_ids = {p["id"]: tokenizer(prompt)["input_ids"] for p, prompt in zip(problems, prompts)}
+    return [Trajectory(c.key, c.sample_index, prompt_ids[c.key], c.token_ids, c.text, g.correct)
+            for c, g in zip(completions, grades)]
+
+
+@torch.inference_mode()
+def teacher_forced_logits(model, trajectories: list[Trajectory], pad_id: int) -> list[torch.Tensor]:
+    """ONE forward of `model` over the batch; per trajectory, the logits [len(token_ids), rows]
+    that predicted each of its completion tokens (position p - 1 predicts token p)."""
+    sequences = [t.prompt_ids + t.token_ids for t in trajectories]
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(sequences):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+    # Right padding: each row's real tokens sit at positions 0..len-1, exactly the default
+    # position ids, and no real token attends to padding under the causal mask.
+    device = model.get_input_embeddings().weight.device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    starts = [len(t.prompt_ids) - 1 for t in trajectories]
+    return [logits[row, start:start + len(t.token_ids)]
+            for row, (start, t) in enumerate(zip(starts, trajectories))]
+
+
+def trajectory_stats(models: Models, trajectories: list[Trajectory], lam: float,
+                     batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Per trajectory, every token_stats statistic per completion position (CPU tensors)."""
+    from transfer.token_stats import PositionLogits, position_stats
+
+    shared_vocab = len(models.tokenizer)
+    pad_id = models.tokenizer.pad_token_id or 0  # any id: padded positions are masked out
+    stats = []
+    for start in tqdm(range(0, len(trajectories), batch_size), desc="teacher-forced", unit="batch"):
+        batch = trajectories[start:start + batch_size]
+        large = teacher_forced_logits(models.large, batch, pad_id)
+        large_rl = (teacher_forced_logits(models.large_rl, batch, pad_id)
+                    if models.large_rl is not None else [None] * len(batch))
+        pairs = [(teacher_forced_logits(base, batch, pad_id),
+                  teacher_forced_logits(rl, batch, pad_id)) for base, rl in models.pairs]
+        for row, trajectory in enumerate(batch):
+            targets = torch.tensor(trajectory.token_ids)
+            chunks = []
+            for chunk in range(0, len(targets), POSITION_CHUNK):
+                cut = slice(chunk, chunk + POSITION_CHUNK)
+                logits = PositionLogits(
+                    large[row][cut], [(base[row][cut], rl[row][cut]) for base, rl in pairs],
+                    None if large_rl[row] is None else large_rl[row][cut])
+                chunks.append(position_stats(logits, targets[cut], lam=lam,
+                                             shared_vocab=shared_vocab))
+            stats.append({key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]})
+    return stats
+
+
+def run(config: AnalyzeConfig) -> dict:
+    """Load, get trajectories, one teacher-forced pass, summarize, report; returns the summary."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    evaluation = read_records(config.evaluation) if config.evaluation else None
+    models = load_models(config)
+    if config.trajectories:
+        trajectories = read_trajectories(config, models.tokenizer)
+    else:
+        trajectories = generate_trajectories(config, models)
+    dropped = sum(not t.token_ids for t in trajectories)
+    trajectories = [t for t in trajectories if t.token_ids]
+    if not trajectories:
+        raise UserError("every trajectory is empty: nothing to analyse")
+    if dropped:
+        logger.warning("skipping %d empty trajectories", dropped)
+    stats = trajectory_stats(models, trajectories, config.lam, config.batch_size)
+    summary = summarize(config, models, trajectories, stats, evaluation)
+    report(summary, config, models.tokenizer, trajectories, stats, output_dir)
+    (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with exit_on_user_error():
+        return run(parse_config(argv))
+
+
+if __name__ == "__main__":
+    main()
