@@ -20,7 +20,6 @@ unless credentials exist or WANDB_MODE is set; `--report_to none` turns it off.
 import contextlib
 import json
 import logging
-import netrc
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,13 +32,15 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from train.data import load_problems
 from train.errors import UserError, exit_on_user_error
-from train.models import load_model, load_tokenizer, resolve_model
+from train.models import load_model, load_tokenizer
+from train.pairing import PAIR_FILE
+from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
 from train.rewards import correctness_reward
+from train.tracking import wandb_credentials
 
 logger = logging.getLogger(__name__)
 
-PAIR_FILE = "rast_pair.json"
 EVAL_FILE = "eval_before_after.json"
 
 
@@ -85,7 +86,7 @@ def wandb_logging(training_args: GRPOConfig):
     import wandb
 
     wanted = {"WANDB_DIR": os.path.abspath(training_args.output_dir), "WANDB_PROJECT": "rast"}
-    if not _wandb_credentials():
+    if not wandb_credentials():
         wanted["WANDB_MODE"] = "offline"
     added = {key: value for key, value in wanted.items() if key not in os.environ}
     os.environ.update(added)
@@ -99,15 +100,6 @@ def wandb_logging(training_args: GRPOConfig):
             wandb.finish()
         for key in added:
             os.environ.pop(key)
-
-
-def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
 
 
 def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
@@ -234,13 +226,10 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
 def write_pair(output_dir: str, args: RastTrainArguments, model_args: ModelConfig,
                recipe: str | None, step: int) -> None:
     """rast_pair.json: the base this RL model pairs with, so `transfer` needs no extra flag."""
-    small_base = resolve_model(model_args.model_name_or_path)
-    if Path(small_base).is_dir():
-        small_base = os.path.abspath(small_base)
-    pair = {"small_base": small_base, "model_name_or_path": model_args.model_name_or_path,
-            "adapter": bool(model_args.use_peft), "recipe": recipe,
-            "prompt_template": args.prompt_template, "global_step": step}
-    (Path(output_dir) / PAIR_FILE).write_text(json.dumps(pair, indent=2) + "\n")
+    write_rast_pair(output_dir, model_args.model_name_or_path,
+                    model_name_or_path=model_args.model_name_or_path,
+                    adapter=bool(model_args.use_peft), recipe=recipe,
+                    prompt_template=args.prompt_template, global_step=step)
 
 
 def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments) -> dict:

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
+from train.pairing import paired_base
 from transfer.analyze_report import report, summarize
 
 logger = logging.getLogger(__name__)
@@ -156,13 +157,12 @@ def _check_local(name: str) -> None:
 def load_models(config: AnalyzeConfig) -> Models:
     """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
     from train.models import load_model, load_tokenizer, resolve_model
-    from transfer.engine import _paired_base
     from transfer.rast import check_tokenizers_compatible
 
     for name in [config.target, config.target_rl, *config.small_rl, *config.small_base]:
         if name:
             _check_local(name)
-    bases = config.small_base or [_paired_base(rl) for rl in config.small_rl]
+    bases = config.small_base or [paired_base(rl) for rl in config.small_rl]
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
     on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")

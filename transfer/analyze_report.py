@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from train.tracking import wandb_credentials
 from transfer.token_stats import lexicon_counts, pearson, smallest_share_holding
 
 CONTEXT_CHARS = 40  # characters of text shown before a token in the example contexts
@@ -324,10 +325,8 @@ def report(summary: dict, config, tokenizer, trajectories, stats, output_dir: Pa
 def log_to_wandb(summary: dict, config, plots: list[Path], output_dir: Path) -> None:
     """One run: flat summary numbers, the plots, and the top-token tables; offline into
     output_dir/wandb unless credentials exist or WANDB_MODE is set."""
-    from transfer.report import _wandb_credentials
-
     os.environ.setdefault("WANDB_DIR", str(output_dir.resolve()))
-    if "WANDB_MODE" not in os.environ and not _wandb_credentials():
+    if "WANDB_MODE" not in os.environ and not wandb_credentials():
         # upload later with `wandb sync <output_dir>/wandb/offline-run-*`
         os.environ["WANDB_MODE"] = "offline"
     import wandb

@@ -14,7 +14,6 @@ the large model through this same loop, so baselines and RAST share every line.
 The command-line front end is `python -m transfer.generate --help`.
 """
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from transformers import DynamicCache
 
 from train.errors import UserError
 from train.models import QWEN_STOP_IDS, load_model, load_tokenizer, resolve_model
+from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class RastEngine:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
                             f"neither to decode the large model alone")
         if small_rl is not None and small_base is None:
-            small_base = _paired_base(small_rl)
+            small_base = paired_base(small_rl)
         large_map, small_map, dtype = _placement(device, dtype, small_device)
         tokenizer = load_tokenizer(large)
         large_model = load_model(large, dtype=dtype, device_map=large_map)
@@ -309,17 +309,6 @@ def _default_stop_ids(large, tokenizer) -> list[int]:
         if (vocab.get("<|endoftext|>"), vocab.get("<|im_end|>")) == QWEN_STOP_IDS:
             stop.update(QWEN_STOP_IDS)
     return sorted(stop)
-
-
-def _paired_base(small_rl: str) -> str:
-    """The small base a train.grpo output started from, read from its rast_pair.json."""
-    pair_file = Path(resolve_model(small_rl)) / "rast_pair.json"
-    try:
-        return json.loads(pair_file.read_text())["small_base"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise UserError(f"cannot tell which small base {small_rl!r} was trained from (no readable "
-                        f"{pair_file.name} with 'small_base'): pass small_base (--small-base)"
-                        ) from None
 
 
 def _has_tokenizer(name_or_path: str) -> bool:

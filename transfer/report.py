@@ -8,11 +8,11 @@ comparison decodes nothing and rebuilds the report:
 """
 
 import json
-import netrc
 import os
 from dataclasses import asdict
 from pathlib import Path
 
+from train.tracking import wandb_credentials
 from transfer.metrics import recovery_rate, system_metrics
 
 SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
@@ -103,20 +103,11 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def _wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
 def log_to_wandb(summary: dict, records: list[dict], output_dir: Path, project: str, group: str,
                  images: list[Path]) -> None:
     """One run per system (config, summary metrics, per-problem table), one comparison run
     (table, bar charts, plots), all in one group."""
-    if "WANDB_MODE" not in os.environ and not _wandb_credentials():
+    if "WANDB_MODE" not in os.environ and not wandb_credentials():
         # sync later with `wandb sync <output_dir>/wandb/offline-run-*`
         os.environ["WANDB_MODE"] = "offline"
     import wandb

@@ -10,8 +10,14 @@ from train.models import load_model, load_tokenizer
 from train.tiny import family
 from train.tiny.evaluate import evaluate
 from train.tiny.family import MEMBERS, PretrainArgs, Size, build_member, pretrain, qwen2_config
-from train.tiny.task import (all_problems, careful_solution, is_careful, problems, quick_guess,
-                             sample_corpus)
+from train.tiny.task import (
+    all_problems,
+    careful_solution,
+    is_careful,
+    problems,
+    quick_guess,
+    sample_corpus,
+)
 from train.tiny.tokenizer import build_tokenizer
 
 MICRO = Size(16, 1, 2, 32)

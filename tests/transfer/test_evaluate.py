@@ -17,8 +17,16 @@ import pytest
 import yaml
 
 from train.errors import UserError
-from transfer.evaluate import (SampleLog, System, TransferConfig, build_systems, check_signatures,
-                               parse_config, run, validate_models)
+from transfer.evaluate import (
+    SampleLog,
+    System,
+    TransferConfig,
+    build_systems,
+    check_signatures,
+    parse_config,
+    run,
+    validate_models,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))

@@ -5,8 +5,16 @@ import itertools
 import numpy as np
 import pytest
 
-from transfer.metrics import (avg_at_k, bootstrap_ci, correctness_matrix, k_values, mean_pass_at_k,
-                              pass_at_k, recovery_rate, system_metrics)
+from transfer.metrics import (
+    avg_at_k,
+    bootstrap_ci,
+    correctness_matrix,
+    k_values,
+    mean_pass_at_k,
+    pass_at_k,
+    recovery_rate,
+    system_metrics,
+)
 
 
 def brute_force_pass_at_k(row: np.ndarray, k: int) -> float:

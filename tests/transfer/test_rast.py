@@ -5,8 +5,14 @@ import torch
 
 from train.errors import UserError
 from train.tiny.tokenizer import build_tokenizer
-from transfer.rast import (align_logits, check_tokenizers_compatible, combine_logits, sample_seed,
-                           sample_tokens, warp_logits)
+from transfer.rast import (
+    align_logits,
+    check_tokenizers_compatible,
+    combine_logits,
+    sample_seed,
+    sample_tokens,
+    warp_logits,
+)
 
 SHARED = 98  # character tokenizer length; the fixtures' models have 128 and 160 embedding rows
 
