@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
+from train.pairing import paired_base, read_pair
 
 logger = logging.getLogger(__name__)
 
@@ -102,25 +103,18 @@ def parse_config(argv: list[str] | None = None) -> TransferConfig:
     return config
 
 
-def _rast_pair(small_rl: str) -> dict:
-    pair_file = Path(small_rl) / "rast_pair.json"
-    return json.loads(pair_file.read_text()) if pair_file.is_file() else {}
-
-
 def build_systems(config: TransferConfig) -> list[System]:
     """Systems in table order; ones that share models are adjacent so an engine can be reused."""
-    trained_from = _rast_pair(config.small_rl).get("small_base")
-    small_base = config.small_base or trained_from
-    if small_base is None:
-        raise UserError(f"small_base is not set and {config.small_rl}/rast_pair.json does not "
-                        f"exist: set small_base in the recipe")
+    pair = read_pair(config.small_rl)
+    trained_from = pair.get("small_base")
+    small_base = paired_base(config.small_rl, config.small_base)  # also checks the base's weights
     if trained_from and config.small_base and not _same_model(config.small_base, trained_from):
         raise UserError(f"small_base {config.small_base!r} is not the model {config.small_rl} was "
                         f"trained from ({trained_from!r}, its rast_pair.json): fix small_base")
     systems = []
     if config.include_small_base:
         systems.append(System("S", small_base))
-    if config.include_small_rl and _rast_pair(config.small_rl).get("adapter"):
+    if config.include_small_rl and pair.get("adapter"):
         # A LoRA adapter dir cannot be decoded alone; S + 1 * (S_RL - S) equals S_RL up to fp32
         # rounding, through the engine's adapter path.
         systems.append(System("S_RL", small_base, small_base, config.small_rl, 1.0))
