@@ -184,8 +184,8 @@ class RastEngine:
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
-                         stop_ids: list[int] | None = None,
-                         batch_size: int = 16) -> Iterator[list[Completion]]:
+                         stop_ids: list[int] | None = None, batch_size: int = 16,
+                         progress: bool = True) -> Iterator[list[Completion]]:
         """Yield the completions of each batch as it finishes, ordered by (prompt, sample).
 
         batch_size counts sequences decoded together; a batch holds max(1, batch_size // n)
@@ -196,7 +196,7 @@ class RastEngine:
         if len(keys) != len(prompts):
             raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
         prompts_per_batch = max(1, batch_size // n)
-        progress = tqdm(total=len(prompts), unit="prompt", desc="decode")
+        bar = tqdm(total=len(prompts), unit="prompt", desc="decode", disable=not progress)
         for start in range(0, len(prompts), prompts_per_batch):
             batch_prompts = prompts[start:start + prompts_per_batch]
             batch_keys = keys[start:start + prompts_per_batch]
@@ -209,15 +209,16 @@ class RastEngine:
                     ids, finished = next(rows)
                     text = self.tokenizer.decode(ids[:-1] if finished else ids)
                     completions.append(Completion(key, index, row_seed, ids, text, finished))
-            progress.update(len(batch_prompts))
+            bar.update(len(batch_prompts))
             yield completions
-        progress.close()
+        bar.close()
 
     def generate(self, prompts: list[str], params: SamplingParams, n: int = 1, seed: int = 0,
                  keys: list[str] | None = None, stop_ids: list[int] | None = None,
-                 batch_size: int = 16) -> list[Completion]:
+                 batch_size: int = 16, progress: bool = True) -> list[Completion]:
         """All completions, ordered by (prompt, sample); see generate_batches."""
-        batches = self.generate_batches(prompts, params, n, seed, keys, stop_ids, batch_size)
+        batches = self.generate_batches(prompts, params, n, seed, keys, stop_ids, batch_size,
+                                        progress)
         return [completion for batch in batches for completion in batch]
 
     @torch.inference_mode()

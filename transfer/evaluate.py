@@ -295,7 +295,7 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
     # these chunks (only the last chunk of a benchmark may be short, and it stays last).
     for completions in engine.generate_batches(prompts, params, n=config.samples, seed=config.seed,
                                                keys=list(by_key), stop_ids=stop_ids,
-                                               batch_size=config.batch_size):
+                                               batch_size=config.batch_size, progress=False):
         new = [c for c in completions if (by_key[c.key]["id"], c.sample_index) not in done]
         grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
         records = [{"system": system.name, "benchmark": benchmark,

@@ -27,7 +27,7 @@ class FakeEngine:
         return ACCURACY[self.system.name]
 
     def generate_batches(self, prompts, params, n=1, seed=0, keys=None, stop_ids=None,
-                         batch_size=16):
+                         batch_size=16, progress=True):
         per_batch = max(1, batch_size // n)
         for start in range(0, len(prompts), per_batch):
             time.sleep(self.delay)
