@@ -32,13 +32,15 @@ train-small: setup
 	$(PY) -m train.grpo --config $(RECIPE) $(ARGS)
 
 # make transfer [TARGET=tiny|7B|14B|32B] [RECIPE=recipes/.../rast/config_x.yaml] [ARGS="--limit 20"]
+# The tiny default first trains what it compares (tiny-s and tiny-l GRPO); finished runs are skipped.
 transfer: TARGET ?= tiny
 transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
+	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS=)
 	$(PY) -m transfer.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup
-	$(PY) -m transfer.bench --batch-size 8 --prompts 32
+	$(PY) -m transfer.bench --batch-size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small-rl outputs/tiny-s-grpo)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
