@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze
+.PHONY: setup test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,21 @@ test-slow: setup
 train-small: RECIPE ?= recipes/tiny/grpo/config_cpu.yaml
 train-small: setup
 	$(if $(findstring recipes/tiny/,$(RECIPE)),$(PY) -m train.tiny.family --members tiny-s)
-	$(PY) -m train.grpo --config $(RECIPE) $(ARGS)
+	$(if $(ACCELERATE),$(VENV)/bin/accelerate launch $(LAUNCH_FLAGS),$(PY)) -m train.grpo --config $(RECIPE) $(ARGS)
+
+# Several GPUs / nodes: ACCELERATE=ddp|zero2|zero3 names recipes/accelerate_configs/<it>.yaml
+# (8 processes per node) and runs the same recipe under `accelerate launch`; on node i of N add
+# NODES=N NODE_RANK=i MAIN_ADDR=<node 0's address> [MAIN_PORT=29500]; NUM_PROCESSES overrides
+# the total process count (default: the config's, times NODES for several nodes).
+NODES ?= 1
+NODE_RANK ?= 0
+MAIN_ADDR ?= 127.0.0.1
+MAIN_PORT ?= 29500
+NUM_PROCESSES ?= $(if $(filter-out 1,$(NODES)),$(shell expr 8 \* $(NODES)))
+LAUNCH_FLAGS = --config_file recipes/accelerate_configs/$(ACCELERATE).yaml \
+	$(if $(NUM_PROCESSES),--num_processes $(NUM_PROCESSES)) \
+	$(if $(filter-out 1,$(NODES)),--num_machines $(NODES) --machine_rank $(NODE_RANK) \
+	--main_process_ip $(MAIN_ADDR) --main_process_port $(MAIN_PORT))
 
 # make transfer [TARGET=tiny|7B|14B|32B] [RECIPE=recipes/.../rast/config_x.yaml] [ARGS="--limit 20"]
 # The tiny default first trains what it compares (tiny-s and tiny-l GRPO); finished runs are skipped.
@@ -67,3 +81,9 @@ train-family: setup
 analyze: RECIPE ?= recipes/tiny/analyze/config_cpu.yaml
 analyze: setup
 	$(PY) -m transfer.analyze --config $(RECIPE) $(ARGS)
+
+# On a machine with one GPU (H100/H200, no network; under 8 minutes): RAST vs L-alone throughput,
+# bf16 vs fp32 combined logits, GRPO steps in bf16, peak memory; writes outputs/gpu_check.json.
+# ARGS=--smoke runs the same path on CPU with tiny configs.
+gpu-check: setup
+	$(PY) -m transfer.gpu_check $(ARGS)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate.commands.config.config_args import load_config_from_file
 
 from train import grpo
 from train.data import BENCHMARKS
@@ -37,6 +38,8 @@ PARSERS = {
     "grpo": parse_grpo_recipe,  # python -m train.grpo --config ...
     "rast": parse_rast_recipe,  # python -m transfer.evaluate --config ...
     "analyze": lambda path: parse_analyze_config(["--config", str(path)]),  # python -m transfer.analyze
+    # accelerate launch --config_file ...: accelerate's own loader rejects unknown keys
+    "accelerate_configs": lambda path: load_config_from_file(str(path)),
 }
 
 

@@ -8,12 +8,20 @@ number in `summary.json`, `results.md`, the plots and W&B is recomputed from tha
 
     python -m transfer.evaluate --config recipes/tiny/rast/config_cpu.yaml          # make transfer
     python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --limit 50
+    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
+    torchrun --nproc_per_node 4 -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml
+
+Distributed (torchrun or `accelerate launch --num_processes N`, one or several nodes): rank k
+decodes every world_size-th chunk of each (system, benchmark), the same chunks a single process
+would decode, so tokens do not depend on the layout; it appends to samples.rank<k>.jsonl. After a
+gloo barrier, rank 0 merges every file into samples.jsonl (canonical order, duplicates dropped)
+and reports. All ranks must see one output_dir: across nodes it has to be a shared filesystem.
+On a GPU node each process gets an equal share of the node's GPUs (CUDA_VISIBLE_DEVICES).
 """
 
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +29,8 @@ from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
 from train.pairing import paired_base, read_pair
+from transfer.distributed import barrier, pin_gpus_of_this_process, this_shard
+from transfer.sample_log import SampleLog, merge_samples, sample_files
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,12 @@ class TransferConfig:
     wandb_project: str = "rast-transfer"
     wandb_group: str | None = field(default=None, metadata={
         "help": "W&B group; default: output_dir's name"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "print the GPU plan (memory arithmetic from the registry) and exit; loads nothing"})
+    gpus: int | None = field(default=None, metadata={
+        "help": "dry run: plan for this many GPUs per node (default: this machine's, else 8)"})
+    gpu_memory_gb: float | None = field(default=None, metadata={
+        "help": "dry run: memory of one GPU in GB (default: this machine's, else 80)"})
 
     def __post_init__(self):
         self.lambdas = [float(lam) for lam in self.lambdas]
@@ -190,44 +206,6 @@ def benchmark_label(name: str) -> str:
     return Path(name).stem if ("/" in name or name.endswith(".jsonl")) else name
 
 
-class SampleLog:
-    """Append-only JSONL of graded samples that survives SIGKILL.
-
-    A kill mid-write leaves at most one torn last line (no trailing newline): it is dropped and
-    cut from the file before appending, so the next record does not glue onto it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records = self._read_and_repair()
-
-    def _read_and_repair(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        *lines, torn = data.split(b"\n")
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{self.path}:{number} is not a JSON record; fix or delete that "
-                                f"line, or use a new output_dir") from None
-        if torn:
-            logger.warning("dropping a torn last line of %s (%d bytes) left by a killed run",
-                           self.path, len(torn))
-            with open(self.path, "r+b") as file:
-                file.truncate(len(data) - len(torn))
-        return records
-
-    def append(self, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write("".join(json.dumps(record) + "\n" for record in records))
-            file.flush()
-            os.fsync(file.fileno())
-        self.records += records
-
-
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
     """Refuse to mix samples of one system name decoded with different settings in one output_dir.
 
@@ -260,32 +238,37 @@ def stop_ids_of(tokenizer) -> list[int]:
 
 
 def chunks_to_do(system: System, benchmark: str, problems: list[dict], config: TransferConfig,
-                 log: SampleLog) -> tuple[list[list[dict]], int]:
+                 log: SampleLog, shard: tuple[int, int] = (0, 1)) -> tuple[list[list[dict]], int]:
     """(chunks with a sample not yet logged, number of chunks in all) of one system and benchmark.
 
     Problems go to the engine in fixed chunks of batch_size // samples problems, the same chunks
     on every run, so a resumed run re-decodes an interrupted chunk with the same batch contents
-    and gets the same tokens; only its missing samples are appended.
+    and gets the same tokens; only its missing samples are appended. shard = (rank, world_size):
+    this process owns chunks rank, rank + world_size, ...: whole chunks, so the batches (and with
+    them padding and floats) are those of a single-process run.
     """
+    rank, world_size = shard
     done = {(r["problem_id"], r["sample_index"]) for r in log.records
             if r["system"] == system.name and r["benchmark"] == benchmark}
     per_chunk = max(1, config.batch_size // config.samples)
     chunks = [problems[i:i + per_chunk] for i in range(0, len(problems), per_chunk)]
-    todo = [chunk for chunk in chunks
+    own = chunks[rank::world_size]
+    todo = [chunk for chunk in own
             if any((p["id"], i) not in done for p in chunk for i in range(config.samples))]
-    return todo, len(chunks)
+    return todo, len(own)
 
 
 def evaluate_system(engine, system: System, benchmark: str, problems: list[dict],
-                    config: TransferConfig, params, stop_ids: list[int], log: SampleLog) -> None:
-    """Decode, grade and log each (problem, sample) of one system and benchmark not yet logged."""
+                    config: TransferConfig, params, stop_ids: list[int], log: SampleLog,
+                    shard: tuple[int, int] = (0, 1)) -> None:
+    """Decode, grade and log each (problem, sample) of this shard not yet logged."""
     from train.grader import grade_batch
     from train.prompts import render_prompt
     from train.tiny.task import is_careful
 
     own = [r for r in log.records if r["system"] == system.name and r["benchmark"] == benchmark]
     done = {(r["problem_id"], r["sample_index"]) for r in own}
-    todo, total = chunks_to_do(system, benchmark, problems, config, log)
+    todo, total = chunks_to_do(system, benchmark, problems, config, log, shard)
     correct, graded = sum(r["correct"] for r in own), len(own)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
                unit="batch")
@@ -318,9 +301,34 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
 def load_engine(system: System, config: TransferConfig):
     from transfer.engine import RastEngine
 
+    device, small_device = config.device, None
+    if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
+        device, small_device = gpu_layout(system, config)
     return RastEngine.from_pretrained(system.large, small_base=system.small_base,
                                       small_rl=system.small_rl, lam=system.lam,
-                                      device=config.device)
+                                      device=device, small_device=small_device)
+
+
+def gpu_layout(system: System, config: TransferConfig):
+    """(large device map, small pair device) from transfer.placement's plan for the visible
+    GPUs; ("auto", None), accelerate's balanced spread, when the plan has no separate pair GPU."""
+    import torch
+
+    from transfer import placement
+
+    large = placement.model_facts(system.large)
+    small = placement.model_facts(system.small_base) if system.small_base else None
+    gpus = torch.cuda.device_count()
+    if large is None or small is None or gpus < 2:
+        return "auto", None
+    card_gb = torch.cuda.get_device_properties(0).total_memory / placement.GB
+    tokens = placement.sequence_tokens(config.max_new_tokens)
+    plan = placement.plan(large, small, config.batch_size, tokens, gpus, card_gb)
+    if not plan.fits or plan.pair_gpu < plan.large_gpus:
+        return "auto", None
+    logger.info("placement: %s over GPU 0..%d, small pair on GPU %d", system.large,
+                plan.large_gpus - 1, plan.pair_gpu)
+    return placement.large_device_map(large.layers, plan.large_gpus), f"cuda:{plan.pair_gpu}"
 
 
 def run(config: TransferConfig, make_engine=load_engine) -> dict:
@@ -330,20 +338,26 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     from transfer.report import report, summarize
 
     systems = build_systems(config)
+    if config.dry_run:
+        return dry_run(config, systems)
     validate_models(systems)
     benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
                   for name in config.benchmarks}
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_signatures(output_dir, systems, config)
-    (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    rank, world_size = shard = this_shard()
+    if rank == 0:  # one writer of systems.json; the others wait until it is checked
+        check_signatures(output_dir, systems, config)
+        (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    barrier(world_size)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
     stop_ids = stop_ids_of(load_tokenizer(config.target))
-    log = SampleLog(output_dir / "samples.jsonl")
+    own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
+    log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None
     for system in systems:
-        if not any(chunks_to_do(system, label, problems, config, log)[0]
+        if not any(chunks_to_do(system, label, problems, config, log, shard)[0]
                    for label, problems in benchmarks.items()):
             continue  # finished in an earlier run: do not even load its models
         models = (system.large, system.small_base, system.small_rl)
@@ -353,16 +367,40 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
             engine = None  # free them first: L and L_RL may not fit in memory together
             engine, engine_models = make_engine(system, config), models
         for label, problems in benchmarks.items():
-            evaluate_system(engine, system, label, problems, config, params, stop_ids, log)
+            evaluate_system(engine, system, label, problems, config, params, stop_ids, log, shard)
+    engine = None
+    barrier(world_size)
+    if rank != 0:
+        return {}
+    records = log.records
+    if len(sample_files(output_dir)) > 1:  # rank files of this or an earlier distributed run
+        records = merge_samples(output_dir, [s.name for s in systems], benchmarks)
     problem_ids = {label: {p["id"] for p in problems} for label, problems in benchmarks.items()}
-    summary = summarize(config, systems, problem_ids, log.records)
-    report(summary, log.records, output_dir, config)
+    summary = summarize(config, systems, problem_ids, records)
+    report(summary, records, output_dir, config)
     return summary
+
+
+def dry_run(config: TransferConfig, systems: list[System]) -> dict:
+    """Print the systems and the GPU plan of the largest one; nothing is loaded or downloaded."""
+    import torch
+
+    from transfer.placement import GB, describe
+
+    detected = (torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GB
+                if torch.cuda.is_available() else 0.0)
+    small_base = next((s.small_base for s in systems if s.small_base), None)
+    print("systems: " + ", ".join(f"{s.name} [{s.large}" + (f" + {s.lam:g} x ({s.small_rl} - "
+                                                            f"{s.small_base})" if s.lam else "")
+                                  + "]" for s in systems))
+    print(describe(config, small_base, config.gpus, config.gpu_memory_gb, detected))
+    return {}
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with exit_on_user_error():
+        pin_gpus_of_this_process()
         return run(parse_config(argv))
 
 

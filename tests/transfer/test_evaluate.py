@@ -18,7 +18,6 @@ import yaml
 
 from train.errors import UserError
 from transfer.evaluate import (
-    SampleLog,
     System,
     TransferConfig,
     build_systems,
@@ -27,6 +26,7 @@ from transfer.evaluate import (
     run,
     validate_models,
 )
+from transfer.sample_log import SampleLog
 
 REPO = Path(__file__).resolve().parents[2]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))

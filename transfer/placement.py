@@ -1,0 +1,226 @@
+"""Memory arithmetic and a GPU plan for RAST evaluation, computed from registry facts alone.
+
+Decoding holds, per evaluation process: the weights of L and of the small pair (S_base, S_RL),
+and a KV cache per model of layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16) per
+token per sequence. The engine's DynamicCache grows with the tokens actually decoded and drops
+finished rows, so `batch x (prompt + max_new_tokens)` is the worst case, and the plan sizes for
+it. Sizes come from train.models.MODELS (parameters, bf16 weight GB) and the published Qwen2.5
+configs in transfer.gpu_bench.QWEN25 (layers, heads); nothing is loaded, the hub is not asked.
+
+    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
+    python -m transfer.evaluate --config ... --dry-run --gpus 4 --gpu_memory_gb 40
+    python -m transfer.placement          # the (32B, 1.5B/7B/14B) table of the README
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1e9
+USABLE_SHARE = 0.9  # of a card's memory: the rest is CUDA context, activations, fragmentation
+PROMPT_TOKENS = 1024  # qwen-boxed prompts of the six benchmarks fit (SimpleRL-Zoo's max prompt)
+CARDS_GB = (40, 80, 141)  # A100-40G, A100/H100-80G, H200
+# Full-parameter GRPO with Adam in bf16 mixed precision: bf16 weights 2 + grads 2 + fp32 master
+# 4 + Adam moments 8 bytes per parameter, plus a bf16 reference model (beta > 0) 2 bytes.
+TRAIN_BYTES_PER_PARAM = 18
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    params_b: float
+    weight_gb: float  # bf16
+    layers: int
+    kv_heads: int
+    head_dim: int
+    source: str  # where the numbers come from
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, bf16
+
+
+def model_facts(name: str) -> ModelFacts | None:
+    """Sizes of a registry name, a Qwen2.5 / SimpleRL-Zoo hub id, or a local model directory."""
+    from train.models import MODELS
+    from transfer.gpu_bench import QWEN25
+
+    for info in MODELS.values():
+        if name in (info.name, info.base_id, info.rl_id) and info.name in QWEN25:
+            hidden, layers, heads, kv_heads, *_ = QWEN25[info.name]
+            return ModelFacts(info.name, info.params_b, info.weight_gb, layers, kv_heads,
+                              hidden // heads, "train.models.MODELS + gpu_bench.QWEN25")
+    if name in MODELS:
+        name = MODELS[name].base_id
+    config_file = Path(name) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    weight_bytes = sum(f.stat().st_size for f in Path(name).glob("*.safetensors"))
+    params = weight_bytes / {"float32": 4, "bfloat16": 2, "float16": 2}.get(
+        config.get("dtype") or config.get("torch_dtype"), 4)
+    heads = config["num_attention_heads"]
+    return ModelFacts(Path(name).name, params / 1e9, params * 2 / GB, config["num_hidden_layers"],
+                      config.get("num_key_value_heads", heads),
+                      config.get("head_dim") or config["hidden_size"] // heads, f"{config_file}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One evaluation process: GPUs it needs and where each model goes (GPU indices 0..)."""
+
+    large_gb: float  # weights + worst-case KV of L
+    pair_gb: float  # weights + worst-case KV of S_base and S_RL (0 without a pair)
+    large_gpus: int  # L's layers are spread evenly over GPUs 0..large_gpus-1
+    pair_gpu: int | None  # the small pair's GPU: its own one, or L's last; None without a pair
+    gpus_per_process: int
+    fits: bool  # within the GPUs given
+
+    @property
+    def total_gb(self) -> float:
+        return self.large_gb + self.pair_gb
+
+
+def sequence_tokens(max_new_tokens: int, prompt_tokens: int = PROMPT_TOKENS) -> int:
+    return prompt_tokens + max_new_tokens
+
+
+def plan(large: ModelFacts, small: ModelFacts | None, batch: int, tokens: int, gpus: int,
+         card_gb: float) -> Plan:
+    """GPUs for L (+ pair) at `batch` sequences of `tokens` each: the pair gets its own GPU when
+    it fits on one and a GPU is left; otherwise everything is spread and the pair shares L's
+    last GPU (the engine's default)."""
+    usable = card_gb * USABLE_SHARE
+    large_gb = large.weight_gb + batch * tokens * large.kv_bytes_per_token / GB
+    pair_gb = 0.0 if small is None else 2 * (
+        small.weight_gb + batch * tokens * small.kv_bytes_per_token / GB)
+    large_gpus = math.ceil(large_gb / usable)
+    if small is not None and pair_gb <= usable and large_gpus + 1 <= gpus:
+        return Plan(large_gb, pair_gb, large_gpus, large_gpus, large_gpus + 1, True)
+    spread = math.ceil((large_gb + pair_gb) / usable)
+    return Plan(large_gb, pair_gb, spread, None if small is None else spread - 1, spread,
+                spread <= gpus)
+
+
+def max_batch(large: ModelFacts, small: ModelFacts | None, tokens: int, gpus: int,
+              card_gb: float) -> int:
+    """Largest batch whose worst-case KV cache fits next to the weights on `gpus` cards."""
+    weights = large.weight_gb + (2 * small.weight_gb if small else 0)
+    per_sequence = tokens * (large.kv_bytes_per_token +
+                             (2 * small.kv_bytes_per_token if small else 0)) / GB
+    return max(0, math.floor((gpus * card_gb * USABLE_SHARE - weights) / per_sequence))
+
+
+def large_device_map(layers: int, gpus: int) -> dict[str, int]:
+    """An accelerate device map spreading a Qwen2 model's decoder layers evenly over GPUs
+    0..gpus-1 (embeddings on the first, norm and lm_head on the last) for from_pretrained."""
+    per_gpu = math.ceil(layers / gpus)
+    device_map = {"model.embed_tokens": 0}
+    device_map.update({f"model.layers.{i}": min(i // per_gpu, gpus - 1) for i in range(layers)})
+    device_map.update({"model.norm": gpus - 1, "model.rotary_emb": gpus - 1, "lm_head": gpus - 1})
+    return device_map
+
+
+def local_gpus(local_rank: int, local_world_size: int, visible: list[str]) -> list[str]:
+    """The GPUs of one evaluation process on a node: an equal, contiguous share of `visible`."""
+    share = len(visible) // local_world_size
+    if share == 0:
+        raise ValueError(f"{local_world_size} processes on a node with {len(visible)} GPUs")
+    return visible[local_rank * share:(local_rank + 1) * share]
+
+
+def training_gb(params_b: float) -> float:
+    return params_b * TRAIN_BYTES_PER_PARAM
+
+
+def memory_table(batch: int = 16, max_new_tokens: int = 16384) -> str:
+    """Markdown: RAST (32B + pair) decode memory vs direct full-parameter RL of the target."""
+    tokens = sequence_tokens(max_new_tokens)
+    large = model_facts("32B")
+    lines = [f"| system | weights GB | KV GB (batch {batch} x {tokens} tokens) | total GB | "
+             + " | ".join(f"{c} GB GPUs" for c in CARDS_GB) + " |",
+             "|---|---|---|---|" + "---|" * len(CARDS_GB)]
+    for small_name in (None, "1.5B", "7B", "14B"):
+        small = model_facts(small_name) if small_name else None
+        plans = [plan(large, small, batch, tokens, 64, card) for card in CARDS_GB]
+        weights = large.weight_gb + (2 * small.weight_gb if small else 0)
+        name = f"32B + Delta R {small_name}" if small else "32B alone"
+        lines.append(f"| {name} | {weights:.1f} | {plans[0].total_gb - weights:.1f} | "
+                     f"{plans[0].total_gb:.1f} | "
+                     + " | ".join(str(p.gpus_per_process) for p in plans) + " |")
+    for size in ("1.5B", "7B", "14B", "32B"):
+        info = model_facts(size)
+        need = training_gb(info.params_b)
+        lines.append(f"| direct GRPO of {size} (Adam states + reference, no activations) | "
+                     f"{2 * info.params_b:.1f} | - | {need:.0f} | "
+                     + " | ".join(str(math.ceil(need / (c * USABLE_SHARE))) for c in CARDS_GB)
+                     + " |")
+    return "\n".join(lines)
+
+
+def describe(config, small_base: str | None, gpus: int | None, card_gb: float | None,
+             detected: tuple[int, float]) -> str:
+    """The dry-run report of a TransferConfig: models, memory per process, GPU plan, launch."""
+    large = model_facts(config.target)
+    small = model_facts(small_base) if small_base else None
+    tokens = sequence_tokens(config.max_new_tokens)
+    if gpus is None or card_gb is None:
+        found_gpus, found_gb = detected
+        source = "detected" if found_gpus else "default (no GPU here; pass --gpus/--gpu_memory_gb)"
+        gpus, card_gb = gpus or found_gpus or 8, card_gb or found_gb or 80.0
+    else:
+        source = "given"
+    out = [("dry run: nothing loaded, hub not contacted; sizes from train.models.MODELS and the "
+            "published Qwen2.5 configs (transfer.gpu_bench.QWEN25)"),
+           f"GPUs: {gpus} x {card_gb:g} GB ({source}); usable {USABLE_SHARE:.0%} of each"]
+    if large is None:
+        out.append(f"target {config.target}: size unknown (not in the registry, no local "
+                   f"config.json): no memory plan")
+        return "\n".join(out)
+    out.append(_facts_line("target L", config.target, large))
+    if small_base:
+        out.append(_facts_line("small pair (x2)", small_base, small) if small else
+                   f"small pair {small_base}: size unknown, planned as L alone")
+    out.append(f"decoding: batch_size {config.batch_size} sequences x ({PROMPT_TOKENS} prompt + "
+               f"{config.max_new_tokens} new) tokens, worst case (every sequence at full length)")
+    p = plan(large, small, config.batch_size, tokens, gpus, card_gb)
+    out.append(f"memory per evaluation process: L {p.large_gb:.1f} GB (weights "
+               f"{large.weight_gb:.1f} + KV {p.large_gb - large.weight_gb:.1f}), pair "
+               f"{p.pair_gb:.1f} GB, total {p.total_gb:.1f} GB")
+    for card in CARDS_GB:
+        other = plan(large, small, config.batch_size, tokens, 64, card)
+        out.append(f"  on {card:3d} GB cards: {other.gpus_per_process} GPUs per process; "
+                   f"largest batch on 8 cards {max_batch(large, small, tokens, 8, card)}"
+                   + (" (more than one node of 8: lower batch_size)"
+                      if other.gpus_per_process > 8 else ""))
+    if not p.fits:
+        out.append(f"plan: does NOT fit on {gpus} x {card_gb:g} GB at batch_size "
+                   f"{config.batch_size}; largest batch_size that fits: "
+                   f"{max_batch(large, small, tokens, gpus, card_gb)} (--batch_size)")
+        return "\n".join(out)
+    last = p.large_gpus - 1
+    out.append(f"plan: L layers over GPU 0..{last}" if last else "plan: L on GPU 0")
+    if p.pair_gpu is not None:
+        own = p.pair_gpu > last
+        out.append(f"      small pair on GPU {p.pair_gpu}" + (" (its own)" if own else
+                                                             " (shared with L's last)"))
+    processes = gpus // p.gpus_per_process
+    out.append(f"      {p.gpus_per_process} GPUs per evaluation process -> {processes} processes "
+               f"on this node: torchrun --nproc_per_node {processes} -m transfer.evaluate "
+               f"--config <recipe>")
+    return "\n".join(out)
+
+
+def _facts_line(role: str, name: str, facts: ModelFacts) -> str:
+    return (f"{role}: {name} = {facts.name}: {facts.params_b:g}B params, {facts.weight_gb:g} GB "
+            f"bf16, KV {facts.kv_bytes_per_token / 1024:g} KiB/token "
+            f"({facts.layers} layers x {facts.kv_heads} kv heads x {facts.head_dim})")
+
+
+def main() -> None:
+    print(memory_table())
+
+
+if __name__ == "__main__":
+    main()
