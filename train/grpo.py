@@ -28,7 +28,7 @@ from pathlib import Path
 import datasets
 import torch
 from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from train.data import load_problems
 from train.errors import UserError, exit_on_user_error
@@ -36,6 +36,7 @@ from train.models import load_model, load_tokenizer
 from train.pairing import PAIR_FILE
 from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
+from train.recipe import parse_recipe
 from train.rewards import correctness_reward
 from train.tracking import wandb_credentials
 
@@ -66,11 +67,7 @@ class RastTrainArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple[RastTrainArguments, GRPOConfig, ModelConfig]:
     """Recipe YAML (--config) + CLI overrides -> the three dataclasses; bad keys are UserErrors."""
-    parser = TrlParser((RastTrainArguments, GRPOConfig, ModelConfig))
-    try:
-        return parser.parse_args_and_config(args=argv)
-    except (ValueError, OSError) as err:  # unknown key, bf16 without a GPU, no such recipe file
-        raise UserError(f"recipe: {err}") from None
+    return parse_recipe((RastTrainArguments, GRPOConfig, ModelConfig), argv, "GRPO")
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
 from train.pairing import paired_base
+from train.recipe import parse_recipe
 from transfer.analyze_report import report, summarize
 
 logger = logging.getLogger(__name__)
@@ -133,17 +134,7 @@ class Models:
 
 
 def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
-    from trl import TrlParser  # heavy import, kept out of module import time
-
-    try:
-        (config,) = TrlParser([AnalyzeConfig]).parse_args_and_config(argv)
-    except (ValueError, OSError) as err:  # unknown YAML key, missing or malformed recipe file
-        raise UserError(f"bad analyze recipe: {err}") from None
-    from train.prompts import TEMPLATES
-
-    if config.prompt_template not in TEMPLATES:
-        raise UserError(f"unknown prompt_template {config.prompt_template!r}: "
-                        f"use one of {', '.join(TEMPLATES)}")
+    (config,) = parse_recipe((AnalyzeConfig,), argv, "analyze")
     return config
 
 

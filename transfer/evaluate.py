@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
 from train.pairing import paired_base, read_pair
+from train.recipe import parse_recipe
 from transfer.distributed import barrier, pin_gpus_of_this_process, this_shard
 from transfer.sample_log import SampleLog, merge_samples, sample_files
 
@@ -105,17 +106,7 @@ class System:
 
 
 def parse_config(argv: list[str] | None = None) -> TransferConfig:
-    from trl import TrlParser  # heavy import, kept out of module import time
-
-    try:
-        (config,) = TrlParser([TransferConfig]).parse_args_and_config(argv)
-    except (ValueError, OSError) as err:  # unknown YAML key, missing or malformed recipe file
-        raise UserError(f"bad transfer recipe: {err}") from None
-    from train.prompts import TEMPLATES
-
-    if config.prompt_template not in TEMPLATES:
-        raise UserError(f"unknown prompt_template {config.prompt_template!r}: "
-                        f"use one of {', '.join(TEMPLATES)}")
+    (config,) = parse_recipe((TransferConfig,), argv, "transfer")
     return config
 
 

@@ -58,13 +58,6 @@ def read_records(path: Path, repair: bool) -> list[dict]:
             file.truncate(len(data) - len(torn))
     return records
 
-    def append(self, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write("".join(json.dumps(record) + "\n" for record in records))
-            file.flush()
-            os.fsync(file.fileno())
-        self.records += records
-
 
 def sample_files(output_dir: Path) -> list[Path]:
     return [output_dir / "samples.jsonl", *sorted(output_dir.glob("samples.rank*.jsonl"))]
