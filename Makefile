@@ -45,13 +45,18 @@ LAUNCH_FLAGS = --config_file recipes/accelerate_configs/$(ACCELERATE).yaml \
 	$(if $(filter-out 1,$(NODES)),--num_machines $(NODES) --machine_rank $(NODE_RANK) \
 	--main_process_ip $(MAIN_ADDR) --main_process_port $(MAIN_PORT))
 
+TORCHRUN_FLAGS = --nproc_per_node $(NPROC) $(if $(filter-out 1,$(NODES)),--nnodes $(NODES) \
+	--node_rank $(NODE_RANK) --master_addr $(MAIN_ADDR) --master_port $(MAIN_PORT))
+
 # make transfer [TARGET=tiny|7B|14B|32B] [RECIPE=recipes/.../rast/config_x.yaml] [ARGS="--limit 20"]
+# NPROC=N shards the evaluation over N processes per node (torchrun), with NODES/NODE_RANK/
+# MAIN_ADDR/MAIN_PORT as for training across nodes; the result equals a single-process run.
 # The tiny default first trains what it compares (tiny-s and tiny-l GRPO); finished runs are skipped.
 transfer: TARGET ?= tiny
 transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
 	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS=)
-	$(PY) -m transfer.evaluate --config $(RECIPE) $(ARGS)
+	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup
 	$(PY) -m transfer.bench --batch-size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small-rl outputs/tiny-s-grpo)
