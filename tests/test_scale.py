@@ -58,7 +58,9 @@ def test_zero_grpo_steps_in_one_cpu_process_and_resume(stage, tiny_models, tmp_p
 
 
 def test_make_train_small_builds_the_accelerate_launch_line():
-    result = subprocess.run(["make", "-n", "-o", "setup", "train-small", "RECIPE=r.yaml",
+    # --no-print-directory: under `make test` the nested make would add "Leaving directory" lines
+    dry_make = ["make", "--no-print-directory", "-n", "-o", "setup", "train-small", "RECIPE=r.yaml"]
+    result = subprocess.run([*dry_make,
                              "ACCELERATE=zero3", "NODES=4", "NODE_RANK=2", "MAIN_ADDR=node0"],
                             cwd=REPO, capture_output=True, text=True, check=True)
     line = result.stdout.strip().splitlines()[-1]
@@ -66,7 +68,7 @@ def test_make_train_small_builds_the_accelerate_launch_line():
         ".venv/bin/accelerate launch --config_file recipes/accelerate_configs/zero3.yaml "
         "--num_processes 32 --num_machines 4 --machine_rank 2 --main_process_ip node0 "
         "--main_process_port 29500 -m train.grpo --config r.yaml")
-    plain = subprocess.run(["make", "-n", "-o", "setup", "train-small", "RECIPE=r.yaml"],
+    plain = subprocess.run(dry_make,
                            cwd=REPO, capture_output=True, text=True, check=True)
     assert plain.stdout.strip().splitlines()[-1].strip() == ".venv/bin/python -m train.grpo --config r.yaml"
 
