@@ -1,7 +1,7 @@
 import pytest
 
 from train.errors import UserError
-from train.models import MODELS, load_model, load_tokenizer, resolve_model
+from train.models import MODELS, load_model, load_tokenizer, resolve_model, stop_token_ids
 
 
 def test_registry_resolves_qwen_sizes_and_rl_references():
@@ -32,3 +32,14 @@ def test_character_tokenizer_round_trips_through_a_qwen2_directory(tiny_models):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     assert len(tokenizer) == 98
     assert load_model(tiny_models["large"]).config.vocab_size == 160
+
+
+def test_stop_ids_add_endoftext_and_im_end_when_the_vocabulary_has_them(tiny_models):
+    tokenizer = load_tokenizer(tiny_models["small_base"])
+    assert stop_token_ids(tokenizer) == [0]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_end|>"]})
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert stop_token_ids(tokenizer) == [0, im_end]  # our eos already is <|endoftext|>
+    config = load_model(tiny_models["large"]).generation_config
+    config.eos_token_id = [0, 7]
+    assert stop_token_ids(tokenizer, config) == [0, 7, im_end]

@@ -32,7 +32,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from train.data import load_problems
 from train.errors import UserError, exit_on_user_error
-from train.models import load_model, load_tokenizer
+from train.models import load_model, load_tokenizer, stop_token_ids
 from train.pairing import PAIR_FILE
 from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
@@ -120,21 +120,6 @@ def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
         raise UserError(f"no training problems left in {args.dataset!r} split {args.dataset_split!r}: "
                         f"check dataset, dataset_split and max_prompt_tokens")
     return dataset
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Ids that end a completion: the tokenizer's eos, and <|im_end|> where it exists.
-
-    Qwen2.5 base models declare only <|endoftext|> (151643), but with the ChatML prompt of the
-    qwen-boxed template they close their answer with <|im_end|> (151645) and would otherwise ramble
-    on to max_completion_length. TRL 1.16 stops on (and masks after) every id in
-    model.generation_config.eos_token_id, so that is where the list goes.
-    """
-    ids = [tokenizer.eos_token_id]
-    im_end = tokenizer.get_vocab().get("<|im_end|>")
-    if im_end is not None and im_end not in ids:
-        ids.append(im_end)
-    return ids
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -18,7 +18,6 @@ from train.errors import UserError
 
 # Where the tiny family is built and cached (`make tiny-family`); override with RAST_HOME.
 RAST_HOME = Path(os.environ.get("RAST_HOME", Path.home() / ".cache" / "rast"))
-QWEN_STOP_IDS = (151643, 151645)  # <|endoftext|> (base models' eos), <|im_end|> (ChatML prompt)
 ROUND_TRIP_PROBE = "Q: 47*8=\nA: Let's 7*8+0=56 4*8+5=37 \\boxed{376}\n  x^2 + y_1 = \\frac{1}{2}"
 
 
@@ -98,6 +97,22 @@ def load_tokenizer(name_or_path: str):
         raise UserError(f"tokenizer of {name_or_path!r} does not round-trip text "
                         f"({type(tokenizer).__name__}); check its tokenizer_config.json")
     return tokenizer
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Ids that end a completion: the tokenizer's eos, the model's generation_config eos, and
+    <|endoftext|> / <|im_end|> where the vocabulary has them.
+
+    Qwen2.5 base models declare only <|endoftext|> (151643), but under the ChatML prompt of the
+    qwen-boxed template they close their answer with <|im_end|> (151645) and would otherwise
+    ramble on to the token limit. GRPO, the RAST engine and evaluation all stop on this list.
+    """
+    ids = {tokenizer.eos_token_id} - {None}
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in ("<|endoftext|>", "<|im_end|>") if token in vocab)
+    return sorted(ids)
 
 
 def load_model(name_or_path: str, dtype=None, device_map=None, **kwargs):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from train.errors import UserError
-from train.models import QWEN_STOP_IDS, load_model, load_tokenizer, resolve_model
+from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
 
@@ -144,7 +144,8 @@ class RastEngine:
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
-        self.default_stop_ids = _default_stop_ids(large, tokenizer)
+        self.default_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
+                                 if tokenizer is not None else [])
 
     @classmethod
     def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
@@ -296,20 +297,6 @@ def _left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
         input_ids[row, width - len(ids):] = torch.tensor(ids)
         attention_mask[row, width - len(ids):] = 1
     return input_ids, attention_mask
-
-
-def _default_stop_ids(large, tokenizer) -> list[int]:
-    """The large model's generation_config eos ids, the tokenizer's eos, and for Qwen's vocabulary
-    both <|endoftext|> (151643, base models' eos) and <|im_end|> (151645, ChatML prompts)."""
-    eos = large.generation_config.eos_token_id
-    stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    if tokenizer is not None:
-        if tokenizer.eos_token_id is not None:
-            stop.add(tokenizer.eos_token_id)
-        vocab = tokenizer.get_vocab()
-        if (vocab.get("<|endoftext|>"), vocab.get("<|im_end|>")) == QWEN_STOP_IDS:
-            stop.update(QWEN_STOP_IDS)
-    return sorted(stop)
 
 
 def _has_tokenizer(name_or_path: str) -> bool:

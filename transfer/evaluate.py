@@ -218,16 +218,6 @@ def check_signatures(output_dir: Path, systems: list[System], config: TransferCo
     path.write_text(json.dumps({**stored, **signatures}, indent=2))
 
 
-def stop_ids_of(tokenizer) -> list[int]:
-    """eos plus Qwen's <|endoftext|> / <|im_end|> where the vocabulary has them (ChatML prompts)."""
-    ids = [tokenizer.eos_token_id]
-    for token in ("<|endoftext|>", "<|im_end|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is not None and token_id != tokenizer.unk_token_id:
-            ids.append(token_id)
-    return sorted(set(ids))
-
-
 def chunks_to_do(system: System, benchmark: str, problems: list[dict], config: TransferConfig,
                  log: SampleLog, shard: tuple[int, int] = (0, 1)) -> tuple[list[list[dict]], int]:
     """(chunks with a sample not yet logged, number of chunks in all) of one system and benchmark.
@@ -324,7 +314,7 @@ def gpu_layout(system: System, config: TransferConfig):
 
 def run(config: TransferConfig, make_engine=load_engine) -> dict:
     """Evaluate every system on every benchmark (resuming), then report; returns the summary."""
-    from train.models import load_tokenizer
+    from train.models import load_tokenizer, stop_token_ids
     from transfer.engine import SamplingParams
     from transfer.report import report, summarize
 
@@ -343,7 +333,7 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     barrier(world_size)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    stop_ids = stop_ids_of(load_tokenizer(config.target))
+    stop_ids = stop_token_ids(load_tokenizer(config.target))  # one list for every system
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
     log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None

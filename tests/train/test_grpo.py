@@ -16,9 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train import grpo
-from train.errors import UserError
 from train.models import load_tokenizer
-from train.tiny.tokenizer import build_tokenizer
 
 
 def digit_share_reward(completions, **kwargs):
@@ -124,30 +122,6 @@ def test_lora_run_saves_an_adapter_that_learned(tiny_models, tmp_path):
     lora_b = {k: v for k, v in load_file(output_dir / "adapter_model.safetensors").items()
               if "lora_B" in k}
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # lora_B starts at zero
-
-
-def test_stop_ids_add_im_end_when_the_vocabulary_has_it():
-    tokenizer = build_tokenizer()
-    assert grpo.stop_token_ids(tokenizer) == [0]
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
-    assert grpo.stop_token_ids(tokenizer) == [0, tokenizer.convert_tokens_to_ids("<|im_end|>")]
-
-
-def test_unknown_recipe_key_is_a_one_line_error(tmp_path, capsys):
-    recipe = tmp_path / "typo.yaml"
-    recipe.write_text("model_name_or_path: tiny-s\nuse_cpu: true\nbf16: false\nlerning_rate: 1.0e-4\n")
-    with pytest.raises(UserError, match="lerning_rate"):
-        grpo.parse_args(["--config", str(recipe)])
-    with pytest.raises(SystemExit) as exit_info:
-        grpo.main(["--config", str(recipe)])
-    assert exit_info.value.code == 2
-    assert "lerning_rate" in capsys.readouterr().err
-
-
-def test_eval_on_a_benchmark_dataset_is_refused(tiny_models, tmp_path):
-    with pytest.raises(UserError, match="eval_problems"):
-        grpo_run(tiny_models["small_base"], tmp_path / "x", "--dataset", "math500",
-                 "--eval_problems", "10")
 
 
 @pytest.mark.slow
