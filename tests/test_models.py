@@ -43,3 +43,11 @@ def test_stop_ids_add_endoftext_and_im_end_when_the_vocabulary_has_them(tiny_mod
     config = load_model(tiny_models["large"]).generation_config
     config.eos_token_id = [0, 7]
     assert stop_token_ids(tokenizer, config) == [0, 7, im_end]
+
+
+def test_missing_training_output_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(UserError, match="outputs/tiny-s-grpo does not exist: train it first"):
+        resolve_model("outputs/tiny-s-grpo")
+    assert resolve_model("hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo").startswith("hkust-nlp/")

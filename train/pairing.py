@@ -45,7 +45,7 @@ def write_pair(output_dir: str, small_base: str, **fields) -> dict:
 
 def read_pair(small_rl: str) -> dict:
     """The rast_pair.json of an RL checkpoint, or {} when it has none (e.g. a hub RL model)."""
-    path = Path(small_rl)
+    path = Path(resolve_model(small_rl))  # a missing outputs/... directory is a UserError
     pair_file = path / PAIR_FILE
     if not path.is_dir() or not pair_file.is_file():
         return {}

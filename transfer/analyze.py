@@ -138,21 +138,11 @@ def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
     return config
 
 
-def _check_local(name: str) -> None:
-    # "outputs/tiny-s-grpo" looks like an org/name hub id; when outputs/ exists it is a path.
-    if "/" in name and Path(name.split("/")[0]).is_dir() and not Path(name).is_dir():
-        raise UserError(f"{name}: no such directory; train it first (`make train-small` for "
-                        f"tiny-s, `make train-family` for tiny-m and tiny-l) or fix the recipe")
-
-
 def load_models(config: AnalyzeConfig) -> Models:
     """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
     from train.models import load_model, load_tokenizer, resolve_model
     from transfer.rast import check_tokenizers_compatible
 
-    for name in [config.target, config.target_rl, *config.small_rl, *config.small_base]:
-        if name:
-            _check_local(name)
     bases = config.small_base or [paired_base(rl) for rl in config.small_rl]
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads

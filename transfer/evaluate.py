@@ -151,10 +151,6 @@ def _missing_locally(name: str) -> str | None:
     path = resolve_model(name)  # UserError for unknown names and unbuilt tiny models
     if Path(path).is_dir():
         return None
-    if path.startswith("outputs/") or Path(path.split("/")[0]).is_dir():
-        # "outputs/tiny-s-grpo" has the shape of an org/name hub id, but it is a training output
-        raise UserError(f"{path} does not exist: train it first (`make train-small` for "
-                        f"outputs/tiny-s-grpo, `make train-family` for outputs/tiny-l-grpo)")
     for filename in ("config.json", "adapter_config.json"):
         if isinstance(try_to_load_from_cache(path, filename), str):
             return None
