@@ -50,4 +50,6 @@ def test_missing_training_output_is_not_mistaken_for_a_hub_id(tmp_path, monkeypa
     (tmp_path / "outputs").mkdir()
     with pytest.raises(UserError, match="outputs/tiny-s-grpo does not exist: train it first"):
         resolve_model("outputs/tiny-s-grpo")
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model(str(tmp_path / "outputs" / "tiny-s-grpo"))
     assert resolve_model("hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo").startswith("hkust-nlp/")

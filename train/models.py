@@ -65,12 +65,13 @@ def resolve_model(name_or_path: str) -> str:
         return path
     if Path(name_or_path).is_dir():
         return name_or_path
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
-        if Path(name_or_path).parent.is_dir():  # outputs/tiny-s-grpo: shaped like a hub id
-            raise UserError(f"{name_or_path} does not exist: train it first (`make train-small` "
-                            f"writes outputs/tiny-s-grpo, `make train-family` tiny-m/tiny-l) or "
-                            f"fix the path")
-        return name_or_path  # hub id, e.g. hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo
+    hub_id_shaped = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if hub_id_shaped and not Path(name_or_path).parent.is_dir():
+        return name_or_path  # e.g. hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo
+    if "/" in name_or_path:  # a path, including outputs/tiny-s-grpo (shaped like a hub id)
+        raise UserError(f"{name_or_path} does not exist: train it first (`make train-small` "
+                        f"writes outputs/tiny-s-grpo, `make train-family` tiny-m/tiny-l) or fix "
+                        f"the path")
     raise UserError(f"unknown model {name_or_path!r}: use a local directory, an org/name hub id "
                     f"or one of {', '.join(MODELS)}")
 

@@ -87,7 +87,7 @@ def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_mode
     with pytest.raises(UserError, match="is not the model"):
         build_systems(TransferConfig(small_base=tiny_models["large"], small_rl=str(rl_dir)))
     with pytest.raises(UserError, match="does not exist: train it first"):
-        validate_models([System("S_RL", "outputs/no-such-grpo-run")])
+        validate_models([System("S_RL", str(tmp_path / "outputs" / "no-such-grpo-run"))])
 
 
 def test_sample_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
