@@ -141,14 +141,14 @@ def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
 def load_models(config: AnalyzeConfig) -> Models:
     """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
     from train.models import load_model, load_tokenizer, resolve_model
+    from transfer.engine import device_and_dtype
     from transfer.rast import check_tokenizers_compatible
 
-    bases = config.small_base or [paired_base(rl) for rl in config.small_rl]
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # paired_base also refuses a base whose weights changed since its RL model was trained
+    bases = [paired_base(rl, base) for rl, base in
+             zip(config.small_rl, config.small_base or [None] * len(config.small_rl))]
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
-    on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dtype = getattr(torch, config.dtype) if config.dtype else (
-        torch.bfloat16 if on_gpu else torch.float32)
+    device, _, dtype = device_and_dtype(config.device, config.dtype)
     tokenizer = load_tokenizer(config.target)
 
     def load(name: str, adapter_of: str | None = None):
@@ -165,23 +165,12 @@ def load_models(config: AnalyzeConfig) -> Models:
     names = {"L": config.target}
     pairs = []
     for i, (base, rl) in enumerate(zip(bases, config.small_rl)):
-        _warn_if_rebuilt(resolve_model(base), resolve_model(rl))
         pairs.append((load(base), load(rl, adapter_of=base)))
         names |= {f"S{i}": base, f"S{i}_RL": rl}
     large_rl = None
     if config.target_rl:
         large_rl, names["L_RL"] = load(config.target_rl, adapter_of=config.target), config.target_rl
     return Models(tokenizer, load(config.target), pairs, large_rl, names)
-
-
-def _warn_if_rebuilt(base_path: str, rl_path: str) -> None:
-    """A base saved after its RL model was (`make tiny-family --force`) makes Delta R noise."""
-    def newest(path: str) -> float:
-        return max((f.stat().st_mtime for f in Path(path).glob("*.safetensors")), default=0.0)
-
-    if newest(base_path) > newest(rl_path) > 0:
-        logger.warning("%s was saved after %s: the RL model was trained from an older base, so "
-                       "their delta is not the RL delta; retrain it", base_path, rl_path)
 
 
 def _problems(config: AnalyzeConfig) -> dict[str, dict]:

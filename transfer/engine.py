@@ -163,7 +163,7 @@ class RastEngine:
                             f"neither to decode the large model alone")
         if small_rl is not None and small_base is None:
             small_base = paired_base(small_rl)
-        large_map, small_map, dtype = _placement(device, dtype, small_device)
+        large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
         tokenizer = load_tokenizer(large)
         large_model = load_model(large, dtype=dtype, device_map=large_map)
         if small_rl is None or lam == 0:
@@ -306,7 +306,7 @@ def _has_tokenizer(name_or_path: str) -> bool:
     return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
 
 
-def _placement(device, dtype, small_device):
+def device_and_dtype(device=None, dtype=None, small_device=None):
     """-> (large model device_map, small pair device_map, dtype): bf16 on GPU, fp32 on CPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

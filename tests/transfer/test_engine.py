@@ -12,7 +12,7 @@ from transformers import Qwen2ForCausalLM
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
-from transfer.engine import RastEngine, SamplingParams, _placement
+from transfer.engine import RastEngine, SamplingParams, device_and_dtype
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
            "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
@@ -172,9 +172,9 @@ def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models
     assert str(other) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_default_stop_ids_and_placement():
-    assert _placement(None, None, None) == ("cpu", "cpu", torch.float32)
-    assert _placement("cuda:0", None, "cuda:1") == ("cuda:0", "cuda:1", torch.bfloat16)
+def test_device_and_dtype_defaults():
+    assert device_and_dtype(None, None, None) == ("cpu", "cpu", torch.float32)
+    assert device_and_dtype("cuda:0", None, "cuda:1") == ("cuda:0", "cuda:1", torch.bfloat16)
     with pytest.raises(UserError, match="top_p"):
         SamplingParams(top_p=0)
 
