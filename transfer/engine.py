@@ -27,10 +27,12 @@ from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
+from transfer.static_cache import BufferPool, StaticDecoder, supports_static
 
 logger = logging.getLogger(__name__)
 
 RL_ADAPTER = "rl"  # name the LoRA adapter is loaded under for shared-weight mode
+POOL_BUDGET_BYTES = 2 * 2**30  # KV bytes of idle static buffers (and graphs) kept per model
 
 
 @dataclass
@@ -67,18 +69,29 @@ class CachedModel:
     With `adapters` = ("__base__", "rl") the model is a peft LoRA model and every call runs the
     batch twice in ONE forward, without and with the adapter (peft mixed-adapter batch, which
     needs eval mode), returning one logits tensor per adapter.
+
+    cache: "dynamic" (a DynamicCache that grows and drops finished rows at once), "static" (fixed
+    buffers after prefill, transfer.static_cache) or "cuda-graphs" (static, each step replayed as
+    a CUDA graph); "auto" takes cuda-graphs for a model on one GPU, else dynamic.
     """
 
-    def __init__(self, name: str, model, adapters: tuple[str, ...] | None = None):
+    def __init__(self, name: str, model, adapters: tuple[str, ...] | None = None,
+                 cache: str = "auto"):
         self.name, self.model = name, model.eval()
         self.adapters = adapters
         self.copies = len(adapters) if adapters else 1
         self.input_device = model.get_input_embeddings().weight.device
+        self.cache_mode = _cache_mode(name, model, adapters, cache)
+        self.static, self.pool = None, BufferPool(POOL_BUDGET_BYTES)
         self.prefill_calls = self.prefill_rows = self.decode_calls = self.decode_rows = 0
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                max_new_tokens: int) -> list[torch.Tensor]:
         """Start a fresh cache with left-padded prompts; last-position logits per copy."""
-        self.cache = DynamicCache(config=self.model.config)
+        if self.static is not None:
+            self.static.close()  # its buffers (and CUDA graph) wait in the pool for reuse
+        self.cache, self.static = DynamicCache(config=self.model.config), None
+        self.max_columns = input_ids.shape[1] + max_new_tokens
         self.attention_mask = self._tile(attention_mask.to(self.input_device))
         # Left padding: a row's positions count its real tokens only, as generate() does;
         # without this every padded row would be shifted and differ from decoding it alone.
@@ -90,15 +103,27 @@ class CachedModel:
 
     def decode(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
         """Feed one new token per row [rows]; next-token logits per copy."""
+        self.decode_calls += 1
+        if self.cache_mode != "dynamic":
+            if self.static is None:  # the first step moves the prefilled cache into fixed buffers
+                self.static = StaticDecoder(self.model, self.pool, self.cache,
+                                            self.attention_mask, self.next_position,
+                                            self.max_columns,
+                                            cuda_graphs=self.cache_mode == "cuda-graphs")
+                self.cache = None
+            self.decode_rows += self.static.rows
+            return [self.static.step(token_ids)]
         tokens = self._tile(token_ids.to(self.input_device)[:, None])
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=-1)
         positions, self.next_position = self.next_position, self.next_position + 1
-        self.decode_calls += 1
         self.decode_rows += tokens.shape[0]
         return self._forward(tokens, positions)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) these rows of the batch, in this order, in the cache and the mask."""
+        if self.static is not None:
+            self.static.keep_rows(rows)
+            return
         rows = rows.to(self.input_device)
         batch = self.attention_mask.shape[0] // self.copies
         tiled = torch.cat([rows + copy * batch for copy in range(self.copies)])
@@ -120,27 +145,51 @@ class CachedModel:
         return list(output.logits[:, -1].chunk(self.copies))
 
 
+CACHE_MODES = ("auto", "dynamic", "static", "cuda-graphs")
+
+
+def _cache_mode(name: str, model, adapters, cache: str) -> str:
+    """Resolve "auto" and refuse a mode this model cannot run."""
+    if cache not in CACHE_MODES:
+        raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+    devices = {param.device for param in model.parameters()}
+    one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
+    fixed_ok = adapters is None and supports_static(model)  # peft's mixed batch indexes on host
+    if cache == "auto":
+        return "cuda-graphs" if one_gpu and fixed_ok else "dynamic"
+    if cache != "dynamic" and not fixed_ok:
+        raise UserError(f"cache={cache} needs a plain full-attention model; the {name} model is "
+                        f"{'a LoRA pair' if adapters else 'not'}: use cache=dynamic")
+    if cache == "cuda-graphs" and not one_gpu:
+        raise UserError(f"cache=cuda-graphs needs the {name} model on one GPU, it is on "
+                        f"{sorted(map(str, devices))}: use cache=dynamic or static")
+    return cache
+
+
 class RastEngine:
     """Decode prompts with softmax(z_large + lam * (z_small_rl - z_small_base)).
 
     Takes loaded models; `from_pretrained` loads them by name. `small_rl` is the RL model, or the
     name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
-    benchmarks on ids) pass `vocab_size` and use `decode`.
+    benchmarks on ids) pass `vocab_size` and use `decode`. `cache` picks each model's KV cache
+    (see CachedModel): "auto" replays CUDA graphs for every model on a single GPU.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, cache: str = "auto"):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         self.lam, self.tokenizer = lam, tokenizer
-        self.large = CachedModel("large", large)
+        self.large = CachedModel("large", large, cache=cache)
         if small_base is None or lam == 0:
             self.small = []  # plain decoding of the large model
         elif isinstance(small_rl, str):
-            self.small = [CachedModel("small_base+rl", small_base, ("__base__", small_rl))]
+            self.small = [CachedModel("small_base+rl", small_base, ("__base__", small_rl),
+                                      cache=cache)]
         else:
-            self.small = [CachedModel("small_base", small_base), CachedModel("small_rl", small_rl)]
+            self.small = [CachedModel("small_base", small_base, cache=cache),
+                          CachedModel("small_rl", small_rl, cache=cache)]
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
@@ -150,13 +199,14 @@ class RastEngine:
     @classmethod
     def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
                         lam: float = 1.0, device=None, dtype=None,
-                        small_device=None) -> "RastEngine":
+                        small_device=None, cache: str = "auto") -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
         small_rl may be a full model or a LoRA adapter directory of small_base (shared weights);
         with small_base None it must be a train.grpo output holding rast_pair.json. device: a
         device, "auto" or an accelerate device map dict for the large model (multi-GPU);
         small_device defaults to the last GPU then, else to device. dtype: bf16 on GPU, fp32 on CPU.
+        cache: see CachedModel.
         """
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
@@ -168,7 +218,7 @@ class RastEngine:
         large_model = load_model(large, dtype=dtype, device_map=large_map)
         if small_rl is None or lam == 0:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", large, lam, small_rl)
-            return cls(large_model, tokenizer=tokenizer, lam=0.0)
+            return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache)
         check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large, small_base)
         if _has_tokenizer(small_rl):
             check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl), large, small_rl)
@@ -179,9 +229,10 @@ class RastEngine:
 
             logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
             shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
-            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer)
+            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer, cache=cache)
         small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
-        return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer)
+        return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
+                   cache=cache)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -237,7 +288,7 @@ class RastEngine:
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
         input_ids, attention_mask = _left_pad(prompt_ids, self._pad_id())
         logits = [part for model in self._models()
-                  for part in model.prefill(input_ids, attention_mask)]
+                  for part in model.prefill(input_ids, attention_mask, params.max_new_tokens)]
 
         # n samples per prompt: repeat the prefilled cache rows instead of prefilling n times.
         samples_per_prompt = torch.tensor([len(row_seeds) for row_seeds in seeds])

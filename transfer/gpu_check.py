@@ -141,14 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)
     if args.smoke:
-        device, dtype = "cpu", torch.float32
+        device, dtype, modes = "cpu", torch.float32, ("dynamic", "static")
         args.pairs, args.batches, args.new_tokens = ["smoke-l:smoke-s"], [1, 2], 4
         args.precision_pair, args.train_sizes, args.grpo_steps = "smoke-l:smoke-s", ["smoke-l"], 2
         torch.set_num_threads(1)
     elif not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; run with --smoke for the CPU path")
     else:
-        device, dtype = "cuda", torch.bfloat16
+        device, dtype, modes = "cuda", torch.bfloat16, ("dynamic", "cuda-graphs")
     start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "smoke": args.smoke, "dtype": str(dtype)}
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     for pair in args.pairs:
         large, small = pair.split(":")
         report["throughput"].append(bench_pair(large, small, args.batches, 128 if not args.smoke
-                                               else 8, args.new_tokens, device, dtype))
+                                               else 8, args.new_tokens, device, dtype, modes))
     report["precision"] = precision_check(*args.precision_pair.split(":"), device=device,
                                           positions=2 if args.smoke else 8)
     print(f"precision: {report['precision']}", flush=True)
@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
                                    for size in args.train_sizes]
     print(f"train step memory: {report['train_step_memory']}", flush=True)
     report["rast_decode_peak_gib"] = {
-        f"{p['large']}+{p['small']} batch {row['batch']}": row["rast"]["peak_gib"]
-        for p in report["throughput"] for row in p["batches"]}
+        f"{p['large']}+{p['small']} batch {row['batch']} {mode}": row[mode]["rast"]["peak_gib"]
+        for p in report["throughput"] for row in p["batches"] for mode in modes
+        if "rast" in row[mode]}
     report["seconds"] = time.perf_counter() - start
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from train.errors import UserError
 from train.models import load_tokenizer
@@ -188,10 +188,15 @@ def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
 
     gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
     report = json.loads((tmp_path / "bench.json").read_text())
-    rows = report["pairs"][0]["batches"]
-    assert [row["batch"] for row in rows] == [1, 2]
-    assert all(row["rast"]["tokens"] == row["batch"] * report["new_tokens"] for row in rows)
-    assert 0 < report["pairs"][0]["bound"] < 1
+    pair = report["pairs"][0]
+    assert [row["batch"] for row in pair["batches"]] == [1, 2]
+    for row in pair["batches"]:  # on CPU: the eager loop and the static-cache loop (no graphs)
+        assert {mode: row[mode]["rast"]["tokens"] for mode in ("dynamic", "static")} == {
+            "dynamic": row["batch"] * report["new_tokens"], "static": row["batch"] * report["new_tokens"]}
+    assert 0 < pair["bound"] < 1
+    exactness = pair["exactness"]  # sampled rows stop at different steps: rebuilds mid-batch
+    assert exactness["rows_identical"] == exactness["rows"] == 8
+    assert len(set(exactness["lengths"])) > 3 and exactness["max_abs_logit_diff"] < 1e-5
 
 
 def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
@@ -207,3 +212,46 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     assert [(row["id"], row["sample_index"]) for row in rows] == [
         (f"p{i}", s) for i in range(3) for s in range(2)]
     assert all(len(row["token_ids"]) <= 5 and row["prompt"] == PROMPTS[int(row["id"][1])] for row in rows)
+
+
+def test_static_cache_gives_the_dynamic_loops_logits_and_tokens_through_growth_and_compaction(
+        tiny_models):
+    """The fixed-buffer loop (the CUDA-graph path without capture) against the eager one: rows
+    finish at scattered steps (compaction rebuilds), the cache doubles past 32 and 64 columns,
+    and the second and third batches reuse the pooled buffers of the first."""
+    large, base, rl = tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"]
+    engines = {mode: RastEngine.from_pretrained(large, base, rl, lam=1.5, cache=mode)
+               for mode in ("dynamic", "static")}
+    params = SamplingParams(temperature=1.0, max_new_tokens=70)
+    stop_ids = [0, *range(40, 43)]
+    runs = {}
+    for mode, engine in engines.items():
+        steps = []
+        prompt_ids = engine.tokenizer(PROMPTS)["input_ids"]
+        for _ in range(3 if mode == "static" else 1):
+            rows = engine.decode(prompt_ids, [[s, s + 100] for s in range(len(PROMPTS))], params,
+                                 stop_ids, on_step=lambda active, z: steps.append((active, z)))
+        runs[mode] = rows, steps
+    (rows, steps), (static_rows, static_steps) = runs["dynamic"], runs["static"]
+    lengths = [len(ids) for ids, _ in rows]
+    assert static_rows == rows and len(set(lengths)) > 8
+    assert max(len(ids) for ids in prompt_ids) + max(lengths) > 64  # grew from 32 to 64 to 86
+    assert len(static_steps) == 3 * len(steps)
+    for (active, z), (static_active, static_z) in zip(steps * 3, static_steps):
+        assert torch.equal(active, static_active)
+        torch.testing.assert_close(static_z, z, rtol=0, atol=1e-5)
+    counts = engines["static"].forward_counts()["large"]  # finished rows linger: < 2x the rows
+    fed = 3 * sum(length - 1 for length in lengths)
+    assert fed < counts["decode_rows"] < 2 * fed and engines["static"].large.pool.idle
+
+
+def test_cache_modes_are_checked_against_the_model():
+    engine_args = {"lam": 1.0, "vocab_size": 98}
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1,
+                                         intermediate_size=32))
+    assert RastEngine(model, **engine_args).large.cache_mode == "dynamic"  # auto, on CPU
+    with pytest.raises(UserError, match="cache=cuda-graphs needs the large model on one GPU"):
+        RastEngine(model, cache="cuda-graphs", **engine_args)
+    with pytest.raises(UserError, match="cache must be one of"):
+        RastEngine(model, cache="paged", **engine_args)

@@ -1,0 +1,180 @@
+"""Fixed-shape decoding for one model: a preallocated KV cache and, on a GPU, CUDA graphs.
+
+A decode step of an HF model launches hundreds of small kernels from Python. At batch <= 16 the
+GPU finishes a small model's kernels faster than Python can launch them, so RAST's two extra
+small forwards would cost far more than their bytes (REFERENCE.md section 5). Here a step runs on
+buffers whose addresses never change (token ids, positions, a boolean attention mask, a static
+KV cache), so on CUDA each step is captured once as a CUDA graph and replayed, one launch per
+model per token.
+
+What keeps that exact and cheap:
+- The cache holds the filled columns rounded up to a power of two, not the whole generation
+  budget (16K tokens of a 32B model at batch 16 would be ~70 GB): attention reads only that,
+  and when it is full it is rebuilt twice as long (a copy per doubling, O(1) per token).
+- Finished rows are dropped lazily: until at most half of the rows are still decoding they keep
+  their slot (computing them costs almost nothing when decoding is bandwidth-bound), then the
+  cache is rebuilt with the live rows only.
+- Buffers and their graph are kept per shape (rows, capacity) in a BufferPool, within a memory
+  budget, so the next batch of the same shape replays the graph instead of capturing it again.
+
+The state starts from the eager prefill (a DynamicCache), so prompts are never recomputed.
+"""
+
+from collections import OrderedDict
+
+import torch
+from transformers.cache_utils import Cache, StaticLayer
+
+MIN_CAPACITY = 32  # columns of the smallest cache
+
+
+def supports_static(model) -> bool:
+    """Every attention layer is full attention (no sliding windows): one mask serves all."""
+    return set(getattr(model.config, "layer_types", None) or ["full_attention"]) == {
+        "full_attention"}
+
+
+class StaticBuffers:
+    """Everything a step reads or writes, for one shape: KV cache, mask, positions, token ids, and
+    the CUDA graph captured on them (with its output logits) once there is one."""
+
+    def __init__(self, like: list[tuple[torch.Tensor, torch.Tensor]], rows: int, capacity: int):
+        layers = []
+        for keys, values in like:  # one (keys, values) per layer: dtype, device, heads, head dim
+            layer = StaticLayer(max_cache_len=capacity)
+            layer.lazy_initialization(keys[:1].expand(rows, *keys.shape[1:]),
+                                      values[:1].expand(rows, *values.shape[1:]))
+            layers.append(layer)
+        device = like[0][0].device
+        self.cache = Cache(layers=layers)
+        self.mask = torch.zeros(rows, 1, 1, capacity, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.graph = None  # (CUDAGraph, its output logits) once captured
+        self.nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
+
+    def load(self, like: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
+             positions: torch.Tensor) -> None:
+        """Fill the first columns with a state of `length` columns; the rest is masked out."""
+        length = mask.shape[-1]
+        for layer, (keys, values) in zip(self.cache.layers, like):
+            layer.keys[:, :, :length] = keys
+            layer.values[:, :, :length] = values
+            layer.cumulative_length.fill_(length)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :length] = mask
+        self.positions.copy_(positions)
+
+
+class BufferPool:
+    """StaticBuffers per (rows, capacity), kept for reuse while their KV bytes fit the budget."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.idle: OrderedDict[tuple[int, int], StaticBuffers] = OrderedDict()  # oldest first
+
+    def take(self, like, rows: int, capacity: int) -> StaticBuffers:
+        return self.idle.pop((rows, capacity), None) or StaticBuffers(like, rows, capacity)
+
+    def give_back(self, buffers: StaticBuffers) -> None:
+        self.idle[(buffers.tokens.shape[0], buffers.mask.shape[-1])] = buffers
+        while sum(b.nbytes for b in self.idle.values()) > self.budget_bytes:
+            self.idle.popitem(last=False)  # frees the tensors and the graph's memory
+
+
+class StaticDecoder:
+    """Decode state of one model with fixed shapes; `step` is one forward fed one token per row.
+
+    cache: the model's cache after prefill (DynamicCache, one row per sequence); attention_mask:
+    [rows, columns] of that prefill (1 = real token); next_position: [rows, 1]; max_columns: the
+    most columns a row can reach (prompt width + max new tokens). Call `close` when done, so the
+    buffers go back to the pool.
+    """
+
+    def __init__(self, model, pool: BufferPool, cache: Cache, attention_mask: torch.Tensor,
+                 next_position: torch.Tensor, max_columns: int, cuda_graphs: bool):
+        self.model, self.pool, self.cuda_graphs = model, pool, cuda_graphs
+        self.max_columns = max_columns
+        self.length = attention_mask.shape[1]  # columns filled so far, the same for every row
+        self.device = attention_mask.device
+        self.buffers = None
+        like = [(layer.keys, layer.values) for layer in cache.layers]
+        rows = torch.arange(attention_mask.shape[0], device=self.device)
+        self._build(like, attention_mask.bool(), next_position, rows)
+
+    @property
+    def rows(self) -> int:
+        """Rows computed per step (live ones plus finished ones not yet dropped)."""
+        return self.buffers.tokens.shape[0]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep these rows of the caller's batch, in this order (the engine's compaction)."""
+        rows = rows.to(self.device)
+        self.live = rows if self.live is None else self.live[rows]
+        if 2 * len(self.live) <= self.rows:  # half or more are finished: rebuild at live size
+            self._rebuild()
+
+    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token per live row [live]; their next-token logits [live, vocab]."""
+        if self.length == self.buffers.mask.shape[-1]:  # full: twice as long (and compacted)
+            self._rebuild()
+        token_ids = token_ids.to(self.device)[:, None]
+        if self.live is None:
+            self.buffers.tokens.copy_(token_ids)
+        else:
+            self.buffers.tokens.index_copy_(0, self.live, token_ids)
+        logits = self._replay() if self.cuda_graphs else self._forward()
+        self.length += 1
+        return logits if self.live is None else logits.index_select(0, self.live)
+
+    def close(self) -> None:
+        if self.buffers is not None:
+            self.pool.give_back(self.buffers)
+            self.buffers = None
+
+    def _rebuild(self) -> None:
+        old = self.buffers
+        rows = torch.arange(self.rows, device=self.device) if self.live is None else self.live
+        like = [(layer.keys[:, :, :self.length], layer.values[:, :, :self.length])
+                for layer in old.cache.layers]
+        self._build(like, old.mask[:, 0, 0, :self.length], old.positions, rows)
+        self.pool.give_back(old)
+
+    def _build(self, like, mask: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
+        """Buffers holding `rows` of the current state, with room to grow."""
+        if self.length >= self.max_columns:
+            raise ValueError(f"the cache is full at its {self.max_columns} columns")
+        capacity = min(self.max_columns, max(MIN_CAPACITY, 2 ** self.length.bit_length()))
+        like = [(keys.index_select(0, rows), values.index_select(0, rows)) for keys, values in like]
+        self.buffers = self.pool.take(like, len(rows), capacity)
+        self.buffers.load(like, mask.index_select(0, rows), positions.index_select(0, rows))
+        self.live = None  # None: every row is live, in order; else the live rows' slots
+
+    def _forward(self) -> torch.Tensor:
+        """One step on the fixed buffers; every state change is a device op (capturable)."""
+        buffers = self.buffers
+        buffers.mask.index_fill_(-1, buffers.cache.layers[0].cumulative_length.view(1), True)
+        output = self.model(input_ids=buffers.tokens, position_ids=buffers.positions,
+                            attention_mask={"full_attention": buffers.mask},
+                            past_key_values=buffers.cache, use_cache=True, logits_to_keep=1)
+        buffers.positions.add_(1)
+        return output.logits[:, -1]
+
+    def _replay(self) -> torch.Tensor:
+        buffers = self.buffers
+        if buffers.graph is not None:
+            graph, logits = buffers.graph
+            graph.replay()
+            return logits
+        with torch.cuda.device(self.device):
+            # A new shape: this step runs eagerly on a side stream (lazy kernel and library set-up
+            # must not happen during capture), then capture records a step without running it.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                logits = self._forward()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                buffers.graph = (graph, self._forward())
+        return logits
