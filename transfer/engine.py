@@ -27,7 +27,13 @@ from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
-from transfer.static_cache import BufferPool, StaticDecoder, supports_static
+from transfer.static_cache import (
+    BufferPool,
+    StaticDecoder,
+    compiled_decode_step,
+    decode_step,
+    supports_static,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +78,20 @@ class CachedModel:
 
     cache: "dynamic" (a DynamicCache that grows and drops finished rows at once), "static" (fixed
     buffers after prefill, transfer.static_cache) or "cuda-graphs" (static, each step replayed as
-    a CUDA graph); "auto" takes cuda-graphs for a model on one GPU, else dynamic.
+    a CUDA graph); "auto" takes cuda-graphs for a model on one GPU, else dynamic (static when
+    compiling). compile: torch.compile the fixed-shape step (fuses kernels; costs tens of seconds
+    once per model and process, so it pays on long runs).
     """
 
     def __init__(self, name: str, model, adapters: tuple[str, ...] | None = None,
-                 cache: str = "auto"):
+                 cache: str = "auto", compile: bool = False):
         self.name, self.model = name, model.eval()
         self.adapters = adapters
         self.copies = len(adapters) if adapters else 1
         self.input_device = model.get_input_embeddings().weight.device
-        self.cache_mode = _cache_mode(name, model, adapters, cache)
+        self.cache_mode = _cache_mode(name, model, adapters, cache, compile)
         self.static, self.pool = None, BufferPool(POOL_BUDGET_BYTES)
+        self.step_fn = compiled_decode_step() if compile else decode_step
         self.prefill_calls = self.prefill_rows = self.decode_calls = self.decode_rows = 0
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -109,7 +118,8 @@ class CachedModel:
                 self.static = StaticDecoder(self.model, self.pool, self.cache,
                                             self.attention_mask, self.next_position,
                                             self.max_columns,
-                                            cuda_graphs=self.cache_mode == "cuda-graphs")
+                                            cuda_graphs=self.cache_mode == "cuda-graphs",
+                                            step_fn=self.step_fn)
                 self.cache = None
             self.decode_rows += self.static.rows
             return [self.static.step(token_ids)]
@@ -148,7 +158,7 @@ class CachedModel:
 CACHE_MODES = ("auto", "dynamic", "static", "cuda-graphs")
 
 
-def _cache_mode(name: str, model, adapters, cache: str) -> str:
+def _cache_mode(name: str, model, adapters, cache: str, compile: bool = False) -> str:
     """Resolve "auto" and refuse a mode this model cannot run."""
     if cache not in CACHE_MODES:
         raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
@@ -156,7 +166,11 @@ def _cache_mode(name: str, model, adapters, cache: str) -> str:
     one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
     fixed_ok = adapters is None and supports_static(model)  # peft's mixed batch indexes on host
     if cache == "auto":
-        return "cuda-graphs" if one_gpu and fixed_ok else "dynamic"
+        cache = ("cuda-graphs" if one_gpu else "static") if fixed_ok and (
+            one_gpu or compile) else "dynamic"
+    if compile and cache == "dynamic":
+        raise UserError(f"compile needs a fixed-shape cache, and the {name} model runs "
+                        f"cache=dynamic: drop compile, or use cache=static")
     if cache != "dynamic" and not fixed_ok:
         raise UserError(f"cache={cache} needs a plain full-attention model; the {name} model is "
                         f"{'a LoRA pair' if adapters else 'not'}: use cache=dynamic")
@@ -173,23 +187,25 @@ class RastEngine:
     name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
     benchmarks on ids) pass `vocab_size` and use `decode`. `cache` picks each model's KV cache
-    (see CachedModel): "auto" replays CUDA graphs for every model on a single GPU.
+    and `compile` compiles its step (see CachedModel): "auto" replays CUDA graphs for every model
+    on a single GPU.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
-                 vocab_size: int | None = None, cache: str = "auto"):
+                 vocab_size: int | None = None, cache: str = "auto", compile: bool = False):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         self.lam, self.tokenizer = lam, tokenizer
-        self.large = CachedModel("large", large, cache=cache)
+        options = {"cache": cache, "compile": compile}
+        self.large = CachedModel("large", large, **options)
         if small_base is None or lam == 0:
             self.small = []  # plain decoding of the large model
         elif isinstance(small_rl, str):
             self.small = [CachedModel("small_base+rl", small_base, ("__base__", small_rl),
-                                      cache=cache)]
+                                      **options)]
         else:
-            self.small = [CachedModel("small_base", small_base, cache=cache),
-                          CachedModel("small_rl", small_rl, cache=cache)]
+            self.small = [CachedModel("small_base", small_base, **options),
+                          CachedModel("small_rl", small_rl, **options)]
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
@@ -199,14 +215,15 @@ class RastEngine:
     @classmethod
     def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
                         lam: float = 1.0, device=None, dtype=None,
-                        small_device=None, cache: str = "auto") -> "RastEngine":
+                        small_device=None, cache: str = "auto",
+                        compile: bool = False) -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
         small_rl may be a full model or a LoRA adapter directory of small_base (shared weights);
         with small_base None it must be a train.grpo output holding rast_pair.json. device: a
         device, "auto" or an accelerate device map dict for the large model (multi-GPU);
         small_device defaults to the last GPU then, else to device. dtype: bf16 on GPU, fp32 on CPU.
-        cache: see CachedModel.
+        cache, compile: see CachedModel.
         """
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
@@ -218,7 +235,7 @@ class RastEngine:
         large_model = load_model(large, dtype=dtype, device_map=large_map)
         if small_rl is None or lam == 0:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", large, lam, small_rl)
-            return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache)
+            return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
         check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large, small_base)
         if _has_tokenizer(small_rl):
             check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl), large, small_rl)
@@ -229,10 +246,11 @@ class RastEngine:
 
             logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
             shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
-            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer, cache=cache)
+            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer, cache=cache,
+                       compile=compile)
         small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   cache=cache)
+                   cache=cache, compile=compile)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,

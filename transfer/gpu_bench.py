@@ -97,11 +97,12 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
     results = []
     for batch in batches:
         row = {"batch": batch}
-        for mode in modes:
+        for mode in modes:  # an engine cache mode, "+compile" to compile its step
+            options = {"cache": mode.removesuffix("+compile"), "compile": mode.endswith("+compile")}
             try:  # one failing mode must not cost the numbers of the others
-                engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, cache=mode),
+                engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, **options),
                            "rast": RastEngine(large, small_base, small_rl, lam=1.0,
-                                              vocab_size=vocab, cache=mode)}
+                                              vocab_size=vocab, **options)}
                 result = {}
                 for _ in range(repeats):  # alternate: clock or load drift hits both alike
                     for name, engine in engines.items():
@@ -136,7 +137,7 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
 
 
 def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes, device: str,
-                   steps: int = 40) -> dict:
+                   steps: int = 20) -> dict:
     """Milliseconds per decode step of each part alone: one model's step in each cache mode
     (host time to return, and wall time with the GPU drained), and combine + top-p sampling +
     reading the tokens back. Where the engine's step time goes, from the same weights."""
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--output", default="outputs/gpu_bench.json")
     parser.add_argument("--modes", nargs="+", default=["dynamic", "cuda-graphs"],
-                        help="engine cache modes to time")
+                        help="engine cache modes to time, each with +compile to compile its step")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
     parser.add_argument("--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device, dtype = "cuda", torch.bfloat16
     if args.smoke:
-        device, dtype, args.modes = "cpu", torch.float32, ["dynamic", "static"]
+        device, dtype = "cpu", torch.float32  # each mode's CPU twin: static runs without graphs
+        args.modes = [mode.replace("cuda-graphs", "static") for mode in args.modes]
         args.pairs, args.batches, args.prompt_len, args.new_tokens = ["smoke-l:smoke-s"], [1, 2], 8, 4
         args.breakdown_batches = [2]
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

@@ -17,9 +17,14 @@ What keeps that exact and cheap:
 - Buffers and their graph are kept per shape (rows, capacity) in a BufferPool, within a memory
   budget, so the next batch of the same shape replays the graph instead of capturing it again.
 
+A step is `decode_step(model, buffers)`; compiling it (torch.compile, one dynamic-shape graph per
+model) fuses HF's many small elementwise kernels (RMSNorm, rotary, residuals), which is what
+sets the floor of a small model's step once launches are gone.
+
 The state starts from the eager prefill (a DynamicCache), so prompts are never recomputed.
 """
 
+import functools
 from collections import OrderedDict
 
 import torch
@@ -82,18 +87,38 @@ class BufferPool:
             self.idle.popitem(last=False)  # frees the tensors and the graph's memory
 
 
+def decode_step(model, buffers: StaticBuffers) -> torch.Tensor:
+    """One step on fixed buffers, next-token logits [rows, vocab]; every state change is a device
+    op, so the step can be captured as a CUDA graph (and compiled)."""
+    buffers.mask.index_fill_(-1, buffers.cache.layers[0].cumulative_length.view(1), True)
+    output = model(input_ids=buffers.tokens, position_ids=buffers.positions,
+                   attention_mask={"full_attention": buffers.mask},
+                   past_key_values=buffers.cache, use_cache=True, logits_to_keep=1)
+    buffers.positions.add_(1)
+    return output.logits[:, -1]
+
+
+@functools.cache
+def compiled_decode_step():
+    """decode_step compiled once per process for every model (dynamic shapes: rows and capacity
+    change without recompiling; dynamo recompiles per model only where its guards differ)."""
+    return torch.compile(decode_step, dynamic=True)
+
+
 class StaticDecoder:
     """Decode state of one model with fixed shapes; `step` is one forward fed one token per row.
 
     cache: the model's cache after prefill (DynamicCache, one row per sequence); attention_mask:
     [rows, columns] of that prefill (1 = real token); next_position: [rows, 1]; max_columns: the
-    most columns a row can reach (prompt width + max new tokens). Call `close` when done, so the
-    buffers go back to the pool.
+    most columns a row can reach (prompt width + max new tokens); step_fn: decode_step or a
+    compiled copy of it. Call `close` when done, so the buffers go back to the pool.
     """
 
     def __init__(self, model, pool: BufferPool, cache: Cache, attention_mask: torch.Tensor,
-                 next_position: torch.Tensor, max_columns: int, cuda_graphs: bool):
+                 next_position: torch.Tensor, max_columns: int, cuda_graphs: bool,
+                 step_fn=decode_step):
         self.model, self.pool, self.cuda_graphs = model, pool, cuda_graphs
+        self.step_fn = step_fn
         self.max_columns = max_columns
         self.length = attention_mask.shape[1]  # columns filled so far, the same for every row
         self.device = attention_mask.device
@@ -123,7 +148,7 @@ class StaticDecoder:
             self.buffers.tokens.copy_(token_ids)
         else:
             self.buffers.tokens.index_copy_(0, self.live, token_ids)
-        logits = self._replay() if self.cuda_graphs else self._forward()
+        logits = self._replay() if self.cuda_graphs else self.step_fn(self.model, self.buffers)
         self.length += 1
         return logits if self.live is None else logits.index_select(0, self.live)
 
@@ -150,16 +175,6 @@ class StaticDecoder:
         self.buffers.load(like, mask.index_select(0, rows), positions.index_select(0, rows))
         self.live = None  # None: every row is live, in order; else the live rows' slots
 
-    def _forward(self) -> torch.Tensor:
-        """One step on the fixed buffers; every state change is a device op (capturable)."""
-        buffers = self.buffers
-        buffers.mask.index_fill_(-1, buffers.cache.layers[0].cumulative_length.view(1), True)
-        output = self.model(input_ids=buffers.tokens, position_ids=buffers.positions,
-                            attention_mask={"full_attention": buffers.mask},
-                            past_key_values=buffers.cache, use_cache=True, logits_to_keep=1)
-        buffers.positions.add_(1)
-        return output.logits[:, -1]
-
     def _replay(self) -> torch.Tensor:
         buffers = self.buffers
         if buffers.graph is not None:
@@ -172,9 +187,9 @@ class StaticDecoder:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                logits = self._forward()
+                logits = self.step_fn(self.model, buffers)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                buffers.graph = (graph, self._forward())
+                buffers.graph = (graph, self.step_fn(self.model, buffers))
         return logits
