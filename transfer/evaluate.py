@@ -64,6 +64,11 @@ class TransferConfig:
     batch_size: int = field(default=64, metadata={"help": "sequences decoded together"})
     device: str | None = field(default=None, metadata={
         "help": "large model's device: cuda/cpu (default: cuda if any) or auto (spread over GPUs)"})
+    cache: str = field(default="auto", metadata={
+        "help": "engine KV cache: auto (CUDA graphs on one GPU, else dynamic), dynamic, static, "
+                "cuda-graphs"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the engine's decode step (pays on long runs)"})
     output_dir: str = "outputs/transfer-tiny"
     report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
     wandb_project: str = "rast-transfer"
@@ -283,7 +288,8 @@ def load_engine(system: System, config: TransferConfig):
         device, small_device = gpu_layout(system, config)
     return RastEngine.from_pretrained(system.large, small_base=system.small_base,
                                       small_rl=system.small_rl, lam=system.lam,
-                                      device=device, small_device=small_device)
+                                      device=device, small_device=small_device,
+                                      cache=config.cache, compile=config.compile)
 
 
 def gpu_layout(system: System, config: TransferConfig):

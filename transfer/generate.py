@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from train.errors import UserError, exit_on_user_error
-from transfer.engine import RastEngine, SamplingParams
+from transfer.engine import CACHE_MODES, RastEngine, SamplingParams
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--cache", choices=CACHE_MODES, default="auto",
+                        help="KV cache per model: auto = CUDA graphs on one GPU, else dynamic")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decode step (pays on long runs; see README)")
     return parser.parse_args(argv)
 
 
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
         engine = RastEngine.from_pretrained(args.large, args.small_base, args.small_rl,
                                             lam=args.lam, device=args.device, dtype=args.dtype,
-                                            small_device=args.small_device)
+                                            small_device=args.small_device, cache=args.cache,
+                                            compile=args.compile)
         prompt_of = dict(zip(ids, prompts))
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

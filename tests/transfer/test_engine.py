@@ -205,13 +205,18 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
                                for i, p in enumerate(PROMPTS[:3])))
-    main(["--large", tiny_models["large"], "--small-base", tiny_models["small_base"],
-          "--small-rl", tiny_models["small_rl"], "--input", str(prompts),
-          "--output", str(tmp_path / "out.jsonl"), "--n", "2", "--max-new-tokens", "5"])
-    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    outputs = {}
+    for cache in ("auto", "static"):
+        output = tmp_path / f"{cache}.jsonl"
+        main(["--large", tiny_models["large"], "--small-base", tiny_models["small_base"],
+              "--small-rl", tiny_models["small_rl"], "--input", str(prompts),
+              "--output", str(output), "--n", "2", "--max-new-tokens", "5", "--cache", cache])
+        outputs[cache] = [json.loads(line) for line in output.read_text().splitlines()]
+    rows = outputs["auto"]
     assert [(row["id"], row["sample_index"]) for row in rows] == [
         (f"p{i}", s) for i in range(3) for s in range(2)]
     assert all(len(row["token_ids"]) <= 5 and row["prompt"] == PROMPTS[int(row["id"][1])] for row in rows)
+    assert outputs["static"] == rows
 
 
 def test_static_cache_gives_the_dynamic_loops_logits_and_tokens_through_growth_and_compaction(
@@ -255,3 +260,26 @@ def test_cache_modes_are_checked_against_the_model():
         RastEngine(model, cache="cuda-graphs", **engine_args)
     with pytest.raises(UserError, match="cache must be one of"):
         RastEngine(model, cache="paged", **engine_args)
+    with pytest.raises(UserError, match="compile needs a fixed-shape cache"):
+        RastEngine(model, cache="dynamic", compile=True, **engine_args)
+    assert RastEngine(model, compile=True, **engine_args).large.cache_mode == "static"
+
+
+@pytest.mark.slow
+def test_compiled_step_samples_the_tokens_of_the_eager_loop(engines, tiny_models):
+    """torch.compile of the fixed-shape step (tens of seconds of compiling): same tokens, and
+    combined logits within fp32 rounding of the eager loop, through growth and compaction."""
+    compiled = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                          tiny_models["small_rl"], lam=1.5, compile=True)
+    params = SamplingParams(temperature=1.0, max_new_tokens=40)
+    logits = {}
+    for name, engine in (("eager", engines["rast"]), ("compiled", compiled)):
+        steps = logits[name] = []
+        completions = engine.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS,
+                                      progress=False)
+        logits[name + " tokens"] = by_key(completions)
+        engine.decode(engine.tokenizer(PROMPTS)["input_ids"], [[0]] * len(PROMPTS), params,
+                      STOP_IDS, on_step=lambda active, z, steps=steps: steps.append(z))
+    assert logits["eager tokens"] == logits["compiled tokens"]
+    for eager, compiled_z in zip(logits["eager"], logits["compiled"], strict=True):
+        torch.testing.assert_close(compiled_z, eager, rtol=0, atol=1e-4)
