@@ -69,9 +69,10 @@ clean:
 tiny-family: setup
 	$(PY) -m train.tiny.family
 
-# On a machine with one GPU (about 6 minutes on an H100); writes outputs/gpu_bench.json.
+# On a machine with one GPU; writes outputs/gpu_bench.json. About 8 minutes on an H200, mostly
+# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes).
 gpu-bench: setup
-	$(PY) -m transfer.gpu_bench --pairs 7B:0.5B 14B:1.5B --batches 1 8 32
+	$(PY) -m transfer.gpu_bench --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
 
 # GRPO of the other tiny members (the RL references of RR and the cross-scale analysis), one
 # after the other on CPU; each is built first if not cached.
