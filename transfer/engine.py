@@ -164,16 +164,16 @@ def _cache_mode(name: str, model, adapters, cache: str, compile: bool = False) -
         raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     devices = {param.device for param in model.parameters()}
     one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
-    fixed_ok = adapters is None and supports_static(model)  # peft's mixed batch indexes on host
+    unfit = ("it is a LoRA pair (peft's mixed batch indexes on the host)" if adapters else
+             None if supports_static(model) else "it has sliding-window attention layers")
     if cache == "auto":
-        cache = ("cuda-graphs" if one_gpu else "static") if fixed_ok and (
-            one_gpu or compile) else "dynamic"
+        cache = ("cuda-graphs" if one_gpu else "static" if compile else "dynamic") if not unfit \
+            else "dynamic"
+    if cache != "dynamic" and unfit:
+        raise UserError(f"cache={cache} does not fit the {name} model: {unfit}; use cache=dynamic")
     if compile and cache == "dynamic":
-        raise UserError(f"compile needs a fixed-shape cache, and the {name} model runs "
-                        f"cache=dynamic: drop compile, or use cache=static")
-    if cache != "dynamic" and not fixed_ok:
-        raise UserError(f"cache={cache} needs a plain full-attention model; the {name} model is "
-                        f"{'a LoRA pair' if adapters else 'not'}: use cache=dynamic")
+        raise UserError(f"compile needs cache=static or cuda-graphs, and the {name} model runs "
+                        f"cache=dynamic{f' ({unfit})' if unfit else ''}: drop compile")
     if cache == "cuda-graphs" and not one_gpu:
         raise UserError(f"cache=cuda-graphs needs the {name} model on one GPU, it is on "
                         f"{sorted(map(str, devices))}: use cache=dynamic or static")

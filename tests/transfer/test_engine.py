@@ -148,6 +148,9 @@ def test_lora_shared_weights_give_the_tokens_of_two_separate_models(tiny_models,
     counts = shared.forward_counts()  # one small forward per step, computing base and RL rows
     assert counts["small_base+rl"]["decode_calls"] == counts["large"]["decode_calls"]
     assert counts["small_base+rl"]["decode_rows"] == 2 * counts["large"]["decode_rows"]
+    with pytest.raises(UserError, match=r"cache=static does not fit the small_base\+rl model"):
+        RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter,
+                                   cache="static")
 
 
 def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
@@ -260,7 +263,7 @@ def test_cache_modes_are_checked_against_the_model():
         RastEngine(model, cache="cuda-graphs", **engine_args)
     with pytest.raises(UserError, match="cache must be one of"):
         RastEngine(model, cache="paged", **engine_args)
-    with pytest.raises(UserError, match="compile needs a fixed-shape cache"):
+    with pytest.raises(UserError, match="compile needs cache=static or cuda-graphs"):
         RastEngine(model, cache="dynamic", compile=True, **engine_args)
     assert RastEngine(model, compile=True, **engine_args).large.cache_mode == "static"
 
