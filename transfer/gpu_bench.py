@@ -97,8 +97,9 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
     results = []
     for batch in batches:
         row = {"batch": batch}
-        for mode in modes:  # an engine cache mode, "+compile" to compile its step
-            options = {"cache": mode.removesuffix("+compile"), "compile": mode.endswith("+compile")}
+        for mode in modes:  # an engine cache mode, with "+compile" and/or "+serial" (no overlap)
+            cache, *flags = mode.split("+")
+            options = {"cache": cache, "compile": "compile" in flags, "overlap": "serial" not in flags}
             try:  # one failing mode must not cost the numbers of the others
                 engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, **options),
                            "rast": RastEngine(large, small_base, small_rl, lam=1.0,
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--output", default="outputs/gpu_bench.json")
     parser.add_argument("--modes", nargs="+", default=["dynamic", "cuda-graphs"],
-                        help="engine cache modes to time, each with +compile to compile its step")
+                        help="engine cache modes to time; append +compile to compile the step, "
+                             "+serial to run the models' graphs one after the other")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
     parser.add_argument("--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
