@@ -97,6 +97,10 @@ class TransferConfig:
             raise UserError("benchmarks is empty: name at least one (e.g. [tiny] or [math500])")
         if self.report_to not in ("wandb", "none"):
             raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
+        from transfer.engine import CACHE_MODES  # torch: imported here, not for every import
+
+        if self.cache not in CACHE_MODES:
+            raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
 
 
 @dataclass(frozen=True)

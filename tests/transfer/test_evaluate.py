@@ -58,6 +58,8 @@ def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
         parse_config(["--config", str(bad)])
     with pytest.raises(UserError, match="lambdas"):
         TransferConfig(lambdas=[])
+    with pytest.raises(UserError, match="cache must be one of auto, dynamic, static"):
+        parse_config(["--config", str(recipe), "--cache", "paged"])  # before anything is written
 
 
 def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
