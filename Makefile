@@ -88,8 +88,9 @@ analyze: RECIPE ?= recipes/tiny/analyze/config_cpu.yaml
 analyze: setup
 	$(PY) -m transfer.analyze --config $(RECIPE) $(ARGS)
 
-# On a machine with one GPU (H100/H200, no network; under 8 minutes): RAST vs L-alone throughput,
-# bf16 vs fp32 combined logits, GRPO steps in bf16, peak memory; writes outputs/gpu_check.json.
+# On a machine with one GPU (H100/H200, no network; about 5 minutes): RAST vs L-alone throughput
+# with CUDA graphs overlapped and serial, graph exactness, bf16 vs fp32 combined logits, GRPO steps
+# in bf16, peak memory; writes outputs/gpu_check.json.
 # ARGS=--smoke runs the same path on CPU with tiny configs.
 gpu-check: setup
 	$(PY) -m transfer.gpu_check $(ARGS)

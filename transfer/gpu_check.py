@@ -2,14 +2,16 @@
 
 On one H100/H200, no network, random bf16 weights at the real Qwen2.5 configs (speed and memory
 do not depend on the values):
-1. throughput: RAST engine vs L alone (transfer.gpu_bench.bench_pair), with the bandwidth bound;
+1. throughput: RAST engine vs L alone (transfer.gpu_bench.bench_pair), with the bandwidth bound,
+   for CUDA-graph replay with the models overlapped on their own streams and one after the other
+   (--modes; the eager loop was measured once and is 5-9x slower), and graph replay's exactness;
 2. precision: combined logits z_L + lam (z_RL - z_S) of bf16 models vs the same weights in fp32
    (max abs diff, top-1 agreement) over a few decode positions;
 3. GRPO: a few TRL GRPO steps of a small random Qwen2 in bf16 on the GPU (skipped without trl);
 4. memory: peak torch.cuda.max_memory_allocated of RAST decoding (from 1.) vs one training step
    (bf16 weights, AdamW, as a TRL recipe with dtype bfloat16) at each size where it fits.
 
-    python -m transfer.gpu_check                       # ~5 min on an H100; outputs/gpu_check.json
+    python -m transfer.gpu_check                       # ~5 min on an H200; outputs/gpu_check.json
     python -m transfer.gpu_check --smoke               # tiny configs on CPU, the same path, seconds
 """
 
@@ -131,8 +133,10 @@ def grpo_steps(device: str, steps: int, smoke: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="RAST GPU check: speed, precision, GRPO, memory")
-    parser.add_argument("--pairs", nargs="+", default=["14B:1.5B", "32B:1.5B"], metavar="L:S")
+    parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "32B:1.5B"], metavar="L:S")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--modes", nargs="+", default=["cuda-graphs", "cuda-graphs+serial"],
+                        help="engine modes to time (see transfer.gpu_bench --modes)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--precision-pair", default="7B:0.5B", metavar="L:S")
     parser.add_argument("--train-sizes", nargs="+", default=["1.5B", "7B"])
@@ -141,14 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)
     if args.smoke:
-        device, dtype, modes = "cpu", torch.float32, ("dynamic", "static")
+        device, dtype = "cpu", torch.float32  # each mode's CPU twin: static runs without graphs
+        modes = [mode.replace("cuda-graphs", "static") for mode in args.modes]
         args.pairs, args.batches, args.new_tokens = ["smoke-l:smoke-s"], [1, 2], 4
         args.precision_pair, args.train_sizes, args.grpo_steps = "smoke-l:smoke-s", ["smoke-l"], 2
         torch.set_num_threads(1)
     elif not torch.cuda.is_available():
         raise SystemExit("error: no CUDA device; run with --smoke for the CPU path")
     else:
-        device, dtype, modes = "cuda", torch.bfloat16, ("dynamic", "cuda-graphs")
+        device, dtype, modes = "cuda", torch.bfloat16, args.modes
     start = time.perf_counter()
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "smoke": args.smoke, "dtype": str(dtype)}
