@@ -60,11 +60,15 @@ class StaticBuffers:
 
     def load(self, like: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
              positions: torch.Tensor) -> None:
-        """Fill the first columns with a state of `length` columns; the rest is masked out."""
+        """Fill the first columns with a state of `length` columns; the rest is masked out, and
+        zeroed: attention weighs masked columns by 0, and 0 * NaN left by an earlier batch would
+        still be NaN."""
         length = mask.shape[-1]
         for layer, (keys, values) in zip(self.cache.layers, like):
             layer.keys[:, :, :length] = keys
             layer.values[:, :, :length] = values
+            layer.keys[:, :, length:] = 0
+            layer.values[:, :, length:] = 0
             layer.cumulative_length.fill_(length)
         self.mask.zero_()
         self.mask[:, 0, 0, :length] = mask

@@ -286,3 +286,19 @@ def test_compiled_step_samples_the_tokens_of_the_eager_loop(engines, tiny_models
     assert logits["eager tokens"] == logits["compiled tokens"]
     for eager, compiled_z in zip(logits["eager"], logits["compiled"], strict=True):
         torch.testing.assert_close(compiled_z, eager, rtol=0, atol=1e-4)
+
+
+def test_pooled_buffers_are_cleaned_before_reuse(tiny_models):
+    """Columns past a batch's length are masked, but 0 * NaN is NaN: whatever an earlier batch
+    left in pooled buffers must not reach the next one."""
+    engine = RastEngine.from_pretrained(tiny_models["large"], cache="static")
+    prompt_ids = engine.tokenizer(PROMPTS)["input_ids"]
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    first = engine.decode(prompt_ids, [[0]] * len(PROMPTS), params, stop_ids=[])
+    engine.decode(prompt_ids[:1], [[0]], params, stop_ids=[])  # first batch's buffers -> pool
+    with torch.inference_mode():  # the buffers are inference tensors
+        for buffers in engine.large.pool.idle.values():
+            for layer in buffers.cache.layers:
+                layer.keys.fill_(float("nan"))
+                layer.values.fill_(float("nan"))
+    assert engine.decode(prompt_ids, [[0]] * len(PROMPTS), params, stop_ids=[]) == first
