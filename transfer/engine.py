@@ -169,9 +169,10 @@ def _cache_mode(name: str, model, adapters, cache: str, compile: bool = False) -
     one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
     unfit = ("it is a LoRA pair (peft's mixed batch indexes on the host)" if adapters else
              None if supports_static(model) else "it has sliding-window attention layers")
-    if cache == "auto":
-        cache = ("cuda-graphs" if one_gpu else "static" if compile else "dynamic") if not unfit \
-            else "dynamic"
+    if cache == "auto" and unfit:
+        cache = "dynamic"
+    elif cache == "auto":
+        cache = "cuda-graphs" if one_gpu else "static" if compile else "dynamic"
     if cache != "dynamic" and unfit:
         raise UserError(f"cache={cache} does not fit the {name} model: {unfit}; use cache=dynamic")
     if compile and cache == "dynamic":
