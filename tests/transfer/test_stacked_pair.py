@@ -1,0 +1,77 @@
+"""The stacked small pair: one forward giving both models' logits, sharing their memory, and a
+clear reason wherever two models cannot be stacked."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+from transfer.stacked_pair import stack_pair, unstackable
+
+
+def qwen2(seed: int, tie: bool = True, **overrides) -> Qwen2ForCausalLM:
+    config = Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, tie_word_embeddings=tie,
+                         **overrides)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def storages(*models) -> set[int]:
+    return {p.untyped_storage().data_ptr() for m in models for p in m.parameters()}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_stacked_forward_gives_each_models_logits_and_shares_their_memory(tie):
+    base, rl = qwen2(0, tie), qwen2(1, tie)
+    ids = torch.randint(0, 64, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        expected = [m(ids, attention_mask=mask).logits for m in (base, rl)]
+    unique_bytes = sum(p.nbytes for p in {*base.parameters(), *rl.parameters()})
+    stacked = stack_pair(base, rl)
+
+    assert storages(base, rl) == storages(stacked)  # the models view the stacked weights
+    assert sum(p.nbytes for p in stacked.parameters()) == unique_bytes
+    with torch.no_grad():
+        logits = stacked(torch.cat([ids, ids]), attention_mask=torch.cat([mask, mask])).logits
+        assert torch.equal(logits[:3], expected[0]) and torch.equal(logits[3:], expected[1])
+        for model, before in zip((base, rl), expected):  # each model still works alone
+            assert torch.equal(model(ids, attention_mask=mask).logits, before)
+
+        # decoding with a cache: prefill then one token, as the engine does
+        cache, caches = DynamicCache(config=stacked.config), [DynamicCache(config=base.config)
+                                                              for _ in range(2)]
+        stacked(torch.cat([ids, ids]), past_key_values=cache, use_cache=True)
+        step = stacked(torch.cat([ids[:, :1]] * 2), past_key_values=cache, use_cache=True).logits
+        for half, (model, model_cache) in enumerate(zip((base, rl), caches)):
+            model(ids, past_key_values=model_cache, use_cache=True)
+            alone = model(ids[:, :1], past_key_values=model_cache, use_cache=True).logits
+            torch.testing.assert_close(step[3 * half:3 * half + 3], alone, rtol=0, atol=1e-6)
+
+
+def test_a_model_stacked_with_itself_gives_its_logits_twice():
+    model, ids = qwen2(0), torch.randint(0, 64, (2, 5))
+    with torch.no_grad():
+        expected = model(ids).logits
+        logits = stack_pair(model, model)(torch.cat([ids, ids])).logits
+    assert torch.equal(logits[:2], expected) and torch.equal(logits[2:], expected)
+
+
+def test_unstackable_pairs_are_named_with_their_reason():
+    base = qwen2(0)
+    assert unstackable(base, qwen2(1, use_cache=False, bos_token_id=5)) is None  # TRL's saves
+    assert "configs differ in rms_norm_eps" in unstackable(base, qwen2(1, rms_norm_eps=1e-3))
+    assert "configs differ in tie_word_embeddings" in unstackable(base, qwen2(1, tie=False))
+    assert "different classes" in unstackable(base, base.model)
+    lora = [get_peft_model(qwen2(seed), LoraConfig(r=2, target_modules=["q_proj"]))
+            for seed in (0, 1)]
+    assert "peft model" in unstackable(*lora)
+    other = qwen2(1)
+    base.model.norm, other.model.norm = nn.LayerNorm(32), nn.LayerNorm(32)
+    assert unstackable(base, other) == ("model.norm is a LayerNorm (stacking knows linear, "
+                                        "embedding, RMS norm)")
+    with pytest.raises(ValueError, match="cannot stack the small pair: model.norm is a LayerNorm"):
+        stack_pair(base, other)

@@ -1,0 +1,139 @@
+"""The small pair as one model: S_base and S_RL stacked, so one forward computes both.
+
+RAST's two small models differ only in their weights. Stacked, they run as one batch: rows
+[0, B) with S_base's weights, rows [B, 2B) with S_RL's. Each linear layer is one batched matmul
+over both weight sets (bmm), each norm and embedding one call, and everything that has no
+weights (attention, rotary, KV cache, masks, the model's Python) runs once on 2B rows instead of
+twice on B. At the batch sizes of decoding a small model's step costs its launches and host
+overhead, not its FLOPs, so the pair then costs about one small forward instead of two.
+
+This is the LoRA shared-weight mode (engine.py) for RL checkpoints with full weights. Stacking
+copies nothing: both models' parameters become views of the stacked tensors, so each model still
+works alone, with the same values. It applies to two models of the same class, config and
+parameter shapes on one device whose weights sit in linear layers, embeddings and RMS norms (all
+Qwen2/2.5/3 and Llama models); `unstackable` says why two other models cannot.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+# Config keys that do not change a forward: names, versions, generation ids, use_cache (TRL saves
+# RL checkpoints with use_cache=False; the engine always passes use_cache=True).
+IGNORED_CONFIG_KEYS = {"_name_or_path", "_commit_hash", "transformers_version", "architectures",
+                       "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    """A norm scaling the last dim by one weight vector, per row (Qwen2RMSNorm, LlamaRMSNorm, ...)."""
+    params = dict(module.named_parameters(recurse=False))
+    return (type(module).__name__.endswith("RMSNorm") and list(params) == ["weight"]
+            and params["weight"].dim() == 1)
+
+
+def _leaves(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules holding parameters of their own, by name."""
+    return {name: module for name, module in model.named_modules()
+            if next(module.parameters(recurse=False), None) is not None}
+
+
+def unstackable(base: nn.Module, rl: nn.Module) -> str | None:
+    """Why these two models cannot be stacked, or None if they can."""
+    if type(base) is not type(rl):
+        return f"different classes ({type(base).__name__}, {type(rl).__name__})"
+    if hasattr(base, "peft_config") or hasattr(rl, "peft_config"):
+        return "a peft model (LoRA pairs share weights through their adapters instead)"
+    config = [{k: v for k, v in m.config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
+              for m in (base, rl)]
+    if config[0] != config[1]:
+        keys = sorted(k for k in config[0].keys() | config[1].keys()
+                      if config[0].get(k) != config[1].get(k))
+        return f"their configs differ in {', '.join(keys)}"
+    shapes = [[(n, p.shape, p.dtype) for n, p in m.named_parameters()] for m in (base, rl)]
+    if shapes[0] != shapes[1]:
+        return "their parameters differ in names, shapes or dtypes"
+    devices = {p.device for m in (base, rl) for p in m.parameters()}
+    if len(devices) != 1 or next(iter(devices)).type == "meta":
+        return f"their weights are spread over {sorted(map(str, devices))}"
+    for name, module in _leaves(base).items():
+        if not (isinstance(module, nn.Linear) or _is_rms_norm(module)
+                or (isinstance(module, nn.Embedding) and module.max_norm is None)):
+            return f"{name} is a {type(module).__name__} (stacking knows linear, embedding, RMS norm)"
+    return None
+
+
+class StackedLinear(nn.Module):
+    """nn.Linear for a stacked batch: weight [2, out, in], bias [2, out]."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pairs, weight = x.reshape(2, -1, x.shape[-1]), self.weight.transpose(1, 2)
+        out = (torch.bmm(pairs, weight) if self.bias is None
+               else torch.baddbmm(self.bias[:, None], pairs, weight))
+        return out.view(*x.shape[:-1], -1)
+
+
+class StackedEmbedding(nn.Module):
+    """nn.Embedding for a stacked batch: one lookup in both tables, weight [2, rows, dim] (the
+    second half's ids offset by rows). A tied StackedLinear head holds the same weight."""
+
+    def __init__(self, weight: nn.Parameter):
+        super().__init__()
+        self.weight = weight
+        self.register_buffer("offsets", torch.tensor([[0], [weight.shape[1]]],
+                                                     device=weight.device), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        stacked_ids = (ids.reshape(2, -1) + self.offsets).view(ids.shape)
+        return nn.functional.embedding(stacked_ids, self.weight.flatten(0, 1))
+
+
+class StackedNorm(nn.Module):
+    """An RMS norm for a stacked batch: the norm itself, run with its weight as [2, 1, dim]."""
+
+    def __init__(self, norm: nn.Module, weight: nn.Parameter):
+        super().__init__()
+        self.norm = copy.deepcopy(norm)
+        self.norm.weight = nn.Parameter(weight[:, None], requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.reshape(2, -1, x.shape[-1])).view(x.shape)
+
+
+@torch.no_grad()
+def stack_pair(base: nn.Module, rl: nn.Module) -> nn.Module:
+    """One model computing both: batch rows [0, B) with base's weights, [B, 2B) with rl's.
+
+    Call it with twice the batch (the same rows twice); its outputs' first half is base's, the
+    second rl's. Raises ValueError if `unstackable` gives a reason.
+    """
+    reason = unstackable(base, rl)
+    if reason is not None:
+        raise ValueError(f"cannot stack the small pair: {reason}")
+    # The skeleton: a copy of base sharing its parameters, whose leaves are swapped below.
+    stacked = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
+    rl_leaves, weights = _leaves(rl), {}  # tied parameters (embedding = head) stack once
+
+    def stack(param_base: nn.Parameter, param_rl: nn.Parameter) -> nn.Parameter:
+        key = (id(param_base), id(param_rl))
+        if key not in weights:
+            weights[key] = nn.Parameter(torch.stack([param_base, param_rl]), requires_grad=False)
+            param_base.data, param_rl.data = weights[key][0], weights[key][1]  # no second copy
+        return weights[key]
+
+    for name, leaf in _leaves(stacked).items():
+        other = rl_leaves[name]
+        if isinstance(leaf, nn.Linear):
+            bias = None if leaf.bias is None else stack(leaf.bias, other.bias)
+            new = StackedLinear(stack(leaf.weight, other.weight), bias)
+        elif isinstance(leaf, nn.Embedding):
+            new = StackedEmbedding(stack(leaf.weight, other.weight))
+        else:
+            new = StackedNorm(leaf, stack(leaf.weight, other.weight))
+        parent, _, attribute = name.rpartition(".")
+        setattr(stacked.get_submodule(parent), attribute, new)
+    return stacked.eval()
