@@ -2,10 +2,11 @@
 
 Every model keeps its own KV cache; each prompt is prefilled once per model (n samples share the
 prefill), then every generated token costs exactly one forward per model fed only that token.
-Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. When
-the RL model is a LoRA adapter of the small base, the base and RL logits come from one forward of
-one set of weights (peft mixed-adapter batch). lam = 0, or no small pair, is plain decoding of
-the large model through this same loop, so baselines and RAST share every line.
+Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. The
+base and RL small logits come from ONE forward: when the RL model is a LoRA adapter of the small
+base, of one set of weights (peft mixed-adapter batch); when it has full weights, of the two
+models stacked (transfer.stacked_pair). lam = 0, or no small pair, is plain decoding of the large
+model through this same loop, so baselines and RAST share every line.
 
     from transfer.engine import RastEngine, SamplingParams
     engine = RastEngine.from_pretrained("tiny-l", "tiny-s", "outputs/tiny-grpo", lam=1.0)
@@ -27,6 +28,7 @@ from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
+from transfer.stacked_pair import stack_pair, unstackable
 from transfer.static_cache import (
     BufferPool,
     StaticDecoder,
@@ -72,9 +74,10 @@ class Completion:
 class CachedModel:
     """One model of the decode loop: its KV cache, attention mask and next positions, plus counters.
 
-    With `adapters` = ("__base__", "rl") the model is a peft LoRA model and every call runs the
-    batch twice in ONE forward, without and with the adapter (peft mixed-adapter batch, which
-    needs eval mode), returning one logits tensor per adapter.
+    copies > 1: every call runs the batch that many times in ONE forward and returns one logits
+    tensor per copy. For a stacked pair (transfer.stacked_pair) the copies meet different
+    weights; with `adapters` = ("__base__", "rl") the model is a peft LoRA model and copy i runs
+    adapter i (peft mixed-adapter batch, which needs eval mode).
 
     cache: "dynamic" (a DynamicCache that grows and drops finished rows at once), "static" (fixed
     buffers after prefill, transfer.static_cache) or "cuda-graphs" (static, each step replayed as
@@ -84,11 +87,12 @@ class CachedModel:
     stream of this model's own, so RastEngine can run the three models' steps concurrently.
     """
 
-    def __init__(self, name: str, model, adapters: tuple[str, ...] | None = None,
+    def __init__(self, name: str, model, copies: int = 1, adapters: tuple[str, ...] | None = None,
                  cache: str = "auto", compile: bool = False, overlap: bool = True):
+        if adapters is not None and len(adapters) != copies:
+            raise ValueError(f"{len(adapters)} adapters for {copies} copies")
         self.name, self.model = name, model.eval()
-        self.adapters = adapters
-        self.copies = len(adapters) if adapters else 1
+        self.adapters, self.copies = adapters, copies
         self.input_device = model.get_input_embeddings().weight.device
         self.cache_mode = _cache_mode(name, model, adapters, cache, compile)
         self.static, self.pool = None, BufferPool(POOL_BUDGET_BYTES)
@@ -104,18 +108,21 @@ class CachedModel:
             self.static.close()  # its buffers (and CUDA graph) wait in the pool for reuse
         self.cache, self.static = DynamicCache(config=self.model.config), None
         self.max_columns = input_ids.shape[1] + max_new_tokens
+        self.batch = input_ids.shape[0]  # rows of the caller's batch (each run `copies` times)
         self.attention_mask = self._tile(attention_mask.to(self.input_device))
         # Left padding: a row's positions count its real tokens only, as generate() does;
         # without this every padded row would be shifted and differ from decoding it alone.
         positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
         self.next_position = positions[:, -1:] + 1
         self.prefill_calls += 1
+        input_ids = self._tile(input_ids.to(self.input_device))
         self.prefill_rows += input_ids.shape[0]
-        return self._forward(self._tile(input_ids.to(self.input_device)), positions)
+        return self._forward(input_ids, positions)
 
     def decode(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
         """Feed one new token per row [rows]; next-token logits per copy."""
         self.decode_calls += 1
+        tokens = self._tile(token_ids.to(self.input_device))
         if self.cache_mode != "dynamic":
             if self.static is None:  # the first step moves the prefilled cache into fixed buffers
                 self.static = StaticDecoder(self.model, self.pool, self.cache,
@@ -125,8 +132,8 @@ class CachedModel:
                                             step_fn=self.step_fn)
                 self.cache = None
             self.decode_rows += self.static.rows
-            return [self.static.step(token_ids)]
-        tokens = self._tile(token_ids.to(self.input_device)[:, None])
+            return list(self.static.step(tokens).chunk(self.copies))
+        tokens = tokens[:, None]
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=-1)
         positions, self.next_position = self.next_position, self.next_position + 1
         self.decode_rows += tokens.shape[0]
@@ -134,12 +141,12 @@ class CachedModel:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) these rows of the batch, in this order, in the cache and the mask."""
-        if self.static is not None:
-            self.static.keep_rows(rows)
-            return
         rows = rows.to(self.input_device)
-        batch = self.attention_mask.shape[0] // self.copies
-        tiled = torch.cat([rows + copy * batch for copy in range(self.copies)])
+        tiled = torch.cat([rows + copy * self.batch for copy in range(self.copies)])
+        self.batch = len(rows)
+        if self.static is not None:
+            self.static.keep_rows(tiled)
+            return
         self.cache.reorder_cache(tiled)  # index_select per layer, on each layer's own device
         self.attention_mask = self.attention_mask[tiled]
         self.next_position = self.next_position[tiled]
@@ -190,16 +197,18 @@ class RastEngine:
     Takes loaded models; `from_pretrained` loads them by name. `small_rl` is the RL model, or the
     name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
-    benchmarks on ids) pass `vocab_size` and use `decode`. `cache` picks each model's KV cache
-    and `compile` compiles its step (see CachedModel): "auto" replays CUDA graphs for every model
-    on a single GPU. With graphs, each model's step runs on its own CUDA stream (`overlap`): the
+    benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run a full-weight small
+    pair as one stacked model where it can (transfer.stacked_pair: one forward for both, no extra
+    memory: the two models' parameters become views of the stacked weights), else as two models.
+    `cache` picks each model's KV cache and `compile` compiles its step (see CachedModel): "auto"
+    replays CUDA graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA stream (`overlap`): the
     small models' many tiny kernels, which leave most of the GPU idle, run beside the large
     model's bandwidth-bound ones instead of after them.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
-                 vocab_size: int | None = None, cache: str = "auto", compile: bool = False,
-                 overlap: bool = True):
+                 vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
+                 compile: bool = False, overlap: bool = True):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         self.lam, self.tokenizer = lam, tokenizer
@@ -208,9 +217,14 @@ class RastEngine:
         if small_base is None or lam == 0:
             self.small = []  # plain decoding of the large model
         elif isinstance(small_rl, str):
-            self.small = [CachedModel("small_base+rl", small_base, ("__base__", small_rl),
+            self.small = [CachedModel("small_base+rl", small_base, copies=2,
+                                      adapters=("__base__", small_rl), **options)]
+        elif stack_small and (reason := unstackable(small_base, small_rl)) is None:
+            self.small = [CachedModel("small_base+rl", stack_pair(small_base, small_rl), copies=2,
                                       **options)]
         else:
+            if stack_small:
+                logger.info("two small forwards per token: cannot stack the pair, %s", reason)
             self.small = [CachedModel("small_base", small_base, **options),
                           CachedModel("small_rl", small_rl, **options)]
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
@@ -222,7 +236,7 @@ class RastEngine:
     @classmethod
     def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
                         lam: float = 1.0, device=None, dtype=None,
-                        small_device=None, cache: str = "auto",
+                        small_device=None, stack_small: bool = True, cache: str = "auto",
                         compile: bool = False) -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
@@ -230,7 +244,7 @@ class RastEngine:
         with small_base None it must be a train.grpo output holding rast_pair.json. device: a
         device, "auto" or an accelerate device map dict for the large model (multi-GPU);
         small_device defaults to the last GPU then, else to device. dtype: bf16 on GPU, fp32 on CPU.
-        cache, compile: see CachedModel.
+        stack_small, cache, compile: see RastEngine and CachedModel.
         """
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
@@ -257,7 +271,7 @@ class RastEngine:
                        compile=compile)
         small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   cache=cache, compile=compile)
+                   stack_small=stack_small, cache=cache, compile=compile)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -349,7 +363,8 @@ class RastEngine:
         return [(ids, bool(ids) and ids[-1] in stop) for ids in outputs]
 
     def forward_counts(self) -> dict[str, dict[str, int]]:
-        """Forwards run so far per model: prefill/decode calls and the batch rows they computed."""
+        """Forwards run so far per model: prefill/decode calls and the batch rows they computed
+        (a stacked or LoRA small pair, "small_base+rl", computes each row twice)."""
         return {model.name: {"prefill_calls": model.prefill_calls,
                              "prefill_rows": model.prefill_rows,
                              "decode_calls": model.decode_calls, "decode_rows": model.decode_rows}

@@ -98,24 +98,33 @@ def test_output_does_not_depend_on_batch_size_or_order(engines, temperature):
         assert reference[(PROMPTS[0], 0)] != reference[(PROMPTS[0], 1)]
 
 
-def test_one_forward_per_model_per_token_one_prefill_and_finished_rows_cost_nothing(tiny_models):
-    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                        tiny_models["small_rl"])
+@pytest.mark.parametrize("stack_small", [True, False])
+def test_one_forward_per_model_per_token_one_prefill_and_finished_rows_cost_nothing(tiny_models,
+                                                                                   stack_small):
+    def load():
+        return RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                          tiny_models["small_rl"], stack_small=stack_small)
+
+    engine = load()
+    names = ["large", "small_base+rl"] if stack_small else ["large", "small_base", "small_rl"]
+    assert list(engine.forward_counts()) == names
+    copies = {"large": 1, "small_base+rl": 2, "small_base": 1, "small_rl": 1}  # rows per row
     prompt_ids = engine.tokenizer(PROMPTS[:4])["input_ids"]
     n, new_tokens = 3, 10
     seeds = [[10 * p + i for i in range(n)] for p in range(4)]
     engine.decode(prompt_ids, seeds, SamplingParams(max_new_tokens=new_tokens), stop_ids=[])
-    for counts in engine.forward_counts().values():  # the large model and both small models
-        assert counts == {"prefill_calls": 1, "prefill_rows": 4,  # n samples share one prefill
-                          "decode_calls": new_tokens - 1, "decode_rows": 4 * n * (new_tokens - 1)}
+    for name, counts in engine.forward_counts().items():
+        assert counts == {"prefill_calls": 1, "prefill_rows": 4 * copies[name],  # n samples share
+                          "decode_calls": new_tokens - 1,                       # one prefill
+                          "decode_rows": 4 * n * (new_tokens - 1) * copies[name]}
 
-    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                        tiny_models["small_rl"])
+    engine = load()
     rows = engine.decode(prompt_ids, seeds, SamplingParams(max_new_tokens=new_tokens), STOP_IDS)
     # a row that produced k tokens was fed k - 1 of them: nothing after it finished
     fed = sum(len(ids) - 1 for ids, _ in rows)
     assert fed < 4 * n * (new_tokens - 1)
-    assert {counts["decode_rows"] for counts in engine.forward_counts().values()} == {fed}
+    for name, counts in engine.forward_counts().items():
+        assert counts["decode_rows"] == fed * copies[name]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +146,8 @@ def lora_pair(tiny_models, tmp_path_factory):
 def test_lora_shared_weights_give_the_tokens_of_two_separate_models(tiny_models, lora_pair):
     adapter, merged = lora_pair
     shared = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter)
-    separate = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], merged)
+    separate = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], merged,
+                                          stack_small=False)
     assert [model.name for model in shared.small] == ["small_base+rl"]  # one set of small weights
     for temperature in (0.0, 1.0):
         params = SamplingParams(temperature=temperature, max_new_tokens=12)
@@ -161,7 +171,8 @@ def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
     (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
                                                        "adapter": False}))
     engine = RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
-    assert [model.name for model in engine.small] == ["small_base", "small_rl"]
+    assert [model.name for model in engine.small] == ["small_base+rl"]  # stacked full weights
+    assert engine.small[0].adapters is None
 
 
 def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models, tmp_path):
@@ -222,14 +233,17 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     assert outputs["static"] == rows
 
 
-def test_static_cache_gives_the_dynamic_loops_logits_and_tokens_through_growth_and_compaction(
+def test_stacked_pair_and_static_cache_give_two_models_logits_through_growth_and_compaction(
         tiny_models):
-    """The fixed-buffer loop (the CUDA-graph path without capture) against the eager one: rows
-    finish at scattered steps (compaction rebuilds), the cache doubles past 32 and 64 columns,
-    and the second and third batches reuse the pooled buffers of the first."""
+    """The stacked small pair, eager and on fixed buffers (the CUDA-graph path without capture),
+    against two separate small models in the eager loop: rows finish at scattered steps
+    (compaction rebuilds), the cache doubles past 32 and 64 columns, and the second and third
+    batches reuse the pooled buffers of the first."""
     large, base, rl = tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"]
     engines = {mode: RastEngine.from_pretrained(large, base, rl, lam=1.5, cache=mode)
                for mode in ("dynamic", "static")}
+    engines["separate"] = RastEngine.from_pretrained(large, base, rl, lam=1.5, stack_small=False)
+    assert [len(engine.small) for engine in engines.values()] == [1, 1, 2]
     params = SamplingParams(temperature=1.0, max_new_tokens=70)
     stop_ids = [0, *range(40, 43)]
     runs = {}
@@ -238,16 +252,18 @@ def test_static_cache_gives_the_dynamic_loops_logits_and_tokens_through_growth_a
         prompt_ids = engine.tokenizer(PROMPTS)["input_ids"]
         for _ in range(3 if mode == "static" else 1):
             rows = engine.decode(prompt_ids, [[s, s + 100] for s in range(len(PROMPTS))], params,
-                                 stop_ids, on_step=lambda active, z: steps.append((active, z)))
+                                 stop_ids, on_step=lambda a, z, steps=steps: steps.append((a, z)))
         runs[mode] = rows, steps
-    (rows, steps), (static_rows, static_steps) = runs["dynamic"], runs["static"]
+    rows, steps = runs["separate"]
     lengths = [len(ids) for ids, _ in rows]
-    assert static_rows == rows and len(set(lengths)) > 8
+    assert len(set(lengths)) > 8
     assert max(len(ids) for ids in prompt_ids) + max(lengths) > 64  # grew from 32 to 64 to 86
-    assert len(static_steps) == 3 * len(steps)
-    for (active, z), (static_active, static_z) in zip(steps * 3, static_steps):
-        assert torch.equal(active, static_active)
-        torch.testing.assert_close(static_z, z, rtol=0, atol=1e-5)
+    for mode, repeats in (("dynamic", 1), ("static", 3)):
+        mode_rows, mode_steps = runs[mode]
+        assert mode_rows == rows and len(mode_steps) == repeats * len(steps)
+        for (active, z), (mode_active, mode_z) in zip(steps * repeats, mode_steps):
+            assert torch.equal(active, mode_active)
+            torch.testing.assert_close(mode_z, z, rtol=0, atol=1e-5)
     counts = engines["static"].forward_counts()["large"]  # finished rows linger: < 2x the rows
     fed = 3 * sum(length - 1 for length in lengths)
     assert fed < counts["decode_rows"] < 2 * fed and engines["static"].large.pool.idle
