@@ -3,7 +3,9 @@
 Same prompts (the tiny multiplication task), same batch, same length limit, sampled at
 temperature 1 until eos, in one run:
   (a) the large model alone through this engine (lam = 0),
-  (b) RAST through this engine (eager, DynamicCache: the CPU default),
+  (b) RAST through this engine (eager, DynamicCache: the CPU default; the small pair stacked
+      into one model, transfer/stacked_pair.py),
+  (b2) the same with the small pair as two models (stack_small=False),
   (b') the same with compile=True (fixed-shape cache, torch.compile'd step; its first round pays
        the compile, reported apart, the best round is kept as for every mode),
   (c) a naive proxy-tuning-style loop: three HF models, a DynamicCache each, logits combined
@@ -32,7 +34,8 @@ from train.tiny.tokenizer import build_tokenizer
 from transfer.engine import RastEngine, SamplingParams, _left_pad
 from transfer.rast import combine_logits, sample_seed, sample_tokens
 
-COMPILED = "(b') RAST, compiled"
+RAST, UNSTACKED, COMPILED = "(b) RAST, engine", "(b2) RAST, small pair unstacked", "(b') RAST, compiled"
+SHORT = {"large": "L", "small_base": "S", "small_rl": "S_RL", "small_base+rl": "S+S_RL"}
 
 
 def load_tiny_models(small_rl: str | None) -> tuple[dict, str]:
@@ -131,9 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens)
     ordered = [models["large"], models["small_base"], models["small_rl"]]
     engines = {"(a) L alone, engine": RastEngine(models["large"], lam=0.0, tokenizer=tokenizer),
-               "(b) RAST, engine": RastEngine(*ordered, lam=1.0, tokenizer=tokenizer),
+               RAST: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer),
+               UNSTACKED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, stack_small=False),
                COMPILED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, compile=True)}
-    stop_ids = engines["(b) RAST, engine"].default_stop_ids
+    stop_ids = engines[RAST].default_stop_ids
 
     best, first, results, steps = {}, {}, {}, {name: 0 for name in engines}
     for _ in range(args.repeats):  # interleaved rounds: background load hits every mode alike
@@ -151,28 +155,34 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\nmodels: {origin}; {args.prompts} prompts, batch {args.batch_size}, "
           f"temperature 1 until eos or {args.max_new_tokens} tokens, best of {args.repeats}\n")
-    print(f"{'mode':24} {'tokens':>7} {'tok/s':>8} {'fwd/step per model':>20} "
+    print(f"{'mode':33} {'tokens':>7} {'tok/s':>8} {'forwards/step per model':>26} "
           f"{'rows/token':>11} {'weights MB':>11}")
     tokens_per_s = {}
     for name, outputs in results.items():
         tokens = sum(len(ids) for ids in outputs)
         tokens_per_s[name] = tokens / best[name]
         if name in engines:
-            counts = engines[name].forward_counts().values()  # counted inside the engine
-            per_step = "/".join(f"{c['decode_calls'] / steps[name]:.2f}" for c in counts)
-            rows = sum(c["decode_rows"] for c in counts) / len(counts) / (args.repeats * tokens)
-            weights = weights_mb([c.model for c in engines[name]._models()])
+            units = engines[name]._models()
+            counts = engines[name].forward_counts()  # counted inside the engine
+            per_step = " ".join(f"{SHORT[unit]}:{c['decode_calls'] / steps[name]:.2f}"
+                                for unit, c in counts.items())
+            rows = (sum(c["decode_rows"] for c in counts.values()) / sum(u.copies for u in units)
+                    / (args.repeats * tokens))  # per model: a stacked pair is two
+            weights = weights_mb([unit.model for unit in units])
         else:
-            per_step, rows = "1.00/1.00/1.00", naive_rows / tokens
+            per_step, rows = "L:1.00 S:1.00 S_RL:1.00", naive_rows / tokens
             weights = weights_mb(ordered)
-        print(f"{name:24} {tokens:7d} {tokens_per_s[name]:8.0f} {per_step:>20} {rows:11.3f} "
+        print(f"{name:33} {tokens:7d} {tokens_per_s[name]:8.0f} {per_step:>26} {rows:11.3f} "
               f"{weights:11.2f}")
-    alone, rast, compiled, naive = (tokens_per_s[n] for n in (
-        "(a) L alone, engine", "(b) RAST, engine", COMPILED, "(c) RAST, naive loop"))
+    alone, rast, unstacked, compiled, naive = (tokens_per_s[n] for n in (
+        "(a) L alone, engine", RAST, UNSTACKED, COMPILED, "(c) RAST, naive loop"))
     naive_tokens = results["(c) RAST, naive loop"]
     print(f"\nRAST / L alone (b/a): {rast / alone:.2f}    RAST engine / naive loop (b/c): "
           f"{rast / naive:.2f}  (goal >= 1.5)    engine and naive loop sampled identical tokens: "
-          f"{results['(b) RAST, engine'] == naive_tokens}")
+          f"{results[RAST] == naive_tokens}")
+    print(f"stacked / unstacked small pair (b/b2): {rast / unstacked:.2f}    unstacked engine / "
+          f"naive loop (b2/c): {unstacked / naive:.2f}    identical tokens: "
+          f"{results[UNSTACKED] == naive_tokens}")
     compile_s = first[COMPILED] - best[COMPILED]
     print(f"compiled engine / naive loop (b'/c): {compiled / naive:.2f} after {compile_s:.0f} s of "
           f"compiling in the first round (once per process; it pays after ~"

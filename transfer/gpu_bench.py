@@ -20,6 +20,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from transfer.engine import RastEngine, SamplingParams
+from transfer.stacked_pair import stack_pair
 
 # hidden, layers, attention heads, key/value heads, ffn, embedding rows, tied embeddings
 QWEN25 = {
@@ -97,9 +98,10 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
     results = []
     for batch in batches:
         row = {"batch": batch}
-        for mode in modes:  # an engine cache mode, with "+compile" and/or "+serial" (no overlap)
+        for mode in modes:  # an engine cache mode, with flags: +compile, +serial, +unstacked
             cache, *flags = mode.split("+")
-            options = {"cache": cache, "compile": "compile" in flags, "overlap": "serial" not in flags}
+            options = {"cache": cache, "compile": "compile" in flags,
+                       "overlap": "serial" not in flags, "stack_small": "unstacked" not in flags}
             try:  # one failing mode must not cost the numbers of the others
                 engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, **options),
                            "rast": RastEngine(large, small_base, small_rl, lam=1.0,
@@ -128,8 +130,11 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
     reference, mode = device_modes(device)[-2:]
     exactness = modes_agree(large, small_base, small_rl, vocab, reference, mode)
     print(f"{large_size}+{small_size} {mode} vs {reference}: {exactness}", flush=True)
-    breakdown = [step_breakdown({"large": large, "small": small_base}, batch, prompt_len, vocab,
-                                device_modes(device), device) for batch in breakdown_batches]
+    parts = {"large": (large, 1), "small": (small_base, 1),
+             "small pair stacked": (stack_pair(small_base, small_rl), 2)}
+    breakdown = [step_breakdown(parts, batch, prompt_len, vocab, device_modes(device), device)
+                 for batch in breakdown_batches]
+    del parts
     del large, small_base, small_rl
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -139,7 +144,8 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
 
 def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes, device: str,
                    steps: int = 20) -> dict:
-    """Milliseconds per decode step of each part alone: one model's step in each cache mode
+    """Milliseconds per decode step of each part alone: one model's step (models: name ->
+    (model, copies of the batch it runs, 2 for a stacked pair)) in each cache mode
     (host_ms: Python time to launch it; step_ms: wall time with the device drained, the device
     time when launching is faster), and combine + top-p sampling + reading the tokens back.
     Where the engine's step time goes, from the same weights."""
@@ -151,9 +157,9 @@ def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes,
     tokens = torch.zeros(batch, dtype=torch.long, device=device)  # on device: no sync per step
     report = {"batch": batch}
     for mode in modes:
-        for name, model in models.items():
+        for name, (model, copies) in models.items():
             try:
-                cached = CachedModel(name, model, cache=mode)
+                cached = CachedModel(name, model, copies=copies, cache=mode)
                 cached.prefill(prompts, mask, max_new_tokens=2 * steps + 4)
                 _sync(device)
                 start = time.perf_counter()
@@ -173,8 +179,8 @@ def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes,
                                             "step_ms": 1e3 * wall / steps}
             except Exception as err:  # noqa: BLE001 - recorded in the report
                 report[f"{name} {mode}"] = {"error": f"{type(err).__name__}: {err}"}
-    rows = models["large"].config.vocab_size
-    dtype = next(models["large"].parameters()).dtype
+    rows = models["large"][0].config.vocab_size
+    dtype = next(models["large"][0].parameters()).dtype
     logits = [torch.randn(batch, rows, device=device, dtype=dtype) for _ in range(3)]
     generators = [torch.Generator(device).manual_seed(row) for row in range(batch)]
     parts = {"combine": lambda: combine_logits(*logits, lam=1.0, shared_vocab=vocab),
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="outputs/gpu_bench.json")
     parser.add_argument("--modes", nargs="+", default=["dynamic", "cuda-graphs"],
                         help="engine cache modes to time; append +compile to compile the step, "
-                             "+serial to run the models' graphs one after the other")
+                             "+serial to run the models' graphs one after the other, +unstacked "
+                             "to run the small pair as two models")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
     parser.add_argument("--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="RAST GPU check: speed, precision, GRPO, memory")
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "32B:1.5B"], metavar="L:S")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--modes", nargs="+", default=["cuda-graphs", "cuda-graphs+serial"],
+    parser.add_argument("--modes", nargs="+",
+                        default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked"],
                         help="engine modes to time (see transfer.gpu_bench --modes)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--precision-pair", default="7B:0.5B", metavar="L:S")
