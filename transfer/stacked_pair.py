@@ -7,11 +7,18 @@ weights (attention, rotary, KV cache, masks, the model's Python) runs once on 2B
 twice on B. At the batch sizes of decoding a small model's step costs its launches and host
 overhead, not its FLOPs, so the pair then costs about one small forward instead of two.
 
-This is the LoRA shared-weight mode (engine.py) for RL checkpoints with full weights. Stacking
-copies nothing: both models' parameters become views of the stacked tensors, so each model still
-works alone, with the same values. It applies to two models of the same class, config and
-parameter shapes on one device whose weights sit in linear layers, embeddings and RMS norms (all
-Qwen2/2.5/3 and Llama models); `unstackable` says why two other models cannot.
+`stack_pair` stacks two full-weight models. Stacking copies nothing: both models' parameters
+become views of the stacked tensors, so each model still works alone, with the same values. It
+applies to two models of the same class, config and parameter shapes on one device whose weights
+sit in linear layers, embeddings and RMS norms (all Qwen2/2.5/3 and Llama models); `unstackable`
+says why two other models cannot.
+
+`stack_lora` does the same for an RL model that is a LoRA adapter of the base: every row runs
+the base weights, and each adapted linear layer adds its low-rank update to the second half only.
+One set of weights, as in peft's mixed-adapter batch, but with fixed halves instead of indices
+built on the host each call, so the step can be captured as a CUDA graph and compiled.
+`lora_unstackable` names what it does not cover (LoRA variants such as DoRA, adapted embeddings,
+modules_to_save); those pairs keep peft's mixed batch.
 """
 
 import copy
@@ -59,7 +66,8 @@ def unstackable(base: nn.Module, rl: nn.Module) -> str | None:
     for name, module in _leaves(base).items():
         if not (isinstance(module, nn.Linear) or _is_rms_norm(module)
                 or (isinstance(module, nn.Embedding) and module.max_norm is None)):
-            return f"{name} is a {type(module).__name__} (stacking knows linear, embedding, RMS norm)"
+            return (f"{name} is of type {type(module).__name__} (stacking knows linear, embedding "
+                    f"and RMS norm layers)")
     return None
 
 
@@ -134,6 +142,79 @@ def stack_pair(base: nn.Module, rl: nn.Module) -> nn.Module:
             new = StackedEmbedding(stack(leaf.weight, other.weight))
         else:
             new = StackedNorm(leaf, stack(leaf.weight, other.weight))
+        parent, _, attribute = name.rpartition(".")
+        setattr(stacked.get_submodule(parent), attribute, new)
+    return stacked.eval()
+
+
+class HalfLoRALinear(nn.Module):
+    """A LoRA-adapted linear layer for a stacked batch: the base layer on every row, the
+    adapter's update (B A x * scaling, as peft computes it) added to the second half."""
+
+    def __init__(self, base_layer: nn.Linear, lora_a: nn.Linear, lora_b: nn.Linear,
+                 scaling: float):
+        super().__init__()
+        self.base_layer, self.lora_a, self.lora_b, self.scaling = base_layer, lora_a, lora_b, scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        half = x.shape[0] // 2
+        update = self.lora_b(self.lora_a(x[half:].to(self.lora_a.weight.dtype))) * self.scaling
+        result[half:] += update.to(result.dtype)
+        return result
+
+
+def _tuner_layers(model: nn.Module) -> dict[str, nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)}
+
+
+def _holds(module: nn.Module, adapter: str) -> bool:
+    """Whether a peft layer has weights of `adapter` (wrappers such as modules_to_save count as
+    holding every adapter: none of them is stacked)."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return isinstance(module, AuxiliaryTrainingWrapper) or any(
+        adapter in getattr(module, name, {}) for name in module.adapter_layer_names)
+
+
+def lora_unstackable(model: nn.Module, adapter: str) -> str | None:
+    """Why this peft model's `adapter` cannot run as a stacked pair with its base, or None."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if not hasattr(model, "peft_config"):
+        return "not a peft model"
+    for name, module in _tuner_layers(model).items():
+        if not _holds(module, adapter):
+            continue  # another adapter's layer: the base layer serves both halves
+        if not isinstance(module, LoraLinear) or not isinstance(module.base_layer, nn.Linear):
+            return (f"{name} is of type {type(module).__name__} (stacking knows LoRA on linear "
+                    f"layers)")
+        if adapter in module.lora_variant:
+            return f"{name} uses a LoRA variant ({type(module.lora_variant[adapter]).__name__})"
+        if module.merged:
+            return f"{name} has merged adapters"
+    return None
+
+
+@torch.no_grad()
+def stack_lora(model: nn.Module, adapter: str) -> nn.Module:
+    """One model computing both halves of a stacked batch from a peft LoRA model: rows [0, B)
+    without `adapter` (the base), rows [B, 2B) with it. Shares every weight with `model`, which
+    is left as it was. Raises ValueError if `lora_unstackable` gives a reason."""
+    reason = lora_unstackable(model, adapter)
+    if reason is not None:
+        raise ValueError(f"cannot stack the LoRA pair: {reason}")
+    inner = model.get_base_model()
+    stacked = copy.deepcopy(inner, memo={id(p): p for p in inner.parameters()})
+    for name, layer in _tuner_layers(stacked).items():
+        new = layer.base_layer
+        if _holds(layer, adapter):
+            new = HalfLoRALinear(layer.base_layer, layer.lora_A[adapter], layer.lora_B[adapter],
+                                 layer.scaling[adapter])
         parent, _, attribute = name.rpartition(".")
         setattr(stacked.get_submodule(parent), attribute, new)
     return stacked.eval()
