@@ -22,7 +22,7 @@ from train.tiny.tokenizer import build_tokenizer
 
 
 def build_random_qwen2(path, *, hidden=32, layers=2, heads=4, ffn=64, embedding_rows=128, seed=0,
-                       perturb_from=None, perturb_scale=0.5):
+                       perturb_from=None, perturb_scale=0.5, tie_word_embeddings=True):
     """Save a random Qwen2 model plus the character tokenizer to `path`; return the path.
 
     With perturb_from, start from that model's weights and add Gaussian noise: a stand-in for an
@@ -32,7 +32,7 @@ def build_random_qwen2(path, *, hidden=32, layers=2, heads=4, ffn=64, embedding_
     config = Qwen2Config(
         vocab_size=embedding_rows, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=heads // 2, intermediate_size=ffn,
-        max_position_embeddings=256, tie_word_embeddings=True,
+        max_position_embeddings=256, tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

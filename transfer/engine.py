@@ -28,7 +28,7 @@ from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
 from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
-from transfer.stacked_pair import stack_pair, unstackable
+from transfer.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
 from transfer.static_cache import (
     BufferPool,
     StaticDecoder,
@@ -197,9 +197,10 @@ class RastEngine:
     Takes loaded models; `from_pretrained` loads them by name. `small_rl` is the RL model, or the
     name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
-    benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run a full-weight small
-    pair as one stacked model where it can (transfer.stacked_pair: one forward for both, no extra
-    memory: the two models' parameters become views of the stacked weights), else as two models.
+    benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run the small pair as
+    one stacked model where it can (transfer.stacked_pair: one forward for both, no extra memory;
+    full-weight models' parameters become views of the stacked weights), else as two models (a
+    LoRA pair: peft's mixed-adapter batch, which only runs cache=dynamic).
     `cache` picks each model's KV cache and `compile` compiles its step (see CachedModel): "auto"
     replays CUDA graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA stream (`overlap`): the
     small models' many tiny kernels, which leave most of the GPU idle, run beside the large
@@ -216,9 +217,15 @@ class RastEngine:
         self.large = CachedModel("large", large, **options)
         if small_base is None or lam == 0:
             self.small = []  # plain decoding of the large model
-        elif isinstance(small_rl, str):
-            self.small = [CachedModel("small_base+rl", small_base, copies=2,
-                                      adapters=("__base__", small_rl), **options)]
+        elif isinstance(small_rl, str):  # a LoRA adapter in small_base: one set of weights
+            if stack_small and (reason := lora_unstackable(small_base, small_rl)) is None:
+                self.small = [CachedModel("small_base+rl", stack_lora(small_base, small_rl),
+                                          copies=2, **options)]
+            else:
+                if stack_small:
+                    logger.info("LoRA pair in peft's mixed batch: cannot stack it, %s", reason)
+                self.small = [CachedModel("small_base+rl", small_base, copies=2,
+                                          adapters=("__base__", small_rl), **options)]
         elif stack_small and (reason := unstackable(small_base, small_rl)) is None:
             self.small = [CachedModel("small_base+rl", stack_pair(small_base, small_rl), copies=2,
                                       **options)]
@@ -267,8 +274,8 @@ class RastEngine:
 
             logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
             shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
-            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer, cache=cache,
-                       compile=compile)
+            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
+                       stack_small=stack_small, cache=cache, compile=compile)
         small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
                    stack_small=stack_small, cache=cache, compile=compile)

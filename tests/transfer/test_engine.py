@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
@@ -158,9 +159,33 @@ def test_lora_shared_weights_give_the_tokens_of_two_separate_models(tiny_models,
     counts = shared.forward_counts()  # one small forward per step, computing base and RL rows
     assert counts["small_base+rl"]["decode_calls"] == counts["large"]["decode_calls"]
     assert counts["small_base+rl"]["decode_rows"] == 2 * counts["large"]["decode_rows"]
+    # the stacked LoRA pair runs on fixed buffers too; peft's mixed batch cannot
+    static = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter,
+                                        cache="static")
+    assert by_key(static.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS)) == by_key(shared_out)
     with pytest.raises(UserError, match=r"cache=static does not fit the small_base\+rl model"):
         RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter,
-                                   cache="static")
+                                   cache="static", stack_small=False)
+
+
+def test_lora_pairs_stacking_does_not_cover_keep_peft_mixed_batches(tiny_models, tmp_path):
+    """LoRA on the embeddings: no stacked form, so peft's mixed-adapter batch, with the tokens of
+    the merged model (untied embeddings: merging a tied one would change the head too)."""
+    base = build_random_qwen2(tmp_path / "base", seed=4, tie_word_embeddings=False)
+    config = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
+    torch.manual_seed(1)
+    get_peft_model(Qwen2ForCausalLM.from_pretrained(base), config).save_pretrained(
+        tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(base),
+                                       tmp_path / "adapter").merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    build_tokenizer().save_pretrained(tmp_path / "merged")
+    shared = RastEngine.from_pretrained(tiny_models["large"], base, str(tmp_path / "adapter"))
+    assert shared.small[0].adapters == ("__base__", "rl")
+    separate = RastEngine.from_pretrained(tiny_models["large"], base, str(tmp_path / "merged"))
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    assert by_key(shared.generate(PROMPTS, params, stop_ids=STOP_IDS)) == by_key(
+        separate.generate(PROMPTS, params, stop_ids=STOP_IDS))
 
 
 def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
