@@ -3,10 +3,10 @@
 Every model keeps its own KV cache; each prompt is prefilled once per model (n samples share the
 prefill), then every generated token costs exactly one forward per model fed only that token.
 Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. The
-base and RL small logits come from ONE forward: when the RL model is a LoRA adapter of the small
-base, of one set of weights (peft mixed-adapter batch); when it has full weights, of the two
-models stacked (transfer.stacked_pair). lam = 0, or no small pair, is plain decoding of the large
-model through this same loop, so baselines and RAST share every line.
+base and RL small logits come from ONE forward of the pair stacked (transfer.stacked_pair): of
+the two models' weights batched together when the RL model has full weights, of one set of
+weights when it is a LoRA adapter of the small base. lam = 0, or no small pair, is plain decoding
+of the large model through this same loop, so baselines and RAST share every line.
 
     from transfer.engine import RastEngine, SamplingParams
     engine = RastEngine.from_pretrained("tiny-l", "tiny-s", "outputs/tiny-grpo", lam=1.0)
