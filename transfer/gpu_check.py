@@ -3,7 +3,8 @@
 On one H100/H200, no network, random bf16 weights at the real Qwen2.5 configs (speed and memory
 do not depend on the values):
 1. throughput: RAST engine vs L alone (transfer.gpu_bench.bench_pair), with the bandwidth bound,
-   for CUDA-graph replay with the models overlapped on their own streams and one after the other
+   for CUDA-graph replay with the models overlapped on their own streams, one after the other
+   (+serial), and with the small pair as two models instead of one stacked one (+unstacked)
    (--modes; the eager loop was measured once and is 5-9x slower), and graph replay's exactness;
 2. precision: combined logits z_L + lam (z_RL - z_S) of bf16 models vs the same weights in fp32
    (max abs diff, top-1 agreement) over a few decode positions;
@@ -11,7 +12,7 @@ do not depend on the values):
 4. memory: peak torch.cuda.max_memory_allocated of RAST decoding (from 1.) vs one training step
    (bf16 weights, AdamW, as a TRL recipe with dtype bfloat16) at each size where it fits.
 
-    python -m transfer.gpu_check                       # ~5 min on an H200; outputs/gpu_check.json
+    python -m transfer.gpu_check                       # ~6 min on an H200; outputs/gpu_check.json
     python -m transfer.gpu_check --smoke               # tiny configs on CPU, the same path, seconds
 """
 
