@@ -223,7 +223,8 @@ class RastEngine:
                                           copies=2, **options)]
             else:
                 if stack_small:
-                    logger.info("LoRA pair in peft's mixed batch: cannot stack it, %s", reason)
+                    logger.warning("LoRA pair in peft's mixed batch (eager only): cannot stack "
+                                   "it, %s", reason)
                 self.small = [CachedModel("small_base+rl", small_base, copies=2,
                                           adapters=("__base__", small_rl), **options)]
         elif stack_small and (reason := unstackable(small_base, small_rl)) is None:
@@ -231,7 +232,7 @@ class RastEngine:
                                       **options)]
         else:
             if stack_small:
-                logger.info("two small forwards per token: cannot stack the pair, %s", reason)
+                logger.warning("two small forwards per token: cannot stack the pair, %s", reason)
             self.small = [CachedModel("small_base", small_base, **options),
                           CachedModel("small_rl", small_rl, **options)]
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size

@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 # Config keys that do not change a forward: names, versions, generation ids, use_cache (TRL saves
-# RL checkpoints with use_cache=False; the engine always passes use_cache=True).
+# RL checkpoints with use_cache=False; the engine always passes use_cache=True), the dtype saved
+# (the loaded parameters' dtypes are compared instead).
 IGNORED_CONFIG_KEYS = {"_name_or_path", "_commit_hash", "transformers_version", "architectures",
-                       "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+                       "use_cache", "bos_token_id", "eos_token_id", "pad_token_id", "dtype",
+                       "torch_dtype"}
 
 
 def _is_rms_norm(module: nn.Module) -> bool:
@@ -43,6 +45,11 @@ def _leaves(model: nn.Module) -> dict[str, nn.Module]:
     """Modules holding parameters of their own, by name."""
     return {name: module for name, module in model.named_modules()
             if next(module.parameters(recurse=False), None) is not None}
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, module)
 
 
 def unstackable(base: nn.Module, rl: nn.Module) -> str | None:
@@ -142,14 +149,14 @@ def stack_pair(base: nn.Module, rl: nn.Module) -> nn.Module:
             new = StackedEmbedding(stack(leaf.weight, other.weight))
         else:
             new = StackedNorm(leaf, stack(leaf.weight, other.weight))
-        parent, _, attribute = name.rpartition(".")
-        setattr(stacked.get_submodule(parent), attribute, new)
+        _replace(stacked, name, new)
     return stacked.eval()
 
 
 class HalfLoRALinear(nn.Module):
     """A LoRA-adapted linear layer for a stacked batch: the base layer on every row, the
-    adapter's update (B A x * scaling, as peft computes it) added to the second half."""
+    adapter's update (B A x * scaling, as peft computes it in eval mode, without dropout) added
+    to the second half."""
 
     def __init__(self, base_layer: nn.Linear, lora_a: nn.Linear, lora_b: nn.Linear,
                  scaling: float):
@@ -215,6 +222,5 @@ def stack_lora(model: nn.Module, adapter: str) -> nn.Module:
         if _holds(layer, adapter):
             new = HalfLoRALinear(layer.base_layer, layer.lora_A[adapter], layer.lora_B[adapter],
                                  layer.scaling[adapter])
-        parent, _, attribute = name.rpartition(".")
-        setattr(stacked.get_submodule(parent), attribute, new)
+        _replace(stacked, name, new)
     return stacked.eval()

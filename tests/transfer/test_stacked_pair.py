@@ -68,7 +68,10 @@ def test_a_model_stacked_with_itself_gives_its_logits_twice():
 
 def test_unstackable_pairs_are_named_with_their_reason():
     base = qwen2(0)
-    assert unstackable(base, qwen2(1, use_cache=False, bos_token_id=5)) is None  # TRL's saves
+    # as TRL saves RL checkpoints: no cache, other ids, the dtype trained in (weights are fp32)
+    assert unstackable(base, qwen2(1, use_cache=False, bos_token_id=5, dtype="bfloat16")) is None
+    assert "parameters differ in names, shapes or dtypes" in unstackable(
+        base, qwen2(1).to(torch.bfloat16))
     assert "configs differ in rms_norm_eps" in unstackable(base, qwen2(1, rms_norm_eps=1e-3))
     assert "configs differ in tie_word_embeddings" in unstackable(base, qwen2(1, tie=False))
     assert "different classes" in unstackable(base, base.model)
