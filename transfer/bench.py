@@ -34,7 +34,8 @@ from train.tiny.tokenizer import build_tokenizer
 from transfer.engine import RastEngine, SamplingParams, _left_pad
 from transfer.rast import combine_logits, sample_seed, sample_tokens
 
-RAST, UNSTACKED, COMPILED = "(b) RAST, engine", "(b2) RAST, small pair unstacked", "(b') RAST, compiled"
+RAST, UNSTACKED = "(b) RAST, engine", "(b2) RAST, small pair unstacked"
+COMPILED = "(b') RAST, compiled"
 SHORT = {"large": "L", "small_base": "S", "small_rl": "S_RL", "small_base+rl": "S+S_RL"}
 
 

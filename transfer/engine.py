@@ -200,11 +200,11 @@ class RastEngine:
     benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run the small pair as
     one stacked model where it can (transfer.stacked_pair: one forward for both, no extra memory;
     full-weight models' parameters become views of the stacked weights), else as two models (a
-    LoRA pair: peft's mixed-adapter batch, which only runs cache=dynamic).
-    `cache` picks each model's KV cache and `compile` compiles its step (see CachedModel): "auto"
-    replays CUDA graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA stream (`overlap`): the
-    small models' many tiny kernels, which leave most of the GPU idle, run beside the large
-    model's bandwidth-bound ones instead of after them.
+    LoRA pair: peft's mixed-adapter batch, which only runs cache=dynamic). `cache` picks each
+    model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
+    graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
+    stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
+    beside the large model's bandwidth-bound ones instead of after them.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
@@ -215,26 +215,8 @@ class RastEngine:
         self.lam, self.tokenizer = lam, tokenizer
         options = {"cache": cache, "compile": compile, "overlap": overlap}
         self.large = CachedModel("large", large, **options)
-        if small_base is None or lam == 0:
-            self.small = []  # plain decoding of the large model
-        elif isinstance(small_rl, str):  # a LoRA adapter in small_base: one set of weights
-            if stack_small and (reason := lora_unstackable(small_base, small_rl)) is None:
-                self.small = [CachedModel("small_base+rl", stack_lora(small_base, small_rl),
-                                          copies=2, **options)]
-            else:
-                if stack_small:
-                    logger.warning("LoRA pair in peft's mixed batch (eager only): cannot stack "
-                                   "it, %s", reason)
-                self.small = [CachedModel("small_base+rl", small_base, copies=2,
-                                          adapters=("__base__", small_rl), **options)]
-        elif stack_small and (reason := unstackable(small_base, small_rl)) is None:
-            self.small = [CachedModel("small_base+rl", stack_pair(small_base, small_rl), copies=2,
-                                      **options)]
-        else:
-            if stack_small:
-                logger.warning("two small forwards per token: cannot stack the pair, %s", reason)
-            self.small = [CachedModel("small_base", small_base, **options),
-                          CachedModel("small_rl", small_rl, **options)]
+        self.small = ([] if small_base is None or lam == 0  # plain decoding of the large model
+                      else _small_pair(small_base, small_rl, stack_small, options))
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
@@ -401,6 +383,25 @@ class RastEngine:
         if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
             return self.tokenizer.pad_token_id
         return 0
+
+
+def _small_pair(small_base, small_rl, stack: bool, options: dict) -> list[CachedModel]:
+    """The small pair's CachedModels: one stacked model (transfer.stacked_pair) where it can be;
+    else peft's mixed-adapter batch when small_rl names a LoRA adapter in small_base, or two
+    models."""
+    lora = isinstance(small_rl, str)
+    if stack:
+        reason = (lora_unstackable if lora else unstackable)(small_base, small_rl)
+        if reason is None:
+            stacked = (stack_lora if lora else stack_pair)(small_base, small_rl)
+            return [CachedModel("small_base+rl", stacked, copies=2, **options)]
+        logger.warning("the small pair runs %s: cannot stack it, %s", "in peft's mixed batch "
+                       "(cache=dynamic only)" if lora else "as two forwards per token", reason)
+    if lora:
+        return [CachedModel("small_base+rl", small_base, copies=2,
+                            adapters=("__base__", small_rl), **options)]
+    return [CachedModel("small_base", small_base, **options),
+            CachedModel("small_rl", small_rl, **options)]
 
 
 def _left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

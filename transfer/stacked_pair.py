@@ -35,7 +35,7 @@ IGNORED_CONFIG_KEYS = {"_name_or_path", "_commit_hash", "transformers_version", 
 
 
 def _is_rms_norm(module: nn.Module) -> bool:
-    """A norm scaling the last dim by one weight vector, per row (Qwen2RMSNorm, LlamaRMSNorm, ...)."""
+    """A norm scaling the last dim by one weight vector, per row (Qwen2RMSNorm, LlamaRMSNorm)."""
     params = dict(module.named_parameters(recurse=False))
     return (type(module).__name__.endswith("RMSNorm") and list(params) == ["weight"]
             and params["weight"].dim() == 1)
@@ -161,7 +161,8 @@ class HalfLoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, lora_a: nn.Linear, lora_b: nn.Linear,
                  scaling: float):
         super().__init__()
-        self.base_layer, self.lora_a, self.lora_b, self.scaling = base_layer, lora_a, lora_b, scaling
+        self.base_layer, self.lora_a, self.lora_b = base_layer, lora_a, lora_b
+        self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
