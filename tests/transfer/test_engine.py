@@ -175,7 +175,7 @@ def test_lora_pairs_stacking_does_not_cover_keep_peft_mixed_batches(tiny_models,
     config = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
     torch.manual_seed(1)
     get_peft_model(Qwen2ForCausalLM.from_pretrained(base), config).save_pretrained(
-        tmp_path / "adapter")
+        tmp_path / "adapter", save_embedding_layers=True)
     merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(base),
                                        tmp_path / "adapter").merge_and_unload()
     merged.save_pretrained(tmp_path / "merged")
