@@ -9,7 +9,9 @@ temperature 1 until eos, in one run:
   (b') the same with compile=True (fixed-shape cache, torch.compile'd step; its first round pays
        the compile, reported apart, the best round is kept as for every mode),
   (c) a naive proxy-tuning-style loop: three HF models, a DynamicCache each, logits combined
-      per step, every row computed until the whole batch is done (no compaction).
+      per step, every row computed until the whole batch is done (no compaction),
+  (d) RAST with a LoRA RL model (a random rank-8 adapter on tiny-s's linear layers), stacked,
+  (d2) the same LoRA pair in peft's mixed-adapter batch (stack_small=False).
 It prints tokens/s, the ratios to (a) and (c), forwards per decode step and batch rows computed
 per generated token for each model (counted), and memory. Uses the tiny family when built
 (`make tiny-family`), else random models of the same sizes.
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import DynamicCache, Qwen2ForCausalLM
 
 from train.errors import exit_on_user_error
@@ -31,11 +34,12 @@ from train.models import MODELS, load_model, load_tokenizer
 from train.tiny.family import MEMBERS, qwen2_config
 from train.tiny.task import problems, prompt
 from train.tiny.tokenizer import build_tokenizer
-from transfer.engine import RastEngine, SamplingParams, _left_pad
+from transfer.engine import RL_ADAPTER, RastEngine, SamplingParams, _left_pad
 from transfer.rast import combine_logits, sample_seed, sample_tokens
 
 RAST, UNSTACKED = "(b) RAST, engine", "(b2) RAST, small pair unstacked"
 COMPILED = "(b') RAST, compiled"
+LORA, LORA_MIXED = "(d) RAST, LoRA pair stacked", "(d2) RAST, LoRA pair, peft mixed"
 SHORT = {"large": "L", "small_base": "S", "small_rl": "S_RL", "small_base+rl": "S+S_RL"}
 
 
@@ -57,6 +61,14 @@ def load_tiny_models(small_rl: str | None) -> tuple[dict, str]:
         for param in models["small_rl"].parameters():
             param.add_(0.05 * param.std() * torch.randn_like(param))
     return models, origin + ", RL model = perturbed tiny-s"
+
+
+def random_lora(model):
+    """A copy of `model` with a random rank-8 LoRA adapter (named RL_ADAPTER, B != 0) on every
+    linear layer: a stand-in for a LoRA GRPO checkpoint."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(copy.deepcopy(model), config, adapter_name=RL_ADAPTER).eval()
 
 
 @torch.inference_mode()
@@ -137,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     engines = {"(a) L alone, engine": RastEngine(models["large"], lam=0.0, tokenizer=tokenizer),
                RAST: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer),
                UNSTACKED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, stack_small=False),
-               COMPILED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, compile=True)}
+               COMPILED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, compile=True),
+               **{name: RastEngine(models["large"], random_lora(models["small_base"]),
+                                   RL_ADAPTER, lam=1.0, tokenizer=tokenizer, stack_small=stack)
+                  for name, stack in ((LORA, True), (LORA_MIXED, False))}}
     stop_ids = engines[RAST].default_stop_ids
 
     best, first, results, steps = {}, {}, {}, {name: 0 for name in engines}
@@ -184,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stacked / unstacked small pair (b/b2): {rast / unstacked:.2f}    unstacked engine / "
           f"naive loop (b2/c): {unstacked / naive:.2f}    identical tokens: "
           f"{results[UNSTACKED] == naive_tokens}")
+    print(f"LoRA pair stacked / in peft's mixed batch (d/d2): "
+          f"{tokens_per_s[LORA] / tokens_per_s[LORA_MIXED]:.2f}    identical tokens: "
+          f"{results[LORA] == results[LORA_MIXED]}")
     compile_s = first[COMPILED] - best[COMPILED]
     print(f"compiled engine / naive loop (b'/c): {compiled / naive:.2f} after {compile_s:.0f} s of "
           f"compiling in the first round (once per process; it pays after ~"
