@@ -131,13 +131,19 @@ def test_one_forward_per_model_per_token_one_prefill_and_finished_rows_cost_noth
 @pytest.fixture(scope="module")
 def lora_pair(tiny_models, tmp_path_factory):
     """A LoRA adapter of small_base with nonzero B, and the same adapter merged into a full model."""
-    root = tmp_path_factory.mktemp("lora")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
                         init_lora_weights=False)  # random B: the adapter changes the logits
-    torch.manual_seed(0)
-    adapter = get_peft_model(Qwen2ForCausalLM.from_pretrained(tiny_models["small_base"]), config)
-    adapter.save_pretrained(root / "adapter")
-    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tiny_models["small_base"]),
+    return save_adapter_and_merged(tiny_models["small_base"], config, tmp_path_factory.mktemp(
+        "lora"), seed=0)
+
+
+def save_adapter_and_merged(base: str, config: LoraConfig, root, seed: int) -> tuple[str, str]:
+    """A random LoRA adapter of `base` under root/adapter and the same adapter merged into a full
+    model (with the tokenizer) under root/merged."""
+    torch.manual_seed(seed)
+    get_peft_model(Qwen2ForCausalLM.from_pretrained(base), config).save_pretrained(
+        root / "adapter", save_embedding_layers="embed_tokens" in config.target_modules)
+    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(base),
                                        root / "adapter").merge_and_unload()
     merged.save_pretrained(root / "merged")
     build_tokenizer().save_pretrained(root / "merged")
@@ -173,16 +179,10 @@ def test_lora_pairs_stacking_does_not_cover_keep_peft_mixed_batches(tiny_models,
     the merged model (untied embeddings: merging a tied one would change the head too)."""
     base = build_random_qwen2(tmp_path / "base", seed=4, tie_word_embeddings=False)
     config = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
-    torch.manual_seed(1)
-    get_peft_model(Qwen2ForCausalLM.from_pretrained(base), config).save_pretrained(
-        tmp_path / "adapter", save_embedding_layers=True)
-    merged = PeftModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(base),
-                                       tmp_path / "adapter").merge_and_unload()
-    merged.save_pretrained(tmp_path / "merged")
-    build_tokenizer().save_pretrained(tmp_path / "merged")
-    shared = RastEngine.from_pretrained(tiny_models["large"], base, str(tmp_path / "adapter"))
+    adapter, merged = save_adapter_and_merged(base, config, tmp_path, seed=1)
+    shared = RastEngine.from_pretrained(tiny_models["large"], base, adapter)
     assert shared.small[0].adapters == ("__base__", "rl")
-    separate = RastEngine.from_pretrained(tiny_models["large"], base, str(tmp_path / "merged"))
+    separate = RastEngine.from_pretrained(tiny_models["large"], base, merged)
     params = SamplingParams(temperature=1.0, max_new_tokens=12)
     assert by_key(shared.generate(PROMPTS, params, stop_ids=STOP_IDS)) == by_key(
         separate.generate(PROMPTS, params, stop_ids=STOP_IDS))
