@@ -65,7 +65,7 @@ def test_there_are_grpo_recipes_for_the_tiny_family_and_qwen():
 
 @pytest.mark.parametrize("path", GRPO_RECIPES, ids=recipe_id)
 def test_grpo_recipe_names_known_data_and_templates(path):
-    args, training_args, model_args = parse_grpo_recipe(path)
+    args, training_args, _ = parse_grpo_recipe(path)
     assert args.dataset == "tiny" or args.dataset in BENCHMARKS
     assert args.prompt_template in TEMPLATES
     assert (args.dataset == "tiny") == (args.prompt_template == "tiny")

@@ -17,9 +17,9 @@ COMPLETIONS = [
 
 def trl_kwargs(n):
     """What GRPOTrainer._calculate_rewards passes besides completions and the answer column."""
-    return dict(prompts=[f"prompt {i}" for i in range(n)], completion_ids=[[1, 2, 3]] * n,
-                id=[str(i) for i in range(n)], problem=["..."] * n, trainer_state=object(),
-                log_extra=lambda *a, **k: None, log_metric=lambda *a, **k: None)
+    return {"prompts": [f"prompt {i}" for i in range(n)], "completion_ids": [[1, 2, 3]] * n,
+            "id": [str(i) for i in range(n)], "problem": ["..."] * n, "trainer_state": object(),
+            "log_extra": lambda *a, **k: None, "log_metric": lambda *a, **k: None}
 
 
 def test_plain_string_completions():
