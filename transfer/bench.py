@@ -13,7 +13,9 @@ temperature 1 until eos, in one run:
   (d) RAST with a LoRA RL model (a random rank-8 adapter on tiny-s's linear layers), stacked,
   (d2) the same LoRA pair in peft's mixed-adapter batch (stack_small=False).
 It prints tokens/s, the ratios to (a) and (c), forwards per decode step and batch rows computed
-per generated token for each model (counted), and memory. Uses the tiny family when built
+per generated token for each model (counted), and memory. Then the ATen ops one decode step of
+each model unit dispatches (views excepted): on a GPU each is a kernel launch, and at batch <= 16
+launches, not bytes, set a small model's step time, so this count says what a unit costs there. Uses the tiny family when built
 (`make tiny-family`), else random models of the same sizes.
 
     make bench        # or: python -m transfer.bench --batch-size 8 --prompts 32
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, Qwen2ForCausalLM
 
 from train.errors import exit_on_user_error
@@ -34,7 +37,7 @@ from train.models import MODELS, load_model, load_tokenizer
 from train.tiny.family import MEMBERS, qwen2_config
 from train.tiny.task import problems, prompt
 from train.tiny.tokenizer import build_tokenizer
-from transfer.engine import RL_ADAPTER, RastEngine, SamplingParams, _left_pad
+from transfer.engine import RL_ADAPTER, CachedModel, RastEngine, SamplingParams, _left_pad
 from transfer.rast import combine_logits, sample_seed, sample_tokens
 
 RAST, UNSTACKED = "(b) RAST, engine", "(b2) RAST, small pair unstacked"
@@ -102,6 +105,33 @@ def naive_rast(models: list, prompt_ids, seeds, params, stop_ids, lam, shared_vo
     return outputs, forward_rows
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops run inside it, views excepted (on a GPU: the kernel launches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def decode_step_ops(unit: CachedModel, prompt_ids: list[list[int]]) -> int:
+    """ATen ops of one decode step of a fresh copy of `unit` (same model, copies and adapters, so
+    its counters stay as they are), after a prefill and one warm-up step."""
+    probe = CachedModel(unit.name, unit.model, copies=unit.copies, adapters=unit.adapters,
+                        cache=unit.cache_mode)
+    input_ids, attention_mask = _left_pad(prompt_ids, pad_id=0)
+    probe.prefill(input_ids, attention_mask, max_new_tokens=2)
+    tokens = torch.zeros(len(prompt_ids), dtype=torch.long)
+    probe.decode(tokens)
+    with OpCounter() as counter:
+        probe.decode(tokens)
+    return counter.ops
+
+
 def run_engine(engine, prompt_ids, seeds, params, batch_size):
     """Token ids per prompt, and decode steps that needed a forward (a batch's longest row - 1)."""
     outputs, steps = [], 0
@@ -135,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timed rounds")
     parser.add_argument("--small-rl", help="an RL checkpoint of tiny-s (default: perturbed tiny-s)")
     args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error("--repeats must be >= 2: the first round pays one-time costs (compile)")
     torch.set_num_threads(1)
     with exit_on_user_error():
         models, origin = load_tiny_models(args.small_rl)
@@ -207,6 +239,12 @@ def main(argv: list[str] | None = None) -> None:
           f"compiling in the first round (once per process; it pays after ~"
           f"{compile_s / (1 / naive - 1 / compiled):.0f} tokens); identical tokens: "
           f"{results[COMPILED] == naive_tokens}")
+    batch_ids = prompt_ids[:args.batch_size]
+    ops = {name: " + ".join(f"{SHORT[unit.name]} {decode_step_ops(unit, batch_ids)}"
+                            for unit in engines[name]._models())
+           for name in ("(a) L alone, engine", RAST, UNSTACKED, LORA, LORA_MIXED)}
+    print(f"ATen ops per decode step at batch {len(batch_ids)} (a GPU kernel launch each): "
+          + "; ".join(f"{name.split()[0]} {units}" for name, units in ops.items()))
     print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
           f"(all phases; the CPU models are a few MB, so RSS is mostly torch itself)")
 

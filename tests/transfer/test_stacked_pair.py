@@ -7,6 +7,8 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
+from transfer.bench import decode_step_ops
+from transfer.engine import CachedModel
 from transfer.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
 
 
@@ -55,6 +57,19 @@ def test_stacked_forward_gives_each_models_logits_and_shares_their_memory(tie):
             model(ids, past_key_values=model_cache, use_cache=True)
             alone = model(ids[:, :1], past_key_values=model_cache, use_cache=True).logits
             close(step[3 * half:3 * half + 3], alone)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_stacked_decode_step_launches_the_ops_of_one_model_not_two(cache):
+    """What makes the pair cheap on a GPU, where a small step costs its kernel launches: counted
+    ATen ops (views excepted) of one decode step, at batch 3 with left padding."""
+    base, rl = qwen2(0), qwen2(1)
+    prompts = [[1, 2, 3, 4], [5, 6], [7]]
+    one = decode_step_ops(CachedModel("small_base", base, cache=cache), prompts)
+    pair = decode_step_ops(CachedModel("small_base+rl", stack_pair(base, rl), copies=2,
+                                       cache=cache), prompts)
+    assert one > 50  # the count sees a whole forward
+    assert one <= pair <= one + 4  # the stacked embedding adds its id offset
 
 
 def test_a_model_stacked_with_itself_gives_its_logits_twice():
