@@ -15,8 +15,8 @@ temperature 1 until eos, in one run:
 It prints tokens/s, the ratios to (a) and (c), forwards per decode step and batch rows computed
 per generated token for each model (counted), and memory. Then the ATen ops one decode step of
 each model unit dispatches (views excepted): on a GPU each is a kernel launch, and at batch <= 16
-launches, not bytes, set a small model's step time, so this count says what a unit costs there. Uses the tiny family when built
-(`make tiny-family`), else random models of the same sizes.
+launches, not bytes, set a small model's step time, so this count says what a unit costs there.
+Uses the tiny family when built (`make tiny-family`), else random models of the same sizes.
 
     make bench        # or: python -m transfer.bench --batch-size 8 --prompts 32
 """
