@@ -1,4 +1,5 @@
-# Every target names a recipe or a script; the logic lives in train/ and transfer/.
+# Every target names a recipe or a script; the logic lives in train/ and transfer/, which run from
+# this directory (they are not installed into site-packages: see pyproject.toml).
 # `make test` and the run targets install into .venv first when needed (`make setup`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check
+.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check
 
 setup: $(VENV)/.installed
 
@@ -18,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[deepspeed,dev]"
 	touch $@
 
-test: setup
+# ruff's default rules plus import order; `make test` runs it first, so CI does too.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest
 
 test-slow: setup
@@ -56,10 +61,10 @@ transfer: TARGET ?= tiny
 transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
 	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS=)
-	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.evaluate --config $(RECIPE) $(ARGS)
+	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.eval.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup
-	$(PY) -m transfer.bench --batch-size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small-rl outputs/tiny-s-grpo)
+	$(PY) -m transfer.bench.cpu --batch-size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small-rl outputs/tiny-s-grpo)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
@@ -72,7 +77,7 @@ tiny-family: setup
 # On a machine with one GPU; writes outputs/gpu_bench.json. About 8 minutes on an H200, mostly
 # the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes).
 gpu-bench: setup
-	$(PY) -m transfer.gpu_bench --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
+	$(PY) -m transfer.bench.gpu --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
 
 # GRPO of the other tiny members (the RL references of RR and the cross-scale analysis), one
 # after the other on CPU; each is built first if not cached.
@@ -86,11 +91,11 @@ train-family: setup
 # the tiny recipe needs `make train-small` and `make train-family` first.
 analyze: RECIPE ?= recipes/tiny/analyze/config_cpu.yaml
 analyze: setup
-	$(PY) -m transfer.analyze --config $(RECIPE) $(ARGS)
+	$(PY) -m transfer.analysis.analyze --config $(RECIPE) $(ARGS)
 
 # On a machine with one GPU (H100/H200, no network; about 5 minutes): RAST vs L-alone throughput
 # with CUDA graphs overlapped and serial, graph exactness, bf16 vs fp32 combined logits, GRPO steps
 # in bf16, peak memory; writes outputs/gpu_check.json.
 # ARGS=--smoke runs the same path on CPU with tiny configs.
 gpu-check: setup
-	$(PY) -m transfer.gpu_check $(ARGS)
+	$(PY) -m transfer.bench.check $(ARGS)

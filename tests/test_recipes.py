@@ -15,8 +15,8 @@ from accelerate.commands.config.config_args import load_config_from_file
 from train import grpo
 from train.data import BENCHMARKS
 from train.prompts import TEMPLATES
-from transfer.analyze import parse_config as parse_analyze_config
-from transfer.evaluate import parse_config
+from transfer.analysis.analyze import parse_config as parse_analyze_config
+from transfer.eval.evaluate import parse_config
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))
 
@@ -36,8 +36,8 @@ def parse_rast_recipe(path: Path):
 
 PARSERS = {
     "grpo": parse_grpo_recipe,  # python -m train.grpo --config ...
-    "rast": parse_rast_recipe,  # python -m transfer.evaluate --config ...
-    "analyze": lambda path: parse_analyze_config(["--config", str(path)]),  # python -m transfer.analyze
+    "rast": parse_rast_recipe,  # python -m transfer.eval.evaluate --config ...
+    "analyze": lambda path: parse_analyze_config(["--config", str(path)]),  # python -m transfer.analysis.analyze
     # accelerate launch --config_file ...: accelerate's own loader rejects unknown keys
     "accelerate_configs": lambda path: load_config_from_file(str(path)),
 }

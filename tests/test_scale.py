@@ -17,9 +17,9 @@ import torch
 import yaml
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from transfer import placement
-from transfer.evaluate import System, TransferConfig, chunks_to_do, parse_config, run
-from transfer.sample_log import SampleLog
+from transfer.eval import placement
+from transfer.eval.evaluate import System, TransferConfig, chunks_to_do, parse_config, run
+from transfer.eval.samples import SampleLog
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -122,7 +122,7 @@ def test_two_process_evaluation_equals_one_process_and_resumes_per_rank(tiny_mod
     out.mkdir()
     (out / "samples.rank1.jsonl").write_text("\n".join(expected[4:8]) + '\n{"system": "L", "be')
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", "transfer.evaluate", "--config", str(_recipe(out, tiny_models))]
+               "2", "-m", "transfer.eval.evaluate", "--config", str(_recipe(out, tiny_models))]
     result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True,
                             timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -134,7 +134,7 @@ def test_two_process_evaluation_equals_one_process_and_resumes_per_rank(tiny_mod
 
 def test_dry_run_plans_32B_without_weights_or_hub(tmp_path):
     env = {**ENV, "HF_HOME": str(tmp_path / "empty_hf_home")}  # nothing cached: must not matter
-    result = subprocess.run([sys.executable, "-m", "transfer.evaluate", "--config",
+    result = subprocess.run([sys.executable, "-m", "transfer.eval.evaluate", "--config",
                              "recipes/Qwen2.5-32B/rast/config_1.5B.yaml", "--dry-run", "--gpus",
                              "8", "--gpu_memory_gb", "80", "--batch_size", "16"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
@@ -177,7 +177,7 @@ def test_plan_arithmetic_and_device_map():
 
 
 def test_gpu_check_smoke_runs_the_whole_path_on_cpu(tmp_path):
-    from transfer import gpu_check
+    from transfer.bench import check as gpu_check
 
     report = gpu_check.main(["--smoke", "--output", str(tmp_path / "check.json")])
     assert json.loads((tmp_path / "check.json").read_text()) == json.loads(json.dumps(report))

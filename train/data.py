@@ -1,6 +1,6 @@
 """Math problems for training and evaluation, in one schema: id, problem, answer (+ source fields).
 
-`load_problems` takes a benchmark name (math500, gsm8k, aime24, amc23, minerva_math,
+`load_problems` takes 'tiny' (the embedded task), a benchmark name (math500, gsm8k, aime24, amc23, minerva_math,
 olympiadbench, simplerl_math_level3to5), a .jsonl/.json/.parquet file, or a directory holding
 <split>.jsonl. A name reads the local copy <data_dir or $RAST_DATA_DIR>/<name>/<split>.jsonl when
 it exists, else its Hugging Face dataset (mapped into the same schema by `from_hub_row`).
@@ -22,6 +22,7 @@ from typing import Any
 import datasets
 
 from train.errors import UserError, exit_on_user_error
+from train.tiny import task as tiny_task
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,11 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     """Problems with columns id, problem, answer (all str) plus the source's other fields.
 
     The dataset's info.description says where the rows came from (file path or hub id).
+    'tiny' is the embedded multiplication task (train.tiny.task), split "train" or "test".
     """
+    if name_or_path == "tiny":
+        problems = tiny_task.problems(split or "test")
+        return problems.select(range(min(limit, len(problems)))) if limit is not None else problems
     if name_or_path in BENCHMARKS:
         source = BENCHMARKS[name_or_path]
         split = split or source.default_split
@@ -249,6 +254,19 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     problems = _normalise(rows, name, origin)
     return datasets.Dataset.from_dict(_columns(problems),
                                       info=datasets.DatasetInfo(description=origin))
+
+
+def load_benchmark(name_or_path: str, split: str | None = None,
+                   limit: int | None = None) -> list[dict]:
+    """Rows {id, problem, answer} (all str) of an evaluation benchmark; see load_problems."""
+    return [{"id": str(row["id"]), "problem": row["problem"], "answer": str(row["answer"])}
+            for row in load_problems(name_or_path, split, limit)]
+
+
+def benchmark_label(name_or_path: str) -> str:
+    """Short name of a benchmark for tables and sample keys: a path's stem, else the name."""
+    is_path = "/" in name_or_path or name_or_path.endswith(SUFFIXES)
+    return Path(name_or_path).stem if is_path else name_or_path
 
 
 def main(argv: list[str] | None = None) -> None:

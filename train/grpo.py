@@ -38,6 +38,8 @@ from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
 from train.recipe import parse_recipe
 from train.rewards import correctness_reward
+from train.tiny.heldout import evaluate
+from train.tiny.task import problems
 from train.tracking import wandb_credentials
 
 logger = logging.getLogger(__name__)
@@ -101,14 +103,7 @@ def wandb_logging(training_args: GRPOConfig):
 
 def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
     """Problems (id, problem, answer, ...) with a `prompt` column rendered from the template."""
-    if args.dataset == "tiny":
-        from train.tiny.task import problems
-
-        dataset = problems(args.dataset_split)
-        if args.dataset_limit:
-            dataset = dataset.select(range(min(args.dataset_limit, len(dataset))))
-    else:
-        dataset = load_problems(args.dataset, split=args.dataset_split, limit=args.dataset_limit)
+    dataset = load_problems(args.dataset, split=args.dataset_split, limit=args.dataset_limit or None)
     dataset = dataset.map(lambda row: {"prompt": render_prompt(args.prompt_template, row["problem"])})
     if args.max_prompt_tokens:
         before = len(dataset)
@@ -136,9 +131,7 @@ def finished_step(output_dir: str, max_steps: int) -> int | None:
 
 
 def evaluate_tiny(model, tokenizer, args: RastTrainArguments) -> dict:
-    """Held-out accuracy and careful-style share on the tiny task (train.tiny.evaluate)."""
-    from train.tiny.evaluate import evaluate
-    from train.tiny.task import problems
+    """Held-out accuracy and careful-style share on the tiny task (train.tiny.heldout)."""
 
     held_out = problems("test")
     held_out = held_out.select(range(min(args.eval_problems, len(held_out))))

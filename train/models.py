@@ -12,13 +12,34 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
 
 from train.errors import UserError
 
 # Where the tiny family is built and cached (`make tiny-family`); override with RAST_HOME.
 RAST_HOME = Path(os.environ.get("RAST_HOME", Path.home() / ".cache" / "rast"))
 ROUND_TRIP_PROBE = "Q: 47*8=\nA: Let's 7*8+0=56 4*8+5=37 \\boxed{376}\n  x^2 + y_1 = \\frac{1}{2}"
+
+
+# Qwen2.5's tokenizer: 151643 byte-level BPE tokens + 22 special tokens at 151643-151664.
+QWEN_TOKENIZER_LENGTH = 151665
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape of a Qwen2 decoder, as its config.json states it."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int  # intermediate_size
+    embedding_rows: int  # vocab_size: 151936 vs 152064, small Qwen2.5 models pad it differently
+    tied_embeddings: bool
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
 
 
 @dataclass(frozen=True)
@@ -28,32 +49,54 @@ class ModelInfo:
     rl_id: str | None  # same-size RL reference (SimpleRL-Zoo) for recovery rate, if one exists
     params_b: float  # parameters, billions
     weight_gb: float  # bf16 weight bytes read per decode step, GB
-    embedding_rows: int  # 151936 vs 152064: small Qwen2.5 models pad the embedding differently
+    architecture: Architecture | None  # None: read the checkpoint's config.json instead
+
+    @property
+    def embedding_rows(self) -> int | None:
+        return self.architecture.embedding_rows if self.architecture else None
 
 
-def _qwen(size: str, params_b: float, weight_gb: float, rows: int) -> ModelInfo:
+def _qwen(size: str, params_b: float, weight_gb: float, *shape) -> ModelInfo:
     return ModelInfo(size, f"Qwen/Qwen2.5-{size}", f"hkust-nlp/Qwen-2.5-{size}-SimpleRL-Zoo",
-                     params_b, weight_gb, rows)
+                     params_b, weight_gb, Architecture(*shape))
 
 
 def _tiny(member: str, params_b: float) -> ModelInfo:
-    return ModelInfo(member, str(RAST_HOME / "tiny" / member), None, params_b, params_b * 2, 128)
+    return ModelInfo(member, str(RAST_HOME / "tiny" / member), None, params_b, params_b * 2, None)
 
 
+# Qwen2.5 sizes: parameters and bf16 bytes as published on each model card; the architecture
+# columns (hidden, layers, heads, kv_heads, ffn, embedding rows, tied) are the hub's config.json of
+# Qwen/Qwen2.5-<size>. The tiny family's shapes live in train/tiny/family.py.
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in [
-        _qwen("0.5B", 0.49, 0.99, 151936),
-        _qwen("1.5B", 1.54, 3.09, 151936),
-        _qwen("3B", 3.09, 6.17, 151936),
-        _qwen("7B", 7.62, 14.1, 152064),
-        _qwen("14B", 14.8, 28.0, 152064),
-        _qwen("32B", 32.8, 64.0, 152064),
+        _qwen("0.5B", 0.49, 0.99, 896, 24, 14, 2, 4864, 151936, True),
+        _qwen("1.5B", 1.54, 3.09, 1536, 28, 12, 2, 8960, 151936, True),
+        _qwen("3B", 3.09, 6.17, 2048, 36, 16, 2, 11008, 151936, True),
+        _qwen("7B", 7.62, 14.1, 3584, 28, 28, 4, 18944, 152064, False),
+        _qwen("14B", 14.8, 28.0, 5120, 48, 40, 8, 13824, 152064, False),
+        _qwen("32B", 32.8, 64.0, 5120, 64, 40, 8, 27648, 152064, False),
         _tiny("tiny-s", 48e-6),
         _tiny("tiny-m", 82e-6),
         _tiny("tiny-l", 608e-6),
     ]
 }
+
+
+def registry_entry(name_or_id: str) -> ModelInfo | None:
+    """The registry entry a short name, or a Qwen2.5 / SimpleRL-Zoo hub id, stands for."""
+    return next((info for info in MODELS.values()
+                 if name_or_id in (info.name, info.base_id, info.rl_id)), None)
+
+
+def qwen2_config(architecture: Architecture, **overrides):
+    """A transformers Qwen2Config of this shape (rope and context as Qwen2.5's config.json)."""
+    a = architecture
+    return Qwen2Config(hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                       num_key_value_heads=a.kv_heads, intermediate_size=a.ffn,
+                       vocab_size=a.embedding_rows, tie_word_embeddings=a.tied_embeddings,
+                       max_position_embeddings=32768, rope_theta=1e6, **overrides)
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -1,6 +1,6 @@
 """One recipe = one YAML file read by TRL's TrlParser into typed dataclasses; CLI flags override.
 
-Shared by `python -m train.grpo`, `transfer.evaluate` and `transfer.analyze`: an unknown key, a
+Shared by `python -m train.grpo`, `transfer.eval.evaluate` and `transfer.analysis.analyze`: an unknown key, a
 bad value, a missing file or an unknown prompt template is one `error:` line before anything
 heavy loads, not a traceback minutes later.
 """

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from train.errors import UserError, exit_on_user_error
-from transfer.engine import CACHE_MODES, RastEngine, SamplingParams
+from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:

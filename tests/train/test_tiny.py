@@ -8,8 +8,8 @@ import torch
 from train.errors import UserError
 from train.models import load_model, load_tokenizer
 from train.tiny import family
-from train.tiny.evaluate import evaluate
 from train.tiny.family import MEMBERS, PretrainArgs, Size, build_member, pretrain, qwen2_config
+from train.tiny.heldout import evaluate
 from train.tiny.task import (
     all_problems,
     careful_solution,

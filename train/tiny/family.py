@@ -29,6 +29,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from train.errors import UserError, exit_on_user_error
 from train.models import MODELS, load_model, load_tokenizer
+from train.tiny.heldout import print_table
 from train.tiny.task import sample_corpus
 from train.tiny.tokenizer import build_tokenizer
 
@@ -210,7 +211,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.evaluate:
-        from train.tiny.evaluate import print_table
 
         print_table(args.evaluate, samples=args.samples, temperature=args.temperature, seed=args.seed)
         return

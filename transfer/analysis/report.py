@@ -1,10 +1,10 @@
-"""Aggregates, tables, plots and W&B logging of `python -m transfer.analyze`.
+"""Aggregates, tables, plots and W&B logging of `python -m transfer.analysis.analyze`.
 
-`summarize` turns per-position statistics (transfer/token_stats.py) into summary.json's numbers;
+`summarize` turns per-position statistics (transfer/analysis/token_stats.py) into summary.json's numbers;
 `report` writes summary.json, report.md, positions.jsonl and the PNG plots and logs to W&B. Run
 through the analysis entry point:
 
-    python -m transfer.analyze --config recipes/tiny/analyze/config_cpu.yaml --report_to none
+    python -m transfer.analysis.analyze --config recipes/tiny/analyze/config_cpu.yaml --report_to none
 """
 
 import json
@@ -15,8 +15,11 @@ from pathlib import Path
 
 import torch
 
+from train.data import benchmark_label
+from train.tiny.task import is_careful
 from train.tracking import wandb_credentials
-from transfer.token_stats import lexicon_counts, pearson, smallest_share_holding
+from transfer.analysis.plots import plot_all
+from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
 
 CONTEXT_CHARS = 40  # characters of text shown before a token in the example contexts
 EXAMPLES_PER_TOKEN = 3
@@ -131,7 +134,6 @@ def _cross_scale(trajectories, stats) -> dict:
 def _gain(config, evaluation: list[dict], cross_scale: dict) -> dict:
     """Per-problem accuracy gain of rast_system over baseline_system, and its correlation with
     each per-problem cosine."""
-    from transfer.evaluate import benchmark_label
 
     label = benchmark_label(config.benchmark)
     accuracy = defaultdict(lambda: defaultdict(list))
@@ -161,8 +163,6 @@ def _gain(config, evaluation: list[dict], cross_scale: dict) -> dict:
 
 def _behaviour(config, trajectories, evaluation: list[dict] | None) -> dict:
     """Per system: responses, mean length in tokens, behaviour words per response, careful share."""
-    from train.tiny.task import is_careful
-    from transfer.evaluate import benchmark_label
 
     label = benchmark_label(config.benchmark)
     rows = defaultdict(list)
@@ -193,7 +193,6 @@ def style_position(tokenizer, trajectory) -> int | None:
 
 def _planted_style(tokenizer, trajectories, stats, pairs) -> dict:
     """Does KL(RL || base) concentrate at the style-choosing position? Per pair."""
-    from train.tiny.task import is_careful
 
     styles = [style_position(tokenizer, t) for t in trajectories]
     located = [(p, s) for p, s in zip(styles, stats) if p is not None]
@@ -305,7 +304,6 @@ def _fmt(value) -> str:
 
 def report(summary: dict, config, tokenizer, trajectories, stats, output_dir: Path) -> None:
     """summary.json, positions.jsonl, plots, report.md; W&B unless report_to is none."""
-    from transfer.analyze_plots import plot_all
 
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(output_dir / "positions.jsonl", "w") as file:

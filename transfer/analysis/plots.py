@@ -1,4 +1,4 @@
-"""PNG plots of `python -m transfer.analyze` (matplotlib, Agg backend: no display needed).
+"""PNG plots of `python -m transfer.analysis.analyze` (matplotlib, Agg backend: no display needed).
 
 distributions.png: |Delta R| at the taken token, KL(S_RL || S) per position, how few positions
 hold the KL, and the RAST distribution's KL; heat_strip.png: one trajectory's tokens coloured

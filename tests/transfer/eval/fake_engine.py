@@ -10,8 +10,8 @@ import random
 import re
 import time
 
-from transfer.engine import Completion
-from transfer.rast import sample_seed
+from transfer.decode.engine import Completion
+from transfer.decode.rast import sample_seed
 
 ACCURACY = {"S": 0.1, "S_RL": 0.6, "L": 0.3, "L_RL": 0.9}
 

@@ -6,10 +6,10 @@ one engine. Each graded sample is appended to `output_dir/samples.jsonl` as its 
 so a killed run resumes where it stopped when started again with the same output_dir; every
 number in `summary.json`, `results.md`, the plots and W&B is recomputed from that file.
 
-    python -m transfer.evaluate --config recipes/tiny/rast/config_cpu.yaml          # make transfer
-    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --limit 50
-    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
-    torchrun --nproc_per_node 4 -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml
+    python -m transfer.eval.evaluate --config recipes/tiny/rast/config_cpu.yaml          # make transfer
+    python -m transfer.eval.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --limit 50
+    python -m transfer.eval.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
+    torchrun --nproc_per_node 4 -m transfer.eval.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml
 
 Distributed (torchrun or `accelerate launch --num_processes N`, one or several nodes): rank k
 decodes every world_size-th chunk of each (system, benchmark), the same chunks a single process
@@ -27,11 +27,24 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from train.data import benchmark_label, load_benchmark
 from train.errors import UserError, exit_on_user_error
+from train.grader import grade_batch
+from train.models import load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base, read_pair
+from train.prompts import render_prompt
 from train.recipe import parse_recipe
-from transfer.distributed import barrier, pin_gpus_of_this_process, this_shard
-from transfer.sample_log import SampleLog, merge_samples, sample_files
+from train.tiny.task import is_careful
+from transfer.decode.engine import (
+    CACHE_MODES,  # torch: imported here, not for every import
+    RastEngine,
+    SamplingParams,
+)
+from transfer.eval import placement
+from transfer.eval.distributed import barrier, pin_gpus_of_this_process, this_shard
+from transfer.eval.placement import GB, describe
+from transfer.eval.report import report, summarize
+from transfer.eval.samples import SampleLog, merge_samples, sample_files
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +110,6 @@ class TransferConfig:
             raise UserError("benchmarks is empty: name at least one (e.g. [tiny] or [math500])")
         if self.report_to not in ("wandb", "none"):
             raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
-        from transfer.engine import CACHE_MODES  # torch: imported here, not for every import
 
         if self.cache not in CACHE_MODES:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
@@ -145,7 +157,6 @@ def build_systems(config: TransferConfig) -> list[System]:
 
 
 def _same_model(name: str, other: str) -> bool:
-    from train.models import resolve_model
 
     paths = [resolve_model(n) for n in (name, other)]
     return len({str(Path(p).resolve()) if Path(p).is_dir() else p for p in paths}) == 1
@@ -155,7 +166,6 @@ def _missing_locally(name: str) -> str | None:
     """None when `name` loads without the network, else the hub id that is not cached."""
     from huggingface_hub import try_to_load_from_cache
 
-    from train.models import resolve_model
 
     path = resolve_model(name)  # UserError for unknown names and unbuilt tiny models
     if Path(path).is_dir():
@@ -179,27 +189,6 @@ def validate_models(systems: list[System]) -> None:
                         f"{', '.join(missing)}; download them first (`hf download <id>`) or unset "
                         f"HF_HUB_OFFLINE where the hub is reachable")
     logger.info("not cached, will download: %s", ", ".join(missing))
-
-
-def load_benchmark(name: str, split: str, limit: int | None) -> list[dict]:
-    """Rows {id, problem, answer} of a benchmark; 'tiny' = the multiplication held-out set."""
-    if name == "tiny":
-        from train.tiny.task import problems
-
-        dataset = problems(split)
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-    else:
-        from train.data import load_problems
-
-        dataset = load_problems(name, split=split, limit=limit)
-    return [{"id": str(row["id"]), "problem": row["problem"], "answer": str(row["answer"])}
-            for row in dataset]
-
-
-def benchmark_label(name: str) -> str:
-    """Short name for tables and keys: a path's stem, else the name itself."""
-    return Path(name).stem if ("/" in name or name.endswith(".jsonl")) else name
 
 
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
@@ -248,9 +237,6 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
                     config: TransferConfig, params, stop_ids: list[int], log: SampleLog,
                     shard: tuple[int, int] = (0, 1)) -> None:
     """Decode, grade and log each (problem, sample) of this shard not yet logged."""
-    from train.grader import grade_batch
-    from train.prompts import render_prompt
-    from train.tiny.task import is_careful
 
     own = [r for r in log.records if r["system"] == system.name and r["benchmark"] == benchmark]
     done = {(r["problem_id"], r["sample_index"]) for r in own}
@@ -285,7 +271,6 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
 
 
 def load_engine(system: System, config: TransferConfig):
-    from transfer.engine import RastEngine
 
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
@@ -297,11 +282,10 @@ def load_engine(system: System, config: TransferConfig):
 
 
 def gpu_layout(system: System, config: TransferConfig):
-    """(large device map, small pair device) from transfer.placement's plan for the visible
+    """(large device map, small pair device) from transfer.eval.placement's plan for the visible
     GPUs; ("auto", None), accelerate's balanced spread, when the plan has no separate pair GPU."""
     import torch
 
-    from transfer import placement
 
     large = placement.model_facts(system.large)
     small = placement.model_facts(system.small_base) if system.small_base else None
@@ -320,9 +304,6 @@ def gpu_layout(system: System, config: TransferConfig):
 
 def run(config: TransferConfig, make_engine=load_engine) -> dict:
     """Evaluate every system on every benchmark (resuming), then report; returns the summary."""
-    from train.models import load_tokenizer, stop_token_ids
-    from transfer.engine import SamplingParams
-    from transfer.report import report, summarize
 
     systems = build_systems(config)
     if config.dry_run:
@@ -372,7 +353,6 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
     """Print the systems and the GPU plan of the largest one; nothing is loaded or downloaded."""
     import torch
 
-    from transfer.placement import GB, describe
 
     detected = (torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GB
                 if torch.cuda.is_available() else 0.0)

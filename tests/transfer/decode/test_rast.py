@@ -5,7 +5,7 @@ import torch
 
 from train.errors import UserError
 from train.tiny.tokenizer import build_tokenizer
-from transfer.rast import (
+from transfer.decode.rast import (
     align_logits,
     check_tokenizers_compatible,
     combine_logits,

@@ -2,13 +2,13 @@
 
 Random bf16 weights at the real Qwen2.5 configs (decode speed does not depend on the values),
 decoded on token ids (no tokenizer needed) for a fixed number of tokens at batch 1/8/32, with
-the engine's eager DynamicCache loop and with its CUDA-graph replay (transfer/static_cache.py).
+the engine's eager DynamicCache loop and with its CUDA-graph replay (transfer/decode/static_cache.py).
 Decode is memory-bound, so RAST / L-alone throughput is at best bytes(L) / (bytes(L) + 2 bytes(S))
 (REFERENCE.md section 5); the JSON records measured ratio, bound, and their quotient per mode,
 and whether graph replay gives the tokens and logits of the same loop run eagerly.
 
-    python -m transfer.gpu_bench --pairs 7B:0.5B 14B:1.5B --output outputs/gpu_bench.json
-    python -m transfer.gpu_bench --smoke     # tiny configs on CPU, end to end in seconds
+    python -m transfer.bench.gpu --pairs 7B:0.5B 14B:1.5B --output outputs/gpu_bench.json
+    python -m transfer.bench.gpu --smoke     # tiny configs on CPU, end to end in seconds
 """
 
 import argparse
@@ -17,31 +17,22 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
-from transfer.engine import RastEngine, SamplingParams
-from transfer.stacked_pair import stack_pair
+from train.models import MODELS, QWEN_TOKENIZER_LENGTH, Architecture, qwen2_config
+from transfer.decode.engine import CachedModel, RastEngine, SamplingParams
+from transfer.decode.rast import combine_logits, sample_tokens
+from transfer.decode.stacked_pair import stack_pair
 
-# hidden, layers, attention heads, key/value heads, ffn, embedding rows, tied embeddings
-QWEN25 = {
-    "0.5B": (896, 24, 14, 2, 4864, 151936, True),
-    "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
-    "3B": (2048, 36, 16, 2, 11008, 151936, True),
-    "7B": (3584, 28, 28, 4, 18944, 152064, False),
-    "14B": (5120, 48, 40, 8, 13824, 152064, False),
-    "32B": (5120, 64, 40, 8, 27648, 152064, False),
-    # --smoke: same shapes of problem, CPU-sized
-    "smoke-s": (32, 2, 4, 2, 64, 128, True),
-    "smoke-l": (64, 3, 4, 2, 128, 160, False),
-}
-QWEN_TOKENIZER_LENGTH = 151665
+# The Qwen2.5 shapes of the registry, plus CPU-sized stand-ins for --smoke (same kind of pair:
+# the large one has more embedding rows and untied embeddings, like 7B-32B against 0.5B/1.5B).
+ARCHITECTURES = {name: info.architecture for name, info in MODELS.items() if info.architecture}
+ARCHITECTURES["smoke-s"] = Architecture(32, 2, 4, 2, 64, 128, True)
+ARCHITECTURES["smoke-l"] = Architecture(64, 3, 4, 2, 128, 160, False)
 
 
 def random_qwen2(size: str, device: str, dtype: torch.dtype, seed: int) -> Qwen2ForCausalLM:
-    hidden, layers, heads, kv_heads, ffn, rows, tied = QWEN25[size]
-    config = Qwen2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv_heads, intermediate_size=ffn, vocab_size=rows,
-                         tie_word_embeddings=tied, max_position_embeddings=32768, rope_theta=1e6)
+    config = qwen2_config(ARCHITECTURES[size])
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -92,7 +83,7 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
     large = random_qwen2(large_size, device, dtype, seed=0)
     small_base = random_qwen2(small_size, device, dtype, seed=1)
     small_rl = random_qwen2(small_size, device, dtype, seed=2)
-    vocab = min(QWEN_TOKENIZER_LENGTH, QWEN25[small_size][5])
+    vocab = min(QWEN_TOKENIZER_LENGTH, ARCHITECTURES[small_size].embedding_rows)
     bound = weight_bytes(large) / (weight_bytes(large) + 2 * weight_bytes(small_base))
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=new_tokens)
     results = []
@@ -149,8 +140,6 @@ def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes,
     (host_ms: Python time to launch it; step_ms: wall time with the device drained, the device
     time when launching is faster), and combine + top-p sampling + reading the tokens back.
     Where the engine's step time goes, from the same weights."""
-    from transfer.engine import CachedModel
-    from transfer.rast import combine_logits, sample_tokens
 
     prompts = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(prompts)

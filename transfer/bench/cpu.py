@@ -4,7 +4,7 @@ Same prompts (the tiny multiplication task), same batch, same length limit, samp
 temperature 1 until eos, in one run:
   (a) the large model alone through this engine (lam = 0),
   (b) RAST through this engine (eager, DynamicCache: the CPU default; the small pair stacked
-      into one model, transfer/stacked_pair.py),
+      into one model, transfer/decode/stacked_pair.py),
   (b2) the same with the small pair as two models (stack_small=False),
   (b') the same with compile=True (fixed-shape cache, torch.compile'd step; its first round pays
        the compile, reported apart, the best round is kept as for every mode),
@@ -18,7 +18,7 @@ each model unit dispatches (views excepted): on a GPU each is a kernel launch, a
 launches, not bytes, set a small model's step time, so this count says what a unit costs there.
 Uses the tiny family when built (`make tiny-family`), else random models of the same sizes.
 
-    make bench        # or: python -m transfer.bench --batch-size 8 --prompts 32
+    make bench        # or: python -m transfer.bench.cpu --batch-size 8 --prompts 32
 """
 
 import argparse
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, Qwen2ForCausalLM
 
 from train.errors import exit_on_user_error
@@ -37,8 +36,9 @@ from train.models import MODELS, load_model, load_tokenizer
 from train.tiny.family import MEMBERS, qwen2_config
 from train.tiny.task import problems, prompt
 from train.tiny.tokenizer import build_tokenizer
-from transfer.engine import RL_ADAPTER, CachedModel, RastEngine, SamplingParams, _left_pad
-from transfer.rast import combine_logits, sample_seed, sample_tokens
+from transfer.bench.ops import decode_step_ops
+from transfer.decode.engine import RL_ADAPTER, RastEngine, SamplingParams, left_pad
+from transfer.decode.rast import combine_logits, sample_seed, sample_tokens
 
 RAST, UNSTACKED = "(b) RAST, engine", "(b2) RAST, small pair unstacked"
 COMPILED = "(b') RAST, compiled"
@@ -78,7 +78,7 @@ def random_lora(model):
 def naive_rast(models: list, prompt_ids, seeds, params, stop_ids, lam, shared_vocab, pad_id):
     """Proxy-tuning's loop: each model with its own DynamicCache, combined logits per step, all
     rows forwarded every step until every row is done. Returns (token ids per row, forward rows)."""
-    input_ids, attention_mask = _left_pad(prompt_ids, pad_id)
+    input_ids, attention_mask = left_pad(prompt_ids, pad_id)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     caches = [DynamicCache(config=model.config) for model in models]
     logits = [model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
@@ -103,33 +103,6 @@ def naive_rast(models: list, prompt_ids, seeds, params, stop_ids, lam, shared_vo
         next_position = next_position + 1
         forward_rows += len(prompt_ids)
     return outputs, forward_rows
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen ops run inside it, views excepted (on a GPU: the kernel launches)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-@torch.inference_mode()
-def decode_step_ops(unit: CachedModel, prompt_ids: list[list[int]]) -> int:
-    """ATen ops of one decode step of a fresh copy of `unit` (same model, copies and adapters, so
-    its counters stay as they are), after a prefill and one warm-up step."""
-    probe = CachedModel(unit.name, unit.model, copies=unit.copies, adapters=unit.adapters,
-                        cache=unit.cache_mode)
-    input_ids, attention_mask = _left_pad(prompt_ids, pad_id=0)
-    probe.prefill(input_ids, attention_mask, max_new_tokens=2)
-    tokens = torch.zeros(len(prompt_ids), dtype=torch.long)
-    probe.decode(tokens)
-    with OpCounter() as counter:
-        probe.decode(tokens)
-    return counter.ops
 
 
 def run_engine(engine, prompt_ids, seeds, params, batch_size):
@@ -210,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens = sum(len(ids) for ids in outputs)
         tokens_per_s[name] = tokens / best[name]
         if name in engines:
-            units = engines[name]._models()
+            units = engines[name].models()
             counts = engines[name].forward_counts()  # counted inside the engine
             per_step = " ".join(f"{SHORT[unit]}:{c['decode_calls'] / steps[name]:.2f}"
                                 for unit, c in counts.items())
@@ -241,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{results[COMPILED] == naive_tokens}")
     batch_ids = prompt_ids[:args.batch_size]
     ops = {name: " + ".join(f"{SHORT[unit.name]} {decode_step_ops(unit, batch_ids)}"
-                            for unit in engines[name]._models())
+                            for unit in engines[name].models())
            for name in ("(a) L alone, engine", RAST, UNSTACKED, LORA, LORA_MIXED)}
     print(f"ATen ops per decode step at batch {len(batch_ids)} (a GPU kernel launch each): "
           + "; ".join(f"{name.split()[0]} {units}" for name, units in ops.items()))

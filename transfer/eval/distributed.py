@@ -1,6 +1,6 @@
 """Running evaluation under torchrun / accelerate launch: shard index, barrier, GPU share.
 
-Rank k of N decodes every N-th chunk of work (transfer.evaluate.chunks_to_do), the same chunks a
+Rank k of N decodes every N-th chunk of work (transfer.eval.evaluate.chunks_to_do), the same chunks a
 single process would, so results do not depend on the number of processes.
 """
 
@@ -9,6 +9,7 @@ import subprocess
 from datetime import timedelta
 
 from train.errors import UserError
+from transfer.eval.placement import local_gpus
 
 
 def this_shard() -> tuple[int, int]:
@@ -36,7 +37,6 @@ def pin_gpus_of_this_process() -> None:
 
     Must run before CUDA initialises (CUDA_VISIBLE_DEVICES is read once): first thing in main().
     """
-    from transfer.placement import local_gpus
 
     if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) == 1:
         return

@@ -3,13 +3,13 @@
 For a set of trajectories (an evaluation's `samples.jsonl`, or generated here with the RAST
 engine), every model (large base L, its RL model L_RL if any, and each small pair S_i / S_i_RL)
 runs ONE teacher-forced forward per trajectory batch (right-padded, so default position ids are
-right), and every statistic of every position comes from those logits (transfer/token_stats.py):
+right), and every statistic of every position comes from those logits (transfer/analysis/token_stats.py):
 path coverage, where KL(RL || base) concentrates, the tokens RL moves, the cross-scale cosine of
 Delta R, the RAST distribution's KL and entropy. Writes summary.json, report.md, PNG plots and
 positions.jsonl into output_dir, and W&B behind report_to (offline without credentials).
 
-    python -m transfer.analyze --config recipes/tiny/analyze/config_cpu.yaml        # make analyze
-    python -m transfer.analyze --config recipes/tiny/analyze/config_cpu.yaml \\
+    python -m transfer.analysis.analyze --config recipes/tiny/analyze/config_cpu.yaml        # make analyze
+    python -m transfer.analysis.analyze --config recipes/tiny/analyze/config_cpu.yaml \\
         --trajectories outputs/transfer-tiny/samples.jsonl --system "L+RAST(lam=1)" \\
         --evaluation outputs/transfer-tiny/samples.jsonl --report_to none
 """
@@ -24,9 +24,17 @@ import torch
 from tqdm.auto import tqdm
 
 from train.errors import UserError, exit_on_user_error
+from train.grader import grade_batch
+from train.models import load_model, load_tokenizer, resolve_model
 from train.pairing import paired_base
+from train.prompts import render_prompt
 from train.recipe import parse_recipe
-from transfer.analyze_report import report, summarize
+from train.tiny.task import is_careful
+from transfer.analysis.report import report, summarize
+from transfer.analysis.token_stats import PositionLogits, position_stats
+from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.decode.rast import check_tokenizers_compatible
+from transfer.eval.evaluate import benchmark_label, load_benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ class AnalyzeConfig:
         "help": "L's own RL model (e.g. outputs/tiny-l-grpo): cosine of Delta R vs L's delta"})
     lam: float = field(default=1.0, metadata={"help": "RAST strength for the RAST distribution"})
     trajectories: str | None = field(default=None, metadata={
-        "help": "samples.jsonl of transfer.evaluate (or its directory); empty = generate here"})
+        "help": "samples.jsonl of transfer.eval.evaluate (or its directory); empty = generate here"})
     system: str = field(default="S_RL", metadata={
         "help": "whose trajectories: a system name of the trajectories file, or to generate one "
                 "of S_RL, S, L, L_RL, L+RAST (with lam)"})
@@ -140,9 +148,6 @@ def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
 
 def load_models(config: AnalyzeConfig) -> Models:
     """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
-    from train.models import load_model, load_tokenizer, resolve_model
-    from transfer.engine import device_and_dtype
-    from transfer.rast import check_tokenizers_compatible
 
     # paired_base also refuses a base whose weights changed since its RL model was trained
     bases = [paired_base(rl, base) for rl, base in
@@ -174,7 +179,6 @@ def load_models(config: AnalyzeConfig) -> Models:
 
 
 def _problems(config: AnalyzeConfig) -> dict[str, dict]:
-    from transfer.evaluate import load_benchmark
 
     return {p["id"]: p for p in load_benchmark(config.benchmark, config.split, config.limit)}
 
@@ -195,8 +199,6 @@ def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
     The records hold text, not ids: the text is re-tokenized (exact for the tiny family's
     character tokenizer) and the stop token is not part of the analysed positions.
     """
-    from train.prompts import render_prompt
-    from transfer.evaluate import benchmark_label
 
     records, problems = read_records(config.trajectories), _problems(config)
     label = benchmark_label(config.benchmark)
@@ -218,12 +220,7 @@ def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
 
 def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Trajectory]:
     """Decode config.system with the loaded models; graded records go to output_dir/samples.jsonl
-    in transfer.evaluate's format (plus token_ids), so --trajectories can reuse them."""
-    from train.grader import grade_batch
-    from train.prompts import render_prompt
-    from train.tiny.task import is_careful
-    from transfer.engine import RastEngine, SamplingParams
-    from transfer.evaluate import benchmark_label
+    in transfer.eval.evaluate's format (plus token_ids), so --trajectories can reuse them."""
 
     tokenizer, (base, rl) = models.tokenizer, models.pairs[0]
     steered = {"S_RL": (rl,), "S": (base,), "L": (models.large,), "L_RL": (models.large_rl,),
@@ -273,7 +270,6 @@ def teacher_forced_logits(model, trajectories: list[Trajectory], pad_id: int) ->
 def trajectory_stats(models: Models, trajectories: list[Trajectory], lam: float,
                      batch_size: int) -> list[dict[str, torch.Tensor]]:
     """Per trajectory, every token_stats statistic per completion position (CPU tensors)."""
-    from transfer.token_stats import PositionLogits, position_stats
 
     shared_vocab = len(models.tokenizer)
     pad_id = models.tokenizer.pad_token_id or 0  # any id: padded positions are masked out

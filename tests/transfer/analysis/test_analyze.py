@@ -1,4 +1,4 @@
-"""transfer.analyze: the one-forward statistics equal a per-prefix recompute, and the CLI reports.
+"""transfer.analysis.analyze: the one-forward statistics equal a per-prefix recompute, and the CLI reports.
 
 Models are the random fixture models of tests/conftest.py; the reference recomputes every
 position with its own forward over the unpadded prefix and plain formulas on raw logits.
@@ -13,15 +13,22 @@ import torch
 
 from train.errors import UserError
 from train.models import load_model, load_tokenizer
-from transfer.analyze import AnalyzeConfig, Models, Trajectory, main, parse_config, trajectory_stats
-from transfer.token_stats import (
+from transfer.analysis.analyze import (
+    AnalyzeConfig,
+    Models,
+    Trajectory,
+    main,
+    parse_config,
+    trajectory_stats,
+)
+from transfer.analysis.token_stats import (
     PositionLogits,
     lexicon_counts,
     position_stats,
     smallest_share_holding,
 )
 
-RECIPES = Path(__file__).parents[2] / "recipes"
+RECIPES = Path(__file__).parents[3] / "recipes"
 VOCAB = 98  # the character tokenizer; the fixture models have 128 and 160 embedding rows
 
 
@@ -88,7 +95,7 @@ def test_one_forward_equals_per_prefix_recompute(models):
 
 
 def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
-    from transfer.engine import RastEngine, SamplingParams
+    from transfer.decode.engine import RastEngine, SamplingParams
 
     engine = RastEngine(models.large, tokenizer=models.tokenizer, lam=0.0)
     prompts = ["Q: 47*8=\nA: ", "Q: 123*45=\nA: "]

@@ -4,7 +4,7 @@ Everything is computed from the sample records (`samples.jsonl`), never from in-
 run, so a resumed run reports exactly what an uninterrupted one would. Re-running a finished
 comparison decodes nothing and rebuilds the report:
 
-    python -m transfer.evaluate --config recipes/tiny/rast/config_cpu.yaml --report_to none
+    python -m transfer.eval.evaluate --config recipes/tiny/rast/config_cpu.yaml --report_to none
 """
 
 import json
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from train.tracking import wandb_credentials
-from transfer.metrics import recovery_rate, system_metrics
+from transfer.eval.metrics import recovery_rate, system_metrics
 
 SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
 

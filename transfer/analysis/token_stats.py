@@ -5,10 +5,10 @@ Given the next-token logits every model gives at each position of a teacher-forc
 whether each base model's greedy token is the trajectory's token (path coverage), the RL delta
 Delta R = log p_RL - log p_base at that token, KL(RL || base), the cross-scale cosine of Delta R,
 the RAST distribution's KL to the large base and to the RL models, entropies, and the token each
-RL model most up- and down-weights. No model, file or plot here; transfer/analyze.py gathers the
+RL model most up- and down-weights. No model, file or plot here; transfer/analysis/analyze.py gathers the
 logits with one forward per model per trajectory and aggregates. Try it:
 
-    python -c "import torch; from transfer.token_stats import smallest_share_holding; \
+    python -c "import torch; from transfer.analysis.token_stats import smallest_share_holding; \
 print(smallest_share_holding(torch.tensor([8.0, 1.0, 1.0]), 0.5))"
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from transfer.rast import align_logits, combine_logits
+from transfer.decode.rast import align_logits, combine_logits
 
 
 @dataclass

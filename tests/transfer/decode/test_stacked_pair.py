@@ -7,9 +7,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from transfer.bench import decode_step_ops
-from transfer.engine import CachedModel
-from transfer.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
+from transfer.bench.ops import decode_step_ops
+from transfer.decode.engine import CachedModel
+from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
 
 
 def qwen2(seed: int, tie: bool = True, **overrides) -> Qwen2ForCausalLM:

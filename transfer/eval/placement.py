@@ -5,17 +5,19 @@ and a KV cache per model of layers x kv_heads x head_dim x 2 (K and V) x 2 bytes
 token per sequence. The engine's DynamicCache grows with the tokens actually decoded and drops
 finished rows, so `batch x (prompt + max_new_tokens)` is the worst case, and the plan sizes for
 it. Sizes come from train.models.MODELS (parameters, bf16 weight GB) and the published Qwen2.5
-configs in transfer.gpu_bench.QWEN25 (layers, heads); nothing is loaded, the hub is not asked.
+architectures in the same registry (layers, heads); nothing is loaded, the hub is not asked.
 
-    python -m transfer.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
-    python -m transfer.evaluate --config ... --dry-run --gpus 4 --gpu_memory_gb 40
-    python -m transfer.placement          # the (32B, 1.5B/7B/14B) table of the README
+    python -m transfer.eval.evaluate --config recipes/Qwen2.5-32B/rast/config_1.5B.yaml --dry-run
+    python -m transfer.eval.evaluate --config ... --dry-run --gpus 4 --gpu_memory_gb 40
+    python -m transfer.eval.placement          # the (32B, 1.5B/7B/14B) table of the README
 """
 
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from train.models import MODELS, registry_entry
 
 GB = 1e9
 USABLE_SHARE = 0.9  # of a card's memory: the rest is CUDA context, activations, fragmentation
@@ -43,14 +45,11 @@ class ModelFacts:
 
 def model_facts(name: str) -> ModelFacts | None:
     """Sizes of a registry name, a Qwen2.5 / SimpleRL-Zoo hub id, or a local model directory."""
-    from train.models import MODELS
-    from transfer.gpu_bench import QWEN25
-
-    for info in MODELS.values():
-        if name in (info.name, info.base_id, info.rl_id) and info.name in QWEN25:
-            hidden, layers, heads, kv_heads, *_ = QWEN25[info.name]
-            return ModelFacts(info.name, info.params_b, info.weight_gb, layers, kv_heads,
-                              hidden // heads, "train.models.MODELS + gpu_bench.QWEN25")
+    info = registry_entry(name)
+    if info is not None and info.architecture is not None:
+        arch = info.architecture
+        return ModelFacts(info.name, info.params_b, info.weight_gb, arch.layers, arch.kv_heads,
+                          arch.head_dim, "train.models.MODELS")
     if name in MODELS:
         name = MODELS[name].base_id
     config_file = Path(name) / "config.json"
@@ -171,8 +170,8 @@ def describe(config, small_base: str | None, gpus: int | None, card_gb: float | 
         gpus, card_gb = gpus or found_gpus or 8, card_gb or found_gb or 80.0
     else:
         source = "given"
-    out = [("dry run: nothing loaded, hub not contacted; sizes from train.models.MODELS and the "
-            "published Qwen2.5 configs (transfer.gpu_bench.QWEN25)"),
+    out = [("dry run: nothing loaded, hub not contacted; sizes and shapes from the "
+            "registry train.models.MODELS (published Qwen2.5 configs)"),
            f"GPUs: {gpus} x {card_gb:g} GB ({source}); usable {USABLE_SHARE:.0%} of each"]
     if large is None:
         out.append(f"target {config.target}: size unknown (not in the registry, no local "
@@ -207,7 +206,7 @@ def describe(config, small_base: str | None, gpus: int | None, card_gb: float | 
                                                              " (shared with L's last)"))
     processes = gpus // p.gpus_per_process
     out.append(f"      {p.gpus_per_process} GPUs per evaluation process -> {processes} processes "
-               f"on this node: torchrun --nproc_per_node {processes} -m transfer.evaluate "
+               f"on this node: torchrun --nproc_per_node {processes} -m transfer.eval.evaluate "
                f"--config <recipe>")
     return "\n".join(out)
 

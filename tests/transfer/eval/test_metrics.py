@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from transfer.metrics import (
+from transfer.eval.metrics import (
     avg_at_k,
     bootstrap_ci,
     correctness_matrix,

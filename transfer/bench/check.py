@@ -2,7 +2,7 @@
 
 On one H100/H200, no network, random bf16 weights at the real Qwen2.5 configs (speed and memory
 do not depend on the values):
-1. throughput: RAST engine vs L alone (transfer.gpu_bench.bench_pair), with the bandwidth bound,
+1. throughput: RAST engine vs L alone (transfer.bench.gpu.bench_pair), with the bandwidth bound,
    for CUDA-graph replay with the models overlapped on their own streams, one after the other
    (+serial), and with the small pair as two models instead of one stacked one (+unstacked)
    (--modes; the eager loop was measured once and is 5-9x slower), and graph replay's exactness;
@@ -12,8 +12,8 @@ do not depend on the values):
 4. memory: peak torch.cuda.max_memory_allocated of RAST decoding (from 1.) vs one training step
    (bf16 weights, AdamW, as a TRL recipe with dtype bfloat16) at each size where it fits.
 
-    python -m transfer.gpu_check                       # ~6 min on an H200; outputs/gpu_check.json
-    python -m transfer.gpu_check --smoke               # tiny configs on CPU, the same path, seconds
+    python -m transfer.bench.check                       # ~6 min on an H200; outputs/gpu_check.json
+    python -m transfer.bench.check --smoke               # tiny configs on CPU, the same path, seconds
 """
 
 import argparse
@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from transfer.gpu_bench import QWEN25, QWEN_TOKENIZER_LENGTH, bench_pair, random_qwen2
-from transfer.rast import combine_logits
+from train.models import QWEN_TOKENIZER_LENGTH
+from train.tiny.tokenizer import build_tokenizer
+from transfer.bench.gpu import ARCHITECTURES, bench_pair, random_qwen2
+from transfer.decode.rast import combine_logits
 
 
 def precision_check(large_size: str, small_size: str, device: str, positions: int = 8,
@@ -34,7 +36,8 @@ def precision_check(large_size: str, small_size: str, device: str, positions: in
     combined logits at `positions` steps of the fp32 greedy continuation of random prompts."""
     models = [random_qwen2(size, device, torch.float32, seed)
               for size, seed in ((large_size, 0), (small_size, 1), (small_size, 2))]
-    vocab = min(QWEN_TOKENIZER_LENGTH, QWEN25[small_size][5], QWEN25[large_size][5])
+    vocab = min(QWEN_TOKENIZER_LENGTH, ARCHITECTURES[small_size].embedding_rows,
+                ARCHITECTURES[large_size].embedding_rows)
     ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
 
@@ -71,7 +74,7 @@ def train_step_peak(size: str, device: str, dtype: torch.dtype, batch: int, seq_
         model = random_qwen2(size, device, dtype, seed=0).train()
         model.gradient_checkpointing_enable()  # as the GRPO recipes
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        ids = torch.randint(0, QWEN25[size][5], (batch, seq_len), device=device)
+        ids = torch.randint(0, ARCHITECTURES[size].embedding_rows, (batch, seq_len), device=device)
         start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
@@ -96,7 +99,6 @@ def grpo_steps(device: str, steps: int, smoke: bool) -> dict:
         return {"skipped": f"trl not importable ({err})"}
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from train.tiny.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     size = ({"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64} if smoke else
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--modes", nargs="+",
                         default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked"],
-                        help="engine modes to time (see transfer.gpu_bench --modes)")
+                        help="engine modes to time (see transfer.bench.gpu --modes)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--precision-pair", default="7B:0.5B", metavar="L:S")
     parser.add_argument("--train-sizes", nargs="+", default=["1.5B", "7B"])

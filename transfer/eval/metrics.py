@@ -3,7 +3,7 @@
 Pure functions of correctness matrices and sample records (numpy + stdlib, no models), so they can
 be tested exhaustively and recomputed from `samples.jsonl` at any time:
 
-    python -c "from transfer.metrics import pass_at_k; print(pass_at_k(10, 3, 4))"  # 0.8333...
+    python -c "from transfer.eval.metrics import pass_at_k; print(pass_at_k(10, 3, 4))"  # 0.8333...
 """
 
 from dataclasses import dataclass

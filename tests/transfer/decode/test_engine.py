@@ -13,7 +13,7 @@ from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
-from transfer.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
            "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
@@ -223,7 +223,7 @@ def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
 
 
 def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
-    from transfer import gpu_bench
+    from transfer.bench import gpu as gpu_bench
 
     gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
     report = json.loads((tmp_path / "bench.json").read_text())

@@ -6,9 +6,9 @@ RL delta and sampled once (REFERENCE.md section 1):
     p(x_t | x_<t) = softmax(z_large + lam * (z_small_rl - z_small_base))
 
 Nothing here touches a model, a cache or a file, and no function mutates its inputs; the decode
-loop in transfer/engine.py calls these once per step. Try it:
+loop in transfer/decode/engine.py calls these once per step. Try it:
 
-    python -c "import torch; from transfer.rast import combine_logits; \
+    python -c "import torch; from transfer.decode.rast import combine_logits; \
 print(combine_logits(torch.zeros(1, 4), torch.zeros(1, 3), torch.ones(1, 3), lam=0.5, shared_vocab=3))"
 """
 

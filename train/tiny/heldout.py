@@ -4,7 +4,7 @@ Samples `samples` completions per held-out problem with plain temperature sampli
 top-p), grades them with the shared grader, and counts how many use the careful style.
 
     python -m train.tiny.family --evaluate tiny-s tiny-m tiny-l
-    python -c "from train.tiny.evaluate import evaluate; print(evaluate('tiny-s'))"
+    python -c "from train.tiny.heldout import evaluate; print(evaluate('tiny-s'))"
 """
 
 import torch

@@ -3,12 +3,12 @@
 Every model keeps its own KV cache; each prompt is prefilled once per model (n samples share the
 prefill), then every generated token costs exactly one forward per model fed only that token.
 Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. The
-base and RL small logits come from ONE forward of the pair stacked (transfer.stacked_pair): of
+base and RL small logits come from ONE forward of the pair stacked (transfer.decode.stacked_pair): of
 the two models' weights batched together when the RL model has full weights, of one set of
 weights when it is a LoRA adapter of the small base. lam = 0, or no small pair, is plain decoding
 of the large model through this same loop, so baselines and RAST share every line.
 
-    from transfer.engine import RastEngine, SamplingParams
+    from transfer.decode.engine import RastEngine, SamplingParams
     engine = RastEngine.from_pretrained("tiny-l", "tiny-s", "outputs/tiny-grpo", lam=1.0)
     completions = engine.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
 
@@ -27,9 +27,14 @@ from transformers import DynamicCache
 from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import paired_base
-from transfer.rast import check_tokenizers_compatible, combine_logits, sample_seed, sample_tokens
-from transfer.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
-from transfer.static_cache import (
+from transfer.decode.rast import (
+    check_tokenizers_compatible,
+    combine_logits,
+    sample_seed,
+    sample_tokens,
+)
+from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
+from transfer.decode.static_cache import (
     BufferPool,
     StaticDecoder,
     compiled_decode_step,
@@ -75,12 +80,12 @@ class CachedModel:
     """One model of the decode loop: its KV cache, attention mask and next positions, plus counters.
 
     copies > 1: every call runs the batch that many times in ONE forward and returns one logits
-    tensor per copy. For a stacked pair (transfer.stacked_pair) the copies meet different
+    tensor per copy. For a stacked pair (transfer.decode.stacked_pair) the copies meet different
     weights; with `adapters` = ("__base__", "rl") the model is a peft LoRA model and copy i runs
     adapter i (peft mixed-adapter batch, which needs eval mode).
 
     cache: "dynamic" (a DynamicCache that grows and drops finished rows at once), "static" (fixed
-    buffers after prefill, transfer.static_cache) or "cuda-graphs" (static, each step replayed as
+    buffers after prefill, transfer.decode.static_cache) or "cuda-graphs" (static, each step replayed as
     a CUDA graph); "auto" takes cuda-graphs for a model on one GPU, else dynamic (static when
     compiling). compile: torch.compile the fixed-shape step (fuses kernels; costs tens of seconds
     once per model and process, so it pays on long runs). overlap: with cuda-graphs, replay on a
@@ -198,7 +203,7 @@ class RastEngine:
     name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
     benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run the small pair as
-    one stacked model where it can (transfer.stacked_pair: one forward for both, no extra memory;
+    one stacked model where it can (transfer.decode.stacked_pair: one forward for both, no extra memory;
     full-weight models' parameters become views of the stacked weights), else as two models (a
     LoRA pair: peft's mixed-adapter batch, which only runs cache=dynamic). `cache` picks each
     model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
@@ -315,14 +320,14 @@ class RastEngine:
         if any(len(ids) == 0 for ids in prompt_ids):
             raise UserError("empty prompt: every prompt needs at least one token")
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
-        input_ids, attention_mask = _left_pad(prompt_ids, self._pad_id())
-        logits = [part for model in self._models()
+        input_ids, attention_mask = left_pad(prompt_ids, self._pad_id())
+        logits = [part for model in self.models()
                   for part in model.prefill(input_ids, attention_mask, params.max_new_tokens)]
 
         # n samples per prompt: repeat the prefilled cache rows instead of prefilling n times.
         samples_per_prompt = torch.tensor([len(row_seeds) for row_seeds in seeds])
         expand = torch.arange(len(prompt_ids)).repeat_interleave(samples_per_prompt)
-        for model in self._models():
+        for model in self.models():
             model.keep_rows(expand)
         logits = [part[expand.to(part.device)] for part in logits]
         output_device = logits[0].device
@@ -346,7 +351,7 @@ class RastEngine:
                 break
             if len(keep) < len(token_list):  # compaction: finished rows leave every cache
                 keep_index = torch.tensor(keep)
-                for model in self._models():
+                for model in self.models():
                     model.keep_rows(keep_index)
                 active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
             logits = self._decode_step(tokens)
@@ -358,24 +363,24 @@ class RastEngine:
         return {model.name: {"prefill_calls": model.prefill_calls,
                              "prefill_rows": model.prefill_rows,
                              "decode_calls": model.decode_calls, "decode_rows": model.decode_rows}
-                for model in self._models()}
+                for model in self.models()}
 
     def _decode_step(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """One forward per model; models with a stream of their own run concurrently."""
         logits = []
-        for model in self._models():
+        for model in self.models():
             if model.stream is None:
                 logits += model.decode(tokens)
                 continue
             model.stream.wait_stream(torch.cuda.current_stream(model.stream.device))  # tokens
             with torch.cuda.stream(model.stream):
                 logits += model.decode(tokens)
-        for model in self._models():  # the combination reads every model's logits
+        for model in self.models():  # the combination reads every model's logits
             if model.stream is not None:
                 torch.cuda.current_stream(model.stream.device).wait_stream(model.stream)
         return logits
 
-    def _models(self) -> list[CachedModel]:
+    def models(self) -> list[CachedModel]:
         return [self.large, *self.small]
 
     def _pad_id(self) -> int:
@@ -386,7 +391,7 @@ class RastEngine:
 
 
 def _small_pair(small_base, small_rl, stack: bool, options: dict) -> list[CachedModel]:
-    """The small pair's CachedModels: one stacked model (transfer.stacked_pair) where it can be;
+    """The small pair's CachedModels: one stacked model (transfer.decode.stacked_pair) where it can be;
     else peft's mixed-adapter batch when small_rl names a LoRA adapter in small_base, or two
     models."""
     lora = isinstance(small_rl, str)
@@ -404,7 +409,7 @@ def _small_pair(small_base, small_rl, stack: bool, options: dict) -> list[Cached
             CachedModel("small_rl", small_rl, **options)]
 
 
-def _left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in prompt_ids)
     input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)

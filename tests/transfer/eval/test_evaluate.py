@@ -1,6 +1,6 @@
-"""transfer.evaluate: recipes, fail-fast validation, crash-safe resume, W&B offline, real engine.
+"""transfer.eval.evaluate: recipes, fail-fast validation, crash-safe resume, W&B offline, real engine.
 
-The resume and W&B tests run the evaluation in a subprocess with tests/transfer/fake_engine.py
+The resume and W&B tests run the evaluation in a subprocess with tests/transfer/eval/fake_engine.py
 (instant, deterministic, known accuracies) and kill it with SIGKILL mid-run.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from train.errors import UserError
-from transfer.evaluate import (
+from transfer.eval.evaluate import (
     System,
     TransferConfig,
     build_systems,
@@ -26,9 +26,9 @@ from transfer.evaluate import (
     run,
     validate_models,
 )
-from transfer.sample_log import SampleLog
+from transfer.eval.samples import SampleLog
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
 SAMPLES, LIMIT, BATCH = 4, 10, 8  # 2 problems per batch, 5 batches per system and benchmark
 
@@ -64,7 +64,7 @@ def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
 
 def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home")}
-    result = subprocess.run([sys.executable, "-m", "transfer.evaluate", "--config",
+    result = subprocess.run([sys.executable, "-m", "transfer.eval.evaluate", "--config",
                              "recipes/Qwen2.5-32B/rast/config_1.5B.yaml"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
@@ -134,7 +134,7 @@ FAKE_RUN = textwrap.dedent("""
     sys.path.insert(0, {here!r})
     from fake_engine import FakeEngine
     from train.errors import exit_on_user_error
-    from transfer.evaluate import parse_config, run
+    from transfer.eval.evaluate import parse_config, run
     with exit_on_user_error():
         run(parse_config(sys.argv[1:]),
             make_engine=lambda system, config: FakeEngine(system, {delay}))
