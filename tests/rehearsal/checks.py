@@ -101,7 +101,7 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     """The hub RL stand-in has no rast_pair.json, so transfer pairs it through the recipe's
     explicit small_base, and refuses in one line without one."""
     from train.errors import UserError
-    from train.pairing import PAIR_FILE, paired_base, read_pair
+    from train.pairing import PAIR_FILE, read_pair, resolve_pair
 
     rl_id, base_id = "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo", "Qwen/Qwen2.5-1.5B"
     if (Path(snapshot_dirs[rl_id]) / PAIR_FILE).exists():
@@ -110,7 +110,7 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     rast = [s for s in systems.values() if s["lam"] and s["small_rl"] == rl_id]
     paired = bool(rast) and all(s["small_base"] == base_id for s in rast)
     try:
-        paired_base(rl_id)
+        resolve_pair(rl_id)
         refused = "not refused"
     except UserError as err:
         refused = f"refused: {err}"
