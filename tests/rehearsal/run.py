@@ -49,10 +49,8 @@ class Outcome:
 
 
 def make(*words: str) -> list[str]:
-    # `make rehearse` ran `make setup` first; the nested makes must not reinstall the venv
-    # (its marker would look stale to them whenever pyproject.toml is newer).
-    venv = os.environ.get("VENV", ".venv")
-    return ["make", "--no-print-directory", "-o", f"{venv}/.installed", *words]
+    # `make rehearse` ran `make setup` first; -o setup keeps the nested makes from doing it again.
+    return ["make", "--no-print-directory", "-o", "setup", *words]
 
 
 def commands() -> list[tuple[str, list[str]]]:
