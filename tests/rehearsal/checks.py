@@ -64,16 +64,20 @@ def lora_adapters_moved(output_dir: Path) -> tuple[bool, str]:
 
 
 def grpo_stops(output_dir: Path) -> tuple[bool, str]:
-    """TRL ends and masks completions at the stop ids: its eos set (the saved generation config)
-    holds 151643 and 151645, and some completions terminated before max_completion_length."""
-    eos = json.loads((output_dir / "generation_config.json").read_text())["eos_token_id"]
-    eos = eos if isinstance(eos, list) else [eos]
+    """TRL ended some completions at a stop id before max_completion_length (its clipped share
+    stays below 1), and a saved full model's generation config lists both 151643 and 151645 (a
+    LoRA output holds the adapter alone, without one)."""
+    config = output_dir / "generation_config.json"
+    eos = json.loads(config.read_text())["eos_token_id"] if config.is_file() else None
+    eos = eos if isinstance(eos, list) or eos is None else [eos]
     states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))
     history = json.loads(states[-1].read_text())["log_history"] if states else []
     clipped = [entry["completions/clipped_ratio"] for entry in history
                if "completions/clipped_ratio" in entry]
-    ok = {ENDOFTEXT_ID, IM_END_ID} <= set(eos) and bool(clipped) and min(clipped) < 1
-    return ok, f"eos ids {eos}; clipped (no stop) share per step {clipped}"
+    both_stops = eos is None or {ENDOFTEXT_ID, IM_END_ID} <= set(eos)
+    ok = both_stops and bool(clipped) and min(clipped) < 1
+    return ok, (f"eos ids {eos if eos is not None else '(adapter only)'}; clipped (no stop) share "
+                f"per step {clipped}")
 
 
 def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
