@@ -267,6 +267,8 @@ class RastEngine:
         if small_rl is not None and small_base is None:
             small_base = paired_base(small_rl)
         large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
+        check_device("device", large_map)
+        check_device("small device", small_map)
         alone = small_rl is None or lam == 0
         tokenizer = check_models(large, *((None, None) if alone else (small_base, small_rl)))
         large_model = load_model(large, dtype=dtype, device_map=large_map)
@@ -520,8 +522,6 @@ def device_and_dtype(device=None, dtype=None, small_device=None):
     """-> (large model device_map, small pair device_map, dtype): bf16 on GPU, fp32 on CPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    for name, value in (("device", device), ("small device", small_device)):
-        check_device(name, value)
     spread = device == "auto" or isinstance(device, dict)  # accelerate places the large model
     on_gpu = torch.cuda.is_available() if spread else str(device).startswith("cuda")
     if isinstance(dtype, str):
