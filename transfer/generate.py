@@ -34,6 +34,9 @@ SETTINGS = ("large", "small_base", "small_rl", "lam", "n", "temperature", "top_p
             "max_new_tokens", "seed", "batch_size", "stop_ids", "dtype", "truncate_prompts")
 
 
+ROW_FIELDS = ("id", "prompt", "sample_index", "seed", "text", "token_ids", "finished")
+
+
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
     """(ids, prompts) of a JSONL file; a row without "id" gets its line number."""
     if not Path(path).is_file():
@@ -128,9 +131,9 @@ def done_samples(log: SampleLog, prompt_of: dict[str, str], args: argparse.Names
     """(id, sample_index) of the rows already in the output, each checked against the input."""
     done = set()
     for number, row in enumerate(log.records, 1):
-        key, index = row.get("id"), row.get("sample_index")
-        if prompt_of.get(key) != row.get("prompt") or not isinstance(index, int) or not (
-                0 <= index < args.n and row.get("seed") == sample_seed(args.seed, key, index)):
+        key, index = row["id"], row["sample_index"]
+        if prompt_of.get(key) != row["prompt"] or not isinstance(index, int) or not (
+                0 <= index < args.n and row["seed"] == sample_seed(args.seed, key, index)):
             raise UserError(f"{log.path}:{number} is not a completion of this --input with these "
                             f"settings (id {key!r}): give another --output")
         done.add((key, index))
@@ -157,7 +160,7 @@ def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list
            params: SamplingParams) -> None:
     """Decode the batches that still miss a sample and append those samples."""
     prompt_of = dict(zip(ids, prompts))
-    log = SampleLog(output)  # drops a torn last line a kill left
+    log = SampleLog(output, key=("id", "sample_index"), required=ROW_FIELDS)  # cuts a torn line
     done = done_samples(log, prompt_of, args)
     # The engine batches batch_size // n consecutive prompts; decoding whole batches of the
     # full input (only the last may be short, and it stays last) gives every prompt the same

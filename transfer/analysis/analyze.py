@@ -32,8 +32,15 @@ from train.recipe import parse_recipe
 from train.tiny.task import is_careful
 from transfer.analysis.report import report, summarize
 from transfer.analysis.token_stats import PositionLogits, position_stats
-from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.decode.engine import (
+    RastEngine,
+    SamplingParams,
+    check_device,
+    check_lam,
+    device_and_dtype,
+)
 from transfer.decode.rast import check_tokenizers_compatible
+from transfer.eval import samples
 from transfer.eval.evaluate import benchmark_label, load_benchmark
 
 logger = logging.getLogger(__name__)
@@ -110,6 +117,7 @@ class AnalyzeConfig:
             raise UserError("samples, batch_size and max_new_tokens must be >= 1")
         if self.report_to not in ("wandb", "none"):
             raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
+        check_lam(self.lam)
         if self.trajectories is None and self.system not in GENERATED_SYSTEMS:
             raise UserError(f"system {self.system!r} cannot be generated here: use one of "
                             f"{', '.join(GENERATED_SYSTEMS)}, or give --trajectories")
@@ -154,6 +162,7 @@ def load_models(config: AnalyzeConfig) -> Models:
              zip(config.small_rl, config.small_base or [None] * len(config.small_rl))]
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
     device, _, dtype = device_and_dtype(config.device, config.dtype)
+    check_device("device", device)
     tokenizer = load_tokenizer(config.target)
 
     def load(name: str, adapter_of: str | None = None):
@@ -189,18 +198,17 @@ def read_records(path_or_dir: str) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path_or_dir}: no samples.jsonl there; run `make transfer` first or "
                         f"leave trajectories empty to generate them")
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return samples.read_records(path, repair=False)  # as evaluation reads it: torn, duplicated
 
 
-def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
+def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[dict]) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
 
     The records hold text, not ids: the text is re-tokenized (exact for the tiny family's
     character tokenizer) and the stop token is not part of the analysed positions.
     """
 
-    records, problems = read_records(config.trajectories), _problems(config)
+    problems = _problems(config)
     label = benchmark_label(config.benchmark)
     chosen = [r for r in records if r["system"] == config.system and r["benchmark"] == label
               and r["problem_id"] in problems and r["sample_index"] < config.samples]
@@ -302,9 +310,10 @@ def run(config: AnalyzeConfig) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     evaluation = read_records(config.evaluation) if config.evaluation else None
+    records = read_records(config.trajectories) if config.trajectories else None
     models = load_models(config)
-    if config.trajectories:
-        trajectories = read_trajectories(config, models.tokenizer)
+    if records is not None:
+        trajectories = read_trajectories(config, models.tokenizer, records)
     else:
         trajectories = generate_trajectories(config, models)
     dropped = sum(not t.token_ids for t in trajectories)

@@ -15,9 +15,14 @@ from train.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+# What identifies a record, and what every reader (metrics, report, resume, analysis) takes
+# from one.
+KEY = ("system", "benchmark", "problem_id", "sample_index")
+REQUIRED = (*KEY, "text", "correct", "num_tokens", "finished")
+
 
 class SampleLog:
-    """Append-only JSONL of graded samples that survives SIGKILL.
+    """Append-only JSONL of graded samples that survives SIGKILL (see read_records).
 
     A kill mid-write leaves at most one torn last line (no trailing newline): it is dropped and
     cut from the file before appending, so the next record does not glue onto it. `others` are
@@ -25,10 +30,12 @@ class SampleLog:
     done, they are read but never written or repaired (their rank may be appending right now).
     """
 
-    def __init__(self, path: Path, others: list[Path] = ()):
+    def __init__(self, path: Path, others: list[Path] = (), key: tuple[str, ...] = KEY,
+                 required: tuple[str, ...] = REQUIRED):
         self.path = path
-        self.records = read_records(path, repair=True)
-        self.records += [r for other in others for r in read_records(other, repair=False)]
+        self.records = read_records(path, repair=True, key=key, required=required)
+        self.records += [r for other in others
+                         for r in read_records(other, repair=False, key=key, required=required)]
 
     def append(self, records: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as file:
@@ -38,25 +45,45 @@ class SampleLog:
         self.records += records
 
 
-def read_records(path: Path, repair: bool) -> list[dict]:
-    """The complete records of a samples JSONL; a torn last line is skipped (and cut if repair)."""
+def read_records(path: Path, repair: bool, key: tuple[str, ...] = KEY,
+                 required: tuple[str, ...] = REQUIRED) -> list[dict]:
+    """The complete records of a samples JSONL, each key once.
+
+    A torn last line is skipped with a warning (and cut from the file if repair). A record of a
+    key seen before is dropped with a warning, the first kept: two runs that shared an
+    output_dir before it was locked wrote every sample twice. A line that is not an object with
+    the `required` fields is a UserError naming it.
+    """
     if not path.exists():
         return []
     data = path.read_bytes()
     *lines, torn = data.split(b"\n")
-    records = []
+    records = {}
     for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"{path}:{number} is not a JSON record; fix or delete that "
                             f"line, or use a new output_dir") from None
+        if not isinstance(record, dict):
+            why = f"a {type(record).__name__}, not an object"
+        elif missing := [field for field in required if field not in record]:
+            why = f"no {', '.join(missing)}"
+        else:
+            records.setdefault(tuple(record[field] for field in key), record)
+            continue
+        raise UserError(f"{path}:{number} is not a sample record ({why}); fix or delete that "
+                        f"line, or use a new output_dir")
+    if len(records) < len(lines):
+        logger.warning("%s holds %d duplicated sample record(s); counting each sample once (the "
+                       "first)", path, len(lines) - len(records))
+    if torn:
+        logger.warning("%s a torn last line of %s (%d bytes) left by a killed run",
+                       "cutting" if repair else "skipping", path, len(torn))
     if torn and repair:
-        logger.warning("dropping a torn last line of %s (%d bytes) left by a killed run",
-                       path, len(torn))
         with open(path, "r+b") as file:
             file.truncate(len(data) - len(torn))
-    return records
+    return list(records.values())
 
 
 def sample_files(output_dir: Path) -> list[Path]:
@@ -74,7 +101,7 @@ def merge_samples(output_dir: Path, system_names: list[str], benchmarks: dict) -
     merged = {}
     for path in sample_files(output_dir):
         for r in read_records(path, repair=False):
-            merged.setdefault((r["system"], r["benchmark"], r["problem_id"], r["sample_index"]), r)
+            merged.setdefault(tuple(r[field] for field in KEY), r)
     records = sorted(merged.values(), key=lambda r: (
         order.get(r["system"], unknown), bench_order.get(r["benchmark"], unknown),
         problem_order.get((r["benchmark"], r["problem_id"]), unknown), r["sample_index"]))

@@ -78,6 +78,7 @@ def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
 def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_models, tmp_path):
     rl_dir = tmp_path / "grpo-out"
     rl_dir.mkdir()
+    (rl_dir / "adapter_config.json").write_text("{}")
     (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
                                                        "adapter": True}))
     systems = build_systems(TransferConfig(target=tiny_models["large"], small_rl=str(rl_dir),
@@ -92,15 +93,20 @@ def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_mode
         validate_models([System("S_RL", str(tmp_path / "outputs" / "no-such-grpo-run"))])
 
 
+def _record(problem_id: str) -> dict:
+    return {"system": "L", "benchmark": "tiny", "problem_id": problem_id, "sample_index": 0,
+            "text": "\\boxed{1}", "correct": False, "num_tokens": 4, "finished": True}
+
+
 def test_sample_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
     path = tmp_path / "samples.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "te')
+    path.write_text(f"{json.dumps(_record('a'))}\n{json.dumps(_record('b'))}\n" + '{"a": 3, "te')
     log = SampleLog(path)
-    assert log.records == [{"a": 1}, {"a": 2}]
-    log.append([{"a": 4}])
+    assert log.records == [_record("a"), _record("b")]
+    log.append([_record("c")])
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
-        {"a": 1}, {"a": 2}, {"a": 4}]
-    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+        _record("a"), _record("b"), _record("c")]
+    path.write_text(f"{json.dumps(_record('a'))}\nnot json\n")
     with pytest.raises(UserError, match=":2 is not a JSON record"):
         SampleLog(path)
 
