@@ -2,7 +2,7 @@
 
 Input rows are {"prompt": ..., "id": optional}; output rows are {"id", "prompt", "sample_index",
 "seed", "text", "token_ids", "finished"}, appended and fsynced batch by batch. --lam 0, or no
---small-rl, decodes the large model alone through the same engine.
+--small_rl, decodes the large model alone through the same engine.
 
 Re-running with the same --output resumes as transfer.eval.evaluate does: rows already there are
 kept untouched, prompts are decoded in the same fixed batches with the same per-sample seeds, and
@@ -10,31 +10,53 @@ only missing samples are appended, so an interrupted run ends byte-identical to 
 one. <output>.settings.json records the decoding settings and a resume with other settings is
 refused; <output>.lock keeps a second concurrent run out.
 
-    python -m transfer.generate --large tiny-l --small-base tiny-s --small-rl outputs/tiny-grpo \\
-        --lam 1 --input prompts.jsonl --output out.jsonl --n 4 --max-new-tokens 64
+    python -m transfer.generate --target tiny-l --small_rl outputs/tiny-s-grpo --lam 1 \\
+        --input prompts.jsonl --output out.jsonl --n 4 --max_new_tokens 64
 """
 
 import argparse
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from train.errors import UserError, exit_on_user_error
 from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams, check_lam
 from transfer.decode.rast import sample_seed
 from transfer.eval.lock import output_lock
-from transfer.eval.samples import SampleLog
+from transfer.eval.samples import SampleLog, parse_record
 
 logger = logging.getLogger(__name__)
 
 # What the rows of an output were decoded with; a resume must match all of it. n and batch_size
 # fix which prompts share a batch, and padding changes the floats.
-SETTINGS = ("large", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
+SETTINGS = ("target", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
             "max_new_tokens", "seed", "batch_size", "stop_ids", "dtype", "truncate_prompts")
 
 
-ROW_FIELDS = ("id", "prompt", "sample_index", "seed", "text", "token_ids", "finished")
+@dataclass
+class Row:
+    """A line of the output: one sample of one prompt."""
+
+    id: str
+    prompt: str
+    sample_index: int
+    seed: int
+    text: str
+    token_ids: list[int]
+    finished: bool  # False: cut at max_new_tokens
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.id, self.sample_index
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: bytes | str, where: str) -> "Row":
+        return parse_record(cls, line, where, set(), "give another --output")
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
@@ -62,32 +84,38 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Flags are spelled as the recipes' fields (--max_new_tokens); --max-new-tokens works too.
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--large", required=True, help="registry name, directory or hub id")
-    parser.add_argument("--small-base", help="small model before RL (default: from rast_pair.json)")
-    parser.add_argument("--small-rl", help="RL checkpoint or LoRA adapter directory of small-base")
+    parser.add_argument("--target", "--large", required=True,
+                        help="large base model L: registry name, directory or hub id")
+    parser.add_argument("--small_base", "--small-base",
+                        help="small model before RL (default: from rast_pair.json)")
+    parser.add_argument("--small_rl", "--small-rl",
+                        help="RL checkpoint or LoRA adapter directory of small_base")
     parser.add_argument("--lam", type=float, default=1.0, help="RL delta weight; 0 = large alone")
     parser.add_argument("--input", required=True, help="JSONL of {'prompt', optional 'id'}")
     parser.add_argument("--output", required=True, help="JSONL of completions, appended per batch")
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--top_p", "--top-p", type=float, default=1.0)
+    parser.add_argument("--top_k", "--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
-    parser.add_argument("--stop-ids", type=int, nargs="*", help="default: the models' eos ids")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16,
+                        help="sequences decoded together")
+    parser.add_argument("--stop_ids", "--stop-ids", type=int, nargs="*",
+                        help="default: the models' eos ids")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 or auto (multi-GPU large model)")
-    parser.add_argument("--small-device", help="default: last GPU or --device")
+    parser.add_argument("--small_device", "--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--cache", choices=CACHE_MODES, default="auto",
                         help="KV cache per model: auto = CUDA graphs on one GPU, else dynamic")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step (pays on long runs; see README)")
-    parser.add_argument("--truncate-prompts", action="store_true",
+    parser.add_argument("--truncate_prompts", "--truncate-prompts", action="store_true",
                         help="keep the last tokens of a prompt too long for the context beside "
-                             "--max-new-tokens (default: refuse it)")
+                             "--max_new_tokens (default: refuse it)")
     return parser.parse_args(argv)
 
 
@@ -130,12 +158,13 @@ def check_settings(output: Path, settings: dict) -> None:
 def done_samples(log: SampleLog, prompt_of: dict[str, str], args: argparse.Namespace) -> set:
     """(id, sample_index) of the rows already in the output, each checked against the input."""
     done = set()
-    for number, row in enumerate(log.records, 1):
-        key, index = row["id"], row["sample_index"]
-        if prompt_of.get(key) != row["prompt"] or not isinstance(index, int) or not (
-                0 <= index < args.n and row["seed"] == sample_seed(args.seed, key, index)):
-            raise UserError(f"{log.path}:{number} is not a completion of this --input with these "
-                            f"settings (id {key!r}): give another --output")
+    for row in log.records:
+        key, index = row.key
+        if prompt_of.get(key) != row.prompt or not isinstance(index, int) or not (
+                0 <= index < args.n and row.seed == sample_seed(args.seed, key, index)):
+            raise UserError(f"{log.path} holds a row that is not a completion of this --input "
+                            f"with these settings (id {key!r}, sample {index}): give another "
+                            f"--output")
         done.add((key, index))
     return done
 
@@ -160,7 +189,7 @@ def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list
            params: SamplingParams) -> None:
     """Decode the batches that still miss a sample and append those samples."""
     prompt_of = dict(zip(ids, prompts))
-    log = SampleLog(output, key=("id", "sample_index"), required=ROW_FIELDS)  # cuts a torn line
+    log = SampleLog(output, record=Row)  # cuts a torn last line a kill left
     done = done_samples(log, prompt_of, args)
     # The engine batches batch_size // n consecutive prompts; decoding whole batches of the
     # full input (only the last may be short, and it stays last) gives every prompt the same
@@ -176,17 +205,15 @@ def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list
                     "one", output, len(done), len(ids) * args.n, len(todo))
     if not todo:
         return
-    engine = RastEngine.from_pretrained(args.large, args.small_base, args.small_rl,
+    engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
                                         lam=args.lam, device=args.device, dtype=args.dtype,
                                         small_device=args.small_device, cache=args.cache,
                                         compile=args.compile)
     for batch in engine.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
                                          seed=args.seed, keys=todo, stop_ids=args.stop_ids,
                                          batch_size=args.batch_size):
-        log.append([{"id": c.key, "prompt": prompt_of[c.key], "sample_index": c.sample_index,
-                     "seed": c.seed, "text": c.text, "token_ids": c.token_ids,
-                     "finished": c.finished}
-                    for c in batch if (c.key, c.sample_index) not in done])
+        log.append([Row(c.key, prompt_of[c.key], c.sample_index, c.seed, c.text, c.token_ids,
+                        c.finished) for c in batch if (c.key, c.sample_index) not in done])
 
 
 if __name__ == "__main__":

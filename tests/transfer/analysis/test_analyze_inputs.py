@@ -1,7 +1,6 @@
 """transfer.analysis.analyze on bad inputs: one line and exit 2; a torn last line or duplicated
 records in the samples file it reads are handled as transfer.eval.evaluate handles them."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 
 from tests.bad_inputs import outcome
 from transfer.analysis import analyze
+from transfer.eval.samples import Sample
 
 TEXTS = ["Let's 7*8+0=56 4*8+5=37 \\boxed{376}", "\\boxed{82}", "\\boxed{1}", "Let's \\boxed{2}"]
 
@@ -19,7 +19,7 @@ def write_inputs(user_dir: Path, tiny_models: dict, records: str, **overrides) -
     (user_dir / "samples.jsonl").write_text(records)
     recipe = {"target": tiny_models["large"], "small_rl": [tiny_models["small_rl"]],
               "small_base": [tiny_models["small_base"]], "trajectories": str(user_dir),
-              "evaluation": str(user_dir), "system": "L", "rast_system": "L", "limit": 2,
+              "evaluation": str(user_dir), "system": "L", "limit": 2,
               "samples": 2, "output_dir": str(user_dir / "out"), "report_to": "none",
               **overrides}
     path = user_dir / "recipe.yaml"
@@ -27,14 +27,12 @@ def write_inputs(user_dir: Path, tiny_models: dict, records: str, **overrides) -
     return path
 
 
-def sample_rows(problem_ids=("0", "1")) -> list[str]:
+def sample_rows() -> list[str]:
     from train.data import load_benchmark
 
     ids = [p["id"] for p in load_benchmark("tiny", "test", 2)]
-    return [json.dumps({"system": "L", "benchmark": "tiny", "problem_id": problem_id,
-                        "sample_index": index, "seed": 0, "text": TEXTS[2 * p + index],
-                        "correct": index == 0, "num_tokens": len(TEXTS[2 * p + index]) + 1,
-                        "finished": True})
+    return [Sample("L", "L", 0.0, "tiny", problem_id, index, 0, TEXTS[2 * p + index], None,
+                   index == 0, "", len(TEXTS[2 * p + index]) + 1, True).to_json()
             for p, problem_id in enumerate(ids) for index in range(2)]
 
 
@@ -45,8 +43,9 @@ BAD_INPUTS = [
      (f"error: device 'cuda': this torch sees no CUDA GPU (torch {torch.__version__}); use cpu, "
      f"or a CUDA build of torch on a GPU machine")),
     ("--trajectories {d}/missing_keys.jsonl",
-     ("error: {d}/missing_keys.jsonl:2 is not a sample record (no problem_id, sample_index, text, "
-     "correct, num_tokens, finished); fix or delete that line, or use a new output_dir")),
+     ("error: {d}/missing_keys.jsonl:2 is not a sample record (missing role, lam, problem_id, "
+      "sample_index, seed, text, extracted, correct, reason, num_tokens, finished): point to a "
+      "samples.jsonl written by transfer.eval, or re-run the evaluation into a new output_dir")),
 ]
 
 
@@ -71,10 +70,10 @@ def test_a_torn_last_line_and_duplicated_records_are_dropped_with_a_warning(tiny
     # a killed evaluate leaves a torn last line; an old concurrent run, duplicated samples
     recipe = write_inputs(damaged, tiny_models, "\n".join(rows + rows[:2]) + "\n" + rows[3][:25])
     kept = (damaged / "samples.jsonl").read_bytes()
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         summary = analyze.main(["--config", str(recipe)])
     assert f"{damaged / 'samples.jsonl'} holds 2 duplicated sample record(s)" in caplog.text
-    assert "torn last line" in caplog.text
+    assert f"skipping an incomplete last line of {damaged / 'samples.jsonl'}" in caplog.text
     assert (damaged / "samples.jsonl").read_bytes() == kept  # a reader does not repair the file
     summary["trajectories"].pop("source"), clean["trajectories"].pop("source")  # the two dirs
     for key in ("trajectories", "positions", "evaluation"):

@@ -39,7 +39,7 @@ def odd_models(tmp_path_factory):
 
 def write_recipe(user_dir: Path, tiny_models: dict, **overrides) -> Path:
     recipe = {"target": tiny_models["large"], "small_base": tiny_models["small_base"],
-              "small_rl": tiny_models["small_rl"], "lambdas": [1.0], "include_small_rl": True,
+              "small_rl": tiny_models["small_rl"], "lam": [1.0], "include_small_rl": True,
               "samples": 1, "benchmarks": ["tiny"], "limit": 2, "max_new_tokens": 4,
               "batch_size": 2, "output_dir": str(user_dir / "out"), "report_to": "none",
               **overrides}
@@ -52,7 +52,7 @@ BAD_INPUTS = [
     ("--limit 0", "error: limit must be >= 1 (leave it empty for every problem), got 0"),
     ("--limit -1", "error: limit must be >= 1 (leave it empty for every problem), got -1"),
     ("--temperature nan", "error: temperature must be a finite number, got nan"),
-    ("--lambdas nan", "error: lambdas must be a non-empty list of finite values >= 0, got [nan]"),
+    ("--lam nan", "error: lam must be a non-empty list of finite values >= 0, got [nan]"),
     ("--output_dir /sys/rast-eval",
      "error: cannot create output_dir /sys/rast-eval: Operation not permitted"),
     ("--output_dir /sys", ("error: cannot write output_dir /sys: Permission denied (/sys/.lock); "
@@ -89,11 +89,12 @@ def test_bad_input_fails_in_one_line_before_decoding(flags, expected, tiny_model
 
 BAD_RECORDS = [
     ('{"system": "L", "benchmark": "tiny"}\n',
-     ("error: {log}:1 is not a sample record (no problem_id, sample_index, text, correct, "
-     "num_tokens, finished); fix or delete that line, or use a new output_dir")),
+     ("error: {log}:1 is not a sample record (missing role, lam, problem_id, sample_index, seed, "
+      "text, extracted, correct, reason, num_tokens, finished): point to a samples.jsonl written "
+      "by transfer.eval, or re-run the evaluation into a new output_dir")),
     ("[1, 2]\n",
-     ("error: {log}:1 is not a sample record (a list, not an object); fix or delete that line, or "
-     "use a new output_dir")),
+     ("error: {log}:1 is not a sample record (missing every field: not an object): point to a "
+      "samples.jsonl written by transfer.eval, or re-run the evaluation into a new output_dir")),
 ]
 
 
@@ -121,7 +122,7 @@ FAKE_RUN = textwrap.dedent("""
 
 def test_a_second_run_on_a_busy_output_dir_refuses_naming_the_holder(tiny_models, tmp_path):
     """Two real processes on the fake engine: the second refuses in one line and appends nothing."""
-    recipe = write_recipe(tmp_path, tiny_models, limit=8, samples=2, lambdas=[1.0])
+    recipe = write_recipe(tmp_path, tiny_models, limit=8, samples=2, lam=[1.0])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
     def start(delay: float) -> subprocess.Popen:
