@@ -65,6 +65,8 @@ BAD_INPUTS = [
      ("error: prompt '1' has 303 tokens, more than the 240 that the context of 256 positions "
      "leaves beside max_new_tokens 16 (1 prompt(s) too long): shorten it, lower max_new_tokens, "
      "or ask for truncation to its last 240 tokens (--truncate-prompts)")),
+    (f"{MODELS} --input {{d}}/prompts.jsonl --output {{d}}",
+     "error: --output {d} is a directory: give a .jsonl file path"),
     (f"{MODELS} --input {{d}}/prompts.jsonl --output /sys/rast-test/out.jsonl",
      ("error: cannot create the directory of --output /sys/rast-test/out.jsonl: Operation not "
      "permitted")),
