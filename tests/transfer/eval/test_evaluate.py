@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import wandb_inspect
 
@@ -242,7 +243,6 @@ def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
 
 
 def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
-    import torch
 
     torch.set_num_threads(1)
     recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
