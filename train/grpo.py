@@ -91,8 +91,10 @@ def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
     dataset = dataset.map(lambda row: {"prompt": render_prompt(args.prompt_template, row["problem"])})
     if args.max_prompt_tokens:
         before = len(dataset)
-        dataset = dataset.filter(
-            lambda row: len(tokenizer(row["prompt"])["input_ids"]) <= args.max_prompt_tokens)
+        # Not dataset.filter(): datasets would pickle the closure's tokenizer to fingerprint it
+        # (~40 s for Qwen's 151665-token vocabulary).
+        lengths = [len(ids) for ids in tokenizer(list(dataset["prompt"]))["input_ids"]]
+        dataset = dataset.select([i for i, n in enumerate(lengths) if n <= args.max_prompt_tokens])
         logger.info("kept %d of %d problems with prompts <= %d tokens", len(dataset), before,
                     args.max_prompt_tokens)
     if len(dataset) == 0:
