@@ -9,6 +9,7 @@ memory of the configured path. A run whose plan does not fit refuses in one line
     make train-small RECIPE=recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml ARGS=--dry-run
     make train-small RECIPE=... ACCELERATE=zero2 ARGS="--dry-run --gpu_memory_gb 80"
     python -m train.grpo --config ... --dry-run --launcher zero3 --processes 32
+    python -m train.memory      # the table of recipes/README.md: every Qwen recipe and launch
 
 Generation, TRL 1.16 (one process, G = per_device_train_batch_size x steps_per_generation rows):
 - transformers generate(): one call for all G rows, so its KV cache holds G x (prompt + max
@@ -212,6 +213,8 @@ def _generation(plan: Plan, arch: Architecture, training_args, model_args, stage
                           f"{row_tokens} tokens at once, the rest of {rows} queue")
         return
     if training_args.use_transformers_continuous_batching:
+        if training_args.bf16:  # TRL casts the policy to bf16 for generate_batch()
+            kv_bytes = arch.kv_bytes_per_token(2)
         free = plan.usable_gb - plan.total("resident") - plan.total("training")
         plan.paged_cache_gb = max(free, 0) * CB_MEMORY_SHARE
         plan.concurrent_rows = math.floor(plan.paged_cache_gb * GB / (row_tokens * kv_bytes))
@@ -276,3 +279,65 @@ def describe(plan: Plan, model: str, arch: Architecture, launcher: Launcher, car
     if plan.refusal:
         out.append(f"  {plan.refusal}")
     return "\n".join(out)
+
+
+# The launches recipes/README.md plans: (recipe, launcher, processes, extra flags, what it is).
+QWEN_GRPO = "recipes/Qwen2.5-{}/grpo/config_{}.yaml"
+VLLM_COLOCATE = ("--use_vllm", "true", "--vllm_mode", "colocate",
+                 "--use_transformers_continuous_batching", "false")
+VLLM_SERVER = ("--use_vllm", "true", "--vllm_mode", "server",
+               "--use_transformers_continuous_batching", "false")
+PLAIN_GENERATE = ("--use_transformers_continuous_batching", "false")
+README_LAUNCHES = [
+    *[(QWEN_GRPO.format(size, variant), launcher, None, (), "as written")
+      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))
+      for launcher in ("plain", "ddp", "zero2", "zero3")],
+    (QWEN_GRPO.format("1.5B", "lora"), "plain", None,
+     ("--gradient_accumulation_steps", "256", "--steps_per_generation", "1024"),
+     "README: 1 GPU, SimpleRL batch"),
+    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero3", 32,
+     ("--gradient_accumulation_steps", "8", "--steps_per_generation", "32"),
+     "README: 4 nodes x 8 GPUs"),
+    *[(QWEN_GRPO.format(size, variant), "zero2", None, VLLM_COLOCATE, "vLLM colocate")
+      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))],
+    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", 7, VLLM_SERVER,
+     "README: vLLM server on GPU 7"),
+    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", None, PLAIN_GENERATE,
+     "before: one generate() call"),
+    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "plain", None, PLAIN_GENERATE,
+     "before: one generate() call"),
+]
+
+
+def launch_table(card_gb: float = 80.0) -> str:
+    """Markdown: the plan of every Qwen GRPO recipe under each launch the READMEs name."""
+    from train.grpo import parse_args
+    from train.models import architecture_of
+
+    header = ("| recipe | launch | flags | generation | peak GB per GPU | rows generated at once | "
+              f"{card_gb:g} GB GPUs |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for recipe, name, processes, flags, what in README_LAUNCHES:
+        args, training_args, model_args = parse_args(["--config", recipe, "--use_cpu", "true", *flags])
+        launcher = launcher_from_config(name, processes)
+        arch = architecture_of(model_args.model_name_or_path)
+        plan = plan_training(arch, args, training_args, model_args, launcher, card_gb)
+        generation = ("vLLM server" if training_args.use_vllm and training_args.vllm_mode == "server"
+                      else "vLLM colocate" if training_args.use_vllm
+                      else "continuous batching" if training_args.use_transformers_continuous_batching
+                      else "generate()")
+        at_once = plan.rows if "generation KV" in plan.generation else plan.concurrent_rows
+        at_once = "-" if at_once is None else f"{at_once} of {plan.rows}"
+        shown = " ".join(f for f in flags if f not in VLLM_COLOCATE + VLLM_SERVER + PLAIN_GENERATE)
+        lines.append(f"| `{recipe.removeprefix('recipes/')}` | {name} x {launcher.processes} "
+                     f"({what}) | {f'`{shown}`' if shown else ''} | {generation} | "
+                     f"{plan.peak_gb:.1f} | {at_once} | {'fits' if plan.fits else 'does NOT fit'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(launch_table())
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from train import grpo
-from train.memory import launcher_from_config, launcher_from_env, plan_training
+from train.memory import launch_table, launcher_from_config, launcher_from_env, plan_training
 from train.models import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +112,8 @@ def test_make_dry_run_with_a_launcher_runs_one_plain_process():
                             cwd=REPO, capture_output=True, text=True, check=True)
     assert re.sub(r"\s+", " ", result.stdout.strip().splitlines()[-1]) == (
         ".venv/bin/python -m train.grpo --config r.yaml --launcher zero3 --processes 32 --dry-run")
+
+
+def test_the_recipes_readme_shows_the_plan_of_every_launch():
+    readme = (REPO / "recipes" / "README.md").read_text()
+    assert launch_table() in readme  # regenerate with `python -m train.memory`
