@@ -10,6 +10,11 @@ output_dir with TRL checkpoints, the final model (or LoRA adapter), the tokenize
     python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml                  # make train-small
     python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml --max_steps 5 --report_to none
     accelerate launch -m train.grpo --config recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml
+    python -m train.grpo --config recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml --dry-run
+
+Before anything loads, the run plans its per-GPU memory (train.memory; --dry-run prints the plan
+and exits) and refuses a plan that does not fit. Trained parameters are fp32 on every launcher
+(policy_dtype), and every generation path stops at the tokenizer's stop ids (install_stops).
 
 Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
 --max_steps continues training); a run that already reached max_steps is not retrained: it says
