@@ -209,12 +209,14 @@ class RastEngine:
     model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
     graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
     stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
-    beside the large model's bandwidth-bound ones instead of after them.
+    beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
+    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
+    the eos/pad ids only the small models' tokenizers declare.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
                  vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True):
+                 compile: bool = False, overlap: bool = True, extra_stop_ids=()):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         self.lam, self.tokenizer = lam, tokenizer
@@ -225,8 +227,9 @@ class RastEngine:
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
-        self.default_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
-                                 if tokenizer is not None else [])
+        own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
+                        if tokenizer is not None else [])
+        self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
     def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
@@ -252,9 +255,12 @@ class RastEngine:
         if small_rl is None or lam == 0:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", large, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
-        check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large, small_base)
+        # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
+        extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large,
+                                                     small_base)
         if _has_tokenizer(small_rl):
-            check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl), large, small_rl)
+            extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl),
+                                                          large, small_rl)
         small_base_model = load_model(small_base, dtype=dtype, device_map=small_map)
         rl_path = resolve_model(small_rl)
         if (Path(rl_path) / "adapter_config.json").is_file():
@@ -263,10 +269,12 @@ class RastEngine:
             logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
             shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
             return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
-                       stack_small=stack_small, cache=cache, compile=compile)
+                       stack_small=stack_small, cache=cache, compile=compile,
+                       extra_stop_ids=extra_stop_ids)
         small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   stack_small=stack_small, cache=cache, compile=compile)
+                   stack_small=stack_small, cache=cache, compile=compile,
+                   extra_stop_ids=extra_stop_ids)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
