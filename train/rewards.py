@@ -10,7 +10,8 @@ That is math-verify on the last boxed answer after the grader's one normalisatio
 notation written out, a percent sign on one side read as a unit or as /100), within 5 s of CPU
 time; README.md's "Grading" states the rule in full.
 
-Use it from a recipe as `reward_funcs: [train.rewards.correctness_reward]`, or check it:
+train.grpo gives it to GRPOTrainer (it is not a recipe key: `train.grpo.run(reward_funcs=...)`
+takes others from Python). Check it:
     python -c "from train.rewards import correctness_reward as r; print(r(['\\\\boxed{4}'], ['4']))"
 """
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train import grpo
 from train.models import load_tokenizer
+from train.pairing import resolve_pair
 
 
 def digit_share_reward(completions, **kwargs):
@@ -67,7 +68,7 @@ def test_output_pairs_with_its_base_and_keeps_the_tokenizer(full_run, tiny_model
     output_dir, _ = full_run
     pair = json.loads((output_dir / "rast_pair.json").read_text())
     assert pair["small_base"] == str(Path(tiny_models["small_base"]).resolve())
-    assert pair["adapter"] is False and pair["global_step"] == 2
+    assert pair["global_step"] == 2 and not resolve_pair(str(output_dir)).lora
     assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
     assert load_tokenizer(str(output_dir)).eos_token_id == 0  # round trip asserted inside
 
@@ -118,7 +119,7 @@ def test_lora_run_saves_an_adapter_that_learned(tiny_models, tmp_path):
              "--lora_alpha", "8", "--lora_dropout", "0", "--max_steps", "1")
     assert (output_dir / "adapter_config.json").is_file()
     assert not (output_dir / "model.safetensors").exists()
-    assert json.loads((output_dir / "rast_pair.json").read_text())["adapter"] is True
+    assert resolve_pair(str(output_dir)).lora  # adapter_config.json: the one sign of LoRA
     lora_b = {k: v for k, v in load_file(output_dir / "adapter_model.safetensors").items()
               if "lora_B" in k}
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # lora_B starts at zero

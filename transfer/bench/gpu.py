@@ -4,7 +4,7 @@ Random bf16 weights at the real Qwen2.5 configs (decode speed does not depend on
 decoded on token ids (no tokenizer needed) for a fixed number of tokens at batch 1/8/32, with
 the engine's eager DynamicCache loop and with its CUDA-graph replay (transfer/decode/static_cache.py).
 Decode is memory-bound, so RAST / L-alone throughput is at best bytes(L) / (bytes(L) + 2 bytes(S))
-(REFERENCE.md section 5); the JSON records measured ratio, bound, and their quotient per mode,
+(weights read per token); the JSON records measured ratio, bound, and their quotient per mode,
 and whether graph replay gives the tokens and logits of the same loop run eagerly.
 
     python -m transfer.bench.gpu --pairs 7B:0.5B 14B:1.5B --output outputs/gpu_bench.json

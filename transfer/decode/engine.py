@@ -9,7 +9,7 @@ weights when it is a LoRA adapter of the small base. lam = 0, or no small pair, 
 of the large model through this same loop, so baselines and RAST share every line.
 
     from transfer.decode.engine import RastEngine, SamplingParams
-    engine = RastEngine.from_pretrained("tiny-l", "tiny-s", "outputs/tiny-grpo", lam=1.0)
+    engine = RastEngine.from_pretrained("tiny-l", small_rl="outputs/tiny-s-grpo", lam=1.0)
     completions = engine.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
 
 The command-line front end is `python -m transfer.generate --help`.
@@ -18,15 +18,15 @@ The command-line front end is `python -m transfer.generate --help`.
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from train.errors import UserError
 from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
-from train.pairing import paired_base
+from train.pairing import Pair, resolve_pair
 from transfer.decode.rast import (
     check_tokenizers_compatible,
     combine_logits,
@@ -232,46 +232,40 @@ class RastEngine:
         self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
-    def from_pretrained(cls, large: str, small_base: str | None = None, small_rl: str | None = None,
-                        lam: float = 1.0, device=None, dtype=None,
+    def from_pretrained(cls, target: str, small_base: str | None = None,
+                        small_rl: str | None = None, lam: float = 1.0, device=None, dtype=None,
                         small_device=None, stack_small: bool = True, cache: str = "auto",
                         compile: bool = False) -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
-        small_rl may be a full model or a LoRA adapter directory of small_base (shared weights);
-        with small_base None it must be a train.grpo output holding rast_pair.json. device: a
-        device, "auto" or an accelerate device map dict for the large model (multi-GPU);
-        small_device defaults to the last GPU then, else to device. dtype: bf16 on GPU, fp32 on CPU.
-        stack_small, cache, compile: see RastEngine and CachedModel.
+        target is the large base L. small_rl may be a full model or a LoRA adapter directory of
+        small_base (shared weights); with small_base None it must be a train.grpo output holding
+        rast_pair.json (train.pairing.resolve_pair). device: a device, "auto" or an accelerate
+        device map dict for the large model (multi-GPU); small_device defaults to the last GPU
+        then, else to device. dtype: bf16 on GPU, fp32 on CPU. stack_small, cache, compile: see
+        RastEngine and CachedModel.
         """
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
                             f"neither to decode the large model alone")
-        if small_rl is not None and small_base is None:
-            small_base = paired_base(small_rl)
+        pair = resolve_pair(small_rl, small_base) if small_rl is not None and lam != 0 else None
         large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
-        tokenizer = load_tokenizer(large)
-        large_model = load_model(large, dtype=dtype, device_map=large_map)
-        if small_rl is None or lam == 0:
-            logger.info("decoding %s alone (lam=%s, small pair: %s)", large, lam, small_rl)
+        target = resolve_model(target)
+        tokenizer = load_tokenizer(target)
+        large_model = load_model(target, dtype=dtype, device_map=large_map)
+        if pair is None:
+            logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
         # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
-        extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(small_base), large,
-                                                     small_base)
-        if _has_tokenizer(small_rl):
-            extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(small_rl),
-                                                          large, small_rl)
-        small_base_model = load_model(small_base, dtype=dtype, device_map=small_map)
-        rl_path = resolve_model(small_rl)
-        if (Path(rl_path) / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            logger.info("%s is a LoRA adapter of %s: one shared forward", small_rl, small_base)
-            shared = PeftModel.from_pretrained(small_base_model, rl_path, adapter_name=RL_ADAPTER)
+        extra_stop_ids = check_pair_tokenizers(tokenizer, target, pair)
+        small_base_model = load_model(pair.base, dtype=dtype, device_map=small_map)
+        if pair.lora:
+            logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
+            shared = PeftModel.from_pretrained(small_base_model, pair.rl, adapter_name=RL_ADAPTER)
             return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
                        stack_small=stack_small, cache=cache, compile=compile,
                        extra_stop_ids=extra_stop_ids)
-        small_rl_model = load_model(small_rl, dtype=dtype, device_map=small_map)
+        small_rl_model = load_model(pair.rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
                    stack_small=stack_small, cache=cache, compile=compile,
                    extra_stop_ids=extra_stop_ids)
@@ -427,11 +421,15 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
-def _has_tokenizer(name_or_path: str) -> bool:
-    path = Path(resolve_model(name_or_path))
-    if not path.is_dir():
-        return True  # a hub id: its repository carries a tokenizer
-    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:
+    """Refuse a small pair whose tokenizers map a token to another id than the target's (RAST
+    adds logits by id); return the eos/pad ids only the pair's tokenizers declare."""
+    extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target,
+                                                 pair.base)
+    if pair.rl_tokenizer:
+        extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target,
+                                                      pair.rl)
+    return sorted(set(extra_stop_ids))
 
 
 def device_and_dtype(device=None, dtype=None, small_device=None):

@@ -193,8 +193,7 @@ def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
     shutil.copytree(tiny_models["small_rl"], rl_dir)
     with pytest.raises(UserError, match="pass small_base"):
         RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
-    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
-                                                       "adapter": False}))
+    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"]}))
     engine = RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
     assert [model.name for model in engine.small] == ["small_base+rl"]  # stacked full weights
     assert engine.small[0].adapters is None
