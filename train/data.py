@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print row counts of benchmark data.")
     parser.add_argument("name_or_path", nargs="?", help="benchmark name or file/dir; default: all")
     parser.add_argument("--split", default=None)
-    parser.add_argument("--data-dir", default=None, help="default: $RAST_DATA_DIR")
+    parser.add_argument("--data_dir", "--data-dir", default=None, help="default: $RAST_DATA_DIR")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.name_or_path:

@@ -2,10 +2,10 @@
 
 Input rows are {"prompt": ..., "id": optional}; output rows are {"id", "prompt", "sample_index",
 "seed", "text", "token_ids", "finished"}, appended batch by batch so an interrupted run keeps
-what it finished. --lam 0, or no --small-rl, decodes the large model alone through the same engine.
+what it finished. --lam 0, or no --small_rl, decodes the large model alone through the same engine.
 
-    python -m transfer.generate --large tiny-l --small-base tiny-s --small-rl outputs/tiny-grpo \\
-        --lam 1 --input prompts.jsonl --output out.jsonl --n 4 --max-new-tokens 64
+    python -m transfer.generate --target tiny-l --small_rl outputs/tiny-s-grpo --lam 1 \\
+        --input prompts.jsonl --output out.jsonl --n 4 --max_new_tokens 64
 """
 
 import argparse
@@ -38,23 +38,29 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Flags are spelled as the recipes' fields (--max_new_tokens); --max-new-tokens works too.
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--large", required=True, help="registry name, directory or hub id")
-    parser.add_argument("--small-base", help="small model before RL (default: from rast_pair.json)")
-    parser.add_argument("--small-rl", help="RL checkpoint or LoRA adapter directory of small-base")
+    parser.add_argument("--target", "--large", required=True,
+                        help="large base model L: registry name, directory or hub id")
+    parser.add_argument("--small_base", "--small-base",
+                        help="small model before RL (default: from rast_pair.json)")
+    parser.add_argument("--small_rl", "--small-rl",
+                        help="RL checkpoint or LoRA adapter directory of small_base")
     parser.add_argument("--lam", type=float, default=1.0, help="RL delta weight; 0 = large alone")
     parser.add_argument("--input", required=True, help="JSONL of {'prompt', optional 'id'}")
     parser.add_argument("--output", required=True, help="JSONL of completions, appended per batch")
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--top_p", "--top-p", type=float, default=1.0)
+    parser.add_argument("--top_k", "--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
-    parser.add_argument("--stop-ids", type=int, nargs="*", help="default: the models' eos ids")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=16,
+                        help="sequences decoded together")
+    parser.add_argument("--stop_ids", "--stop-ids", type=int, nargs="*",
+                        help="default: the models' eos ids")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 or auto (multi-GPU large model)")
-    parser.add_argument("--small-device", help="default: last GPU or --device")
+    parser.add_argument("--small_device", "--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--cache", choices=CACHE_MODES, default="auto",
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
-        engine = RastEngine.from_pretrained(args.large, args.small_base, args.small_rl,
+        engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
                                             lam=args.lam, device=args.device, dtype=args.dtype,
                                             small_device=args.small_device, cache=args.cache,
                                             compile=args.compile)

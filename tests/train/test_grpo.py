@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wandb_inspect
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -86,8 +87,7 @@ def test_before_after_evaluation_is_saved(full_run):
 def test_wandb_offline_run_has_reward_and_length_history(full_run):
     output_dir, _ = full_run
     (run_file,) = (output_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(run_file), "--json"],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    records = wandb_inspect(run_file, "--json").splitlines()
     history = [json.loads(line)["history"]["item"] for line in records if '"type":"history"' in line]
     # wandb's _step counts log calls, not trainer steps: key on train/global_step
     rewards = {row["train/global_step"]: row["train/reward"] for row in history if "train/reward" in row}

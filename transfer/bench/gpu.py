@@ -226,15 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="RAST vs L-alone decode throughput on a GPU")
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "14B:1.5B"], metavar="L:S")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt_len", "--prompt-len", type=int, default=128)
+    parser.add_argument("--new_tokens", "--new-tokens", type=int, default=128)
     parser.add_argument("--output", default="outputs/gpu_bench.json")
     parser.add_argument("--modes", nargs="+", default=["dynamic", "cuda-graphs"],
                         help="engine cache modes to time; append +compile to compile the step, "
                              "+serial to run the models' graphs one after the other, +unstacked "
                              "to run the small pair as two models")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
-    parser.add_argument("--breakdown-batches", type=int, nargs="*", default=[1, 16],
+    parser.add_argument("--breakdown_batches", "--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)

@@ -231,7 +231,8 @@ def test_a_small_rl_model_declaring_another_eos_is_paired_and_its_eos_stops(tiny
     assert finished and ids == emitted[:emitted.index(ids[-1]) + 1] and new_eos in emitted[:len(ids)]
 
 
-def test_device_and_dtype_defaults():
+def test_device_and_dtype_defaults(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     assert device_and_dtype(None, None, None) == ("cpu", "cpu", torch.float32)
     assert device_and_dtype("cuda:0", None, "cuda:1") == ("cuda:0", "cuda:1", torch.bfloat16)
     with pytest.raises(UserError, match="top_p"):
@@ -267,9 +268,9 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     outputs = {}
     for cache in ("auto", "static"):
         output = tmp_path / f"{cache}.jsonl"
-        main(["--large", tiny_models["large"], "--small-base", tiny_models["small_base"],
-              "--small-rl", tiny_models["small_rl"], "--input", str(prompts),
-              "--output", str(output), "--n", "2", "--max-new-tokens", "5", "--cache", cache])
+        main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
+              "--small_rl", tiny_models["small_rl"], "--input", str(prompts),
+              "--output", str(output), "--n", "2", "--max_new_tokens", "5", "--cache", cache])
         outputs[cache] = [json.loads(line) for line in output.read_text().splitlines()]
     rows = outputs["auto"]
     assert [(row["id"], row["sample_index"]) for row in rows] == [

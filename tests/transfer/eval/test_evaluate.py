@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wandb_inspect
 
 from train.errors import UserError
 from transfer.eval.evaluate import (
@@ -65,14 +66,15 @@ def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
 def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home")}
     result = subprocess.run([sys.executable, "-m", "transfer.eval.evaluate", "--config",
-                             "recipes/Qwen2.5-32B/rast/config_1.5B.yaml"],
+                             "recipes/Qwen2.5-32B/rast/config_1.5B.yaml",
+                             "--output_dir", str(tmp_path / "out")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Qwen/Qwen2.5-32B" in lines[0]
-    assert "offline" in lines[0] and not (REPO / "outputs/transfer-32B-1.5B").exists()
+    assert "offline" in lines[0] and not (tmp_path / "out").exists()
 
 
 def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_models, tmp_path):
@@ -228,11 +230,8 @@ def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
     assert len(runs) == 7  # one per system + the comparison run
     found = {}
     for run_dir in runs:
-        result = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect",
-                                 "--summary", "--json", str(run_dir)],
-                                capture_output=True, text=True, timeout=60, check=False)
-        assert result.returncode == 0, result.stderr
-        state = json.loads(result.stdout)
+        stdout = wandb_inspect(run_dir, "--summary", "--json")
+        state = json.loads(stdout)
         found[state["config"].get("system", {}).get("name", "comparison")] = state
     expected = summary["benchmarks"]["tiny"]["L+RAST(lam=1)"]
     metrics = found["L+RAST(lam=1)"]["summary"]
