@@ -138,7 +138,8 @@ def check_tokenizers_compatible(tokenizer_a, tokenizer_b, name_a: str, name_b: s
     """
     vocab_a, vocab_b = tokenizer_a.get_vocab(), tokenizer_b.get_vocab()
     if vocab_a != vocab_b:
-        differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()), key=lambda item: item[1])
+        differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()),
+                           key=lambda item: (item[1], item[0]))  # deterministic: id, then token
         reason = (f"{len(vocab_a)} vs {len(vocab_b)} tokens" if len(vocab_a) != len(vocab_b)
                   else f"token {differing[0][0]!r} has different ids")
         raise UserError(f"tokenizers of {name_a!r} and {name_b!r} differ ({reason}); RAST needs "
