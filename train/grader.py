@@ -28,7 +28,10 @@ answer with a budget of CPU seconds (timeout_s), not of wall time, so that a gra
 on how loaded the machine is: inside the worker a CPU-time timer (ITIMER_PROF, at 80% of the
 budget) stops most runaway work cheaply, and the kernel kills a worker whose CPU time passes the
 whole budget (RLIMIT_CPU, rounded up to whole seconds), which no C call can ignore; either way the
-grade is "timeout", its own reason, and the same on every rerun. The parent kills and replaces a
+grade is "timeout", its own reason. CPU time is what the work costs, not how long it waited for a
+core, so a rerun under any load grades alike; only an answer needing within a few percent of the
+budget (CPU timing noise) or one a worker's warm sympy cache speeds up (the same expression
+graded before) can land on the other side of it. The parent kills and replaces a
 worker only when it has not answered within a generous wall time (a stopped or swapping worker)
 and retries that answer once on a fresh worker. grade() therefore works from threads, from
 DataLoader/TRL worker processes (subprocesses, not multiprocessing children, so daemonic processes
