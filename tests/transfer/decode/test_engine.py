@@ -13,7 +13,9 @@ from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
+from transfer.bench import gpu as gpu_bench
 from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.generate import main as generate_main
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
            "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
@@ -244,7 +246,6 @@ def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
 
 
 def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
-    from transfer.bench import gpu as gpu_bench
 
     gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -260,7 +261,6 @@ def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
-    from transfer.generate import main
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
@@ -268,7 +268,7 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     outputs = {}
     for cache in ("auto", "static"):
         output = tmp_path / f"{cache}.jsonl"
-        main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
+        generate_main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
               "--small_rl", tiny_models["small_rl"], "--input", str(prompts),
               "--output", str(output), "--n", "2", "--max_new_tokens", "5", "--cache", cache])
         outputs[cache] = [json.loads(line) for line in output.read_text().splitlines()]
