@@ -5,10 +5,9 @@ import logging
 import pytest
 import torch
 from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from train.errors import UserError
-from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
 from transfer.decode.rast import (
     align_logits,
@@ -165,7 +164,8 @@ def test_tokenizers_declaring_another_eos_are_compatible_and_return_its_stop_id(
 
 def test_a_qwen_rl_tokenizer_declaring_im_end_pairs_with_its_base(qwen_tokenizer):
     # SimpleRL-Zoo's checkpoints declare eos <|im_end|> (151645); Qwen2.5 bases <|endoftext|>.
-    base, rl = load_tokenizer(qwen_tokenizer), load_tokenizer(qwen_tokenizer)
+    base, rl = AutoTokenizer.from_pretrained(qwen_tokenizer), AutoTokenizer.from_pretrained(
+        qwen_tokenizer)
     rl.eos_token = "<|im_end|>"
     assert check_tokenizers_compatible(base, rl, "Qwen/Qwen2.5-1.5B", "rl") == [151645]
     with pytest.raises(UserError, match=r"\(151665 vs 98 tokens\)"):
