@@ -273,7 +273,7 @@ class MasterWeightsGRPOTrainer(GRPOTrainer):
     """
 
     def _generate_single_turn(self, *args, **kwargs):
-        if not (self.use_transformers_continuous_batching and self.args.bf16):
+        if self.use_vllm or not (self.use_transformers_continuous_batching and self.args.bf16):
             return super()._generate_single_turn(*args, **kwargs)
         model = self.accelerator.unwrap_model(self.model)
         saved = {name: tensor.detach().to("cpu", copy=True) for name, tensor in _tensors(model)
