@@ -117,3 +117,14 @@ def test_make_dry_run_with_a_launcher_runs_one_plain_process():
 def test_the_recipes_readme_shows_the_plan_of_every_launch():
     readme = (REPO / "recipes" / "README.md").read_text()
     assert launch_table() in readme  # regenerate with `python -m train.memory`
+
+
+@pytest.mark.parametrize("flags, knob", [
+    (("--per_device_train_batch_size", "64", "--gradient_accumulation_steps", "4",
+      "--steps_per_generation", "16"), "lower per_device_train_batch_size"),
+    (("--use_vllm", "true", "--vllm_gpu_memory_utilization", "0.8"), "lower vllm_gpu_memory_utilization"),
+])
+def test_refusals_name_the_knob_of_the_largest_item(flags, knob):
+    recipe = REPO / "recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml"
+    plan = plan_of(recipe, "plain", 80.0, *flags)
+    assert not plan.fits and knob in plan.refusal and "\n" not in plan.refusal
