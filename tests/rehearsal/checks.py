@@ -152,6 +152,11 @@ def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str]) -> tuple[bool, 
                 f"{SHARED_VOCAB} ids {error:.1e}, ids >= {SHARED_VOCAB} all -inf: {masked}")
 
 
+def log_shows_all(logs: list[Path], *needles: str) -> tuple[bool, str]:
+    results = [log_shows(log, *needles) for log in logs]
+    return bool(results) and all(ok for ok, _ in results), "; ".join(d for _, d in results)
+
+
 def log_shows(log: Path, *needles: str) -> tuple[bool, str]:
     text = log.read_text() if log.is_file() else ""
     found = [needle for needle in needles if needle in text]
@@ -177,8 +182,11 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("logits 152064 + 151936 rows on 151665 ids", logits_combined_on_shared_ids,
          (snapshot_dirs,)),
         ("analysis 32B: report written", log_shows_files, (out / "analyze-32B",)),
-        ("dry-run plan printed", log_shows,
+        ("transfer dry-run plan printed", log_shows,
          (logs["plan: make transfer TARGET=32B ARGS=--dry-run"], "systems:", "GB")),
+        ("GRPO dry-run plans printed, fit", log_shows_all,
+         ([logs[name] for name in logs if name.startswith("plan: make train-small")],
+          "training memory plan per GPU", ": fits")),
     ]
 
 

@@ -59,6 +59,10 @@ def commands() -> list[tuple[str, list[str]]]:
     return [
         ("plan: make transfer TARGET=32B ARGS=--dry-run",
          make("transfer", "TARGET=32B", "ARGS=--dry-run")),
+        ("plan: make train-small (simplerl_zoo) --dry-run",
+         make("train-small", f"RECIPE={QWEN_GRPO}/config_simplerl_zoo.yaml", "ARGS=--dry-run")),
+        ("plan: make train-small (lora) --dry-run",
+         make("train-small", f"RECIPE={QWEN_GRPO}/config_lora.yaml", "ARGS=--dry-run")),
         ("GRPO full (config_simplerl_zoo)",
          make("train-small", f"RECIPE={QWEN_GRPO}/config_simplerl_zoo.yaml",
               f"ARGS={GRPO_SIZES} --output_dir {OUT}/grpo-full")),
