@@ -107,6 +107,6 @@ gpu-check: setup
 # The real Qwen commands (GRPO recipes, make transfer TARGET=32B/7B, the 32B analysis, dry-run
 # plans) on CPU against random-weight stand-ins of every hub id the recipes name, built once into
 # $RAST_HOME/hub with the real Qwen2.5 tokenizer; only sizes change. Checks and a summary table;
-# fails if anything failed. 8 minutes of CPU time (17 wall on 2 busy cores), +1 min first build.
+# fails if anything failed. About 8 minutes on 2 cores, plus ~1 minute the first time.
 rehearse: setup
 	$(PY) -m tests.rehearsal.run
