@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="KV cache per model: auto = CUDA graphs on one GPU, else dynamic")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step (pays on long runs; see README)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="S_RL drafts, L verifies several tokens per forward (same "
+                             "distribution; see README)")
+    parser.add_argument("--draft-tokens", type=int,
+                        help="with --speculative: drafts per round (default: adaptive)")
     return parser.parse_args(argv)
 
 
@@ -71,11 +76,16 @@ def main(argv: list[str] | None = None) -> None:
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
+        if args.draft_tokens is not None and not (args.speculative and 0 <= args.draft_tokens
+                                                  <= 64):
+            raise UserError(f"--draft-tokens needs --speculative and a value in [0, 64], got "
+                            f"{args.draft_tokens}")
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
         engine = RastEngine.from_pretrained(args.large, args.small_base, args.small_rl,
                                             lam=args.lam, device=args.device, dtype=args.dtype,
                                             small_device=args.small_device, cache=args.cache,
-                                            compile=args.compile)
+                                            compile=args.compile, speculative=args.speculative,
+                                            draft_tokens=args.draft_tokens)
         prompt_of = dict(zip(ids, prompts))
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,8 @@ from transfer.decode.rast import align_logits, combine_logits, warp_logits
 
 MAX_DRAFT = 8  # most drafts per round (adaptive k), and extra cache columns a round may need
 FIRST_DRAFT = 4  # adaptive k before anything is measured
-SMOOTHING = 0.1  # weight of the newest round in the running acceptance rate and step times
+SMOOTHING = 0.1  # weight of the newest round in the running step times
+MEMORY = 0.9  # the running acceptance rate's counts are multiplied by this each round
 
 
 class DraftSchedule:
@@ -51,7 +52,7 @@ class DraftSchedule:
 
     def __init__(self, fixed: int | None):
         self.fixed = fixed
-        self.acceptance = 0.8  # prior until measured
+        self.tested, self.passed = 10.0, 8.0  # running counts (a prior of rate 0.8 until measured)
         self.draft_step_s, self.rest_s = None, {}  # seconds per draft step; per verify width
 
     def choose(self, budget: int) -> int:
@@ -62,6 +63,12 @@ class DraftSchedule:
             return max(0, min(FIRST_DRAFT, budget))
         return max(range(max(0, min(MAX_DRAFT, budget)) + 1),
                    key=lambda k: self.expected_tokens(k) / self.expected_seconds(k))
+
+    @property
+    def acceptance(self) -> float:
+        """Running share of tested positions whose draft was accepted (recent rounds weigh
+        more; a round weighs by its positions, so a batch of 8 learns as fast as 8 rounds)."""
+        return self.passed / self.tested
 
     def expected_tokens(self, k: int) -> float:
         """Tokens a round emits if each position is accepted with the running rate a."""
@@ -75,8 +82,8 @@ class DraftSchedule:
         return (k + 1) * self.draft_step_s + self.rest_s[width]
 
     def update(self, k: int, tested: int, accepted: int, draft_s: float, rest_s: float) -> None:
-        if tested:
-            self.acceptance += SMOOTHING * (accepted / tested - self.acceptance)
+        self.tested = MEMORY * self.tested + tested
+        self.passed = MEMORY * self.passed + accepted
         if self.fixed is not None:
             return
         step_s = draft_s / (k + 1)
@@ -124,27 +131,26 @@ class Speculation:
 
         # Position 1 comes from the prefill: a round with no drafts and nothing fed.
         large, *small = logits
-        start = torch.zeros(len(expand), dtype=torch.long)
-        drafts, q = sampler.draft(small[-1], active, start)
+        u = sampler.at(active, torch.zeros(len(expand), dtype=torch.long), 1)
+        drafts, q = sampler.draft(small[-1], None if u is None else u[:, 0])
         drafts, q = drafts[:, None], None if q is None else q[:, None]
         target = combine_logits(large[:, None], small[0][:, None], small[-1][:, None],
                                 lam=engine.lam, shared_vocab=engine.shared_vocab)
         fed, times = 0, (0.0, 0.0)
         while True:
             begin = time.perf_counter()
-            tokens, accepted = sampler.accept(target, drafts, q, active, start)
+            tokens, accepted = sampler.accept(target, drafts, q, u)
             kept = accepted[:, :-1].long().cumprod(dim=1).sum(dim=1)  # leading accepted drafts
             continuing, pending, emitted = self.emit(tokens, kept, active, outputs, budget, stop)
+            emitted = torch.tensor(emitted, device=kept.device)
             if on_step is not None:
                 for i in range(target.shape[1]):
                     here = (kept >= i).cpu()
                     on_step(active[here], target[here.to(target.device), i])
             if fed:
-                self.stats["emitted"] += emitted
                 for unit in [draft, *verifiers]:  # ragged: row i keeps its kept[i] drafts
                     unit.rollback(fed, kept + 1)
-                self.measure(fed - 1, kept, accepted, len(active), times,
-                             time.perf_counter() - begin)
+                self.measure(fed - 1, kept, accepted, emitted, times, time.perf_counter() - begin)
             if not continuing:
                 return [(ids, bool(ids) and ids[-1] in stop) for ids in outputs]
             if len(continuing) < len(active):  # finished rows leave every cache
@@ -154,12 +160,12 @@ class Speculation:
                 active = active[keep]
             start = torch.tensor([len(outputs[row]) for row in active.tolist()])
             k = self.schedule.choose(budget - int(start.min()) - 1)
+            u = sampler.at(active, start, k + 1)
             pending = torch.tensor(pending, device=device)
-            target, drafts, q, times = self.round(engine, draft, verifiers, pending, k, sampler,
-                                                  active, start)
+            target, drafts, q, times = self.round(engine, draft, verifiers, pending, k, sampler, u)
             fed = k + 1
 
-    def round(self, engine, draft, verifiers, pending, k, sampler, active, start):
+    def round(self, engine, draft, verifiers, pending, k, sampler, u):
         """Feed each row's pending token and k drafts: -> (target logits [rows, k+1, vocab],
         drafts [rows, k+1] (the last drawn at the bonus position), their draft probabilities
         [rows, k+1, vocab] or None when greedy, (seconds drafting, seconds verifying))."""
@@ -167,7 +173,7 @@ class Speculation:
         token, steps, drafts, q = pending, [], [], []
         for i in range(k + 1):
             steps.append(draft.decode(token))  # [z_base, z_rl] from a pair unit, else [z_rl]
-            token, probs = sampler.draft(steps[-1][-1], active, start + i)
+            token, probs = sampler.draft(steps[-1][-1], None if u is None else u[:, i])
             drafts.append(token)
             q.append(probs)
         draft_s = _clock(pending.device, begin)
@@ -181,14 +187,14 @@ class Speculation:
                                 shared_vocab=engine.shared_vocab)
         q = None if q[0] is None else torch.stack(q, dim=1)
         self.stats["rounds"] += 1
-        self.stats["row_rounds"] += len(active)
+        self.stats["row_rounds"] += len(pending)
         return target, torch.stack(drafts, dim=1), q, (draft_s, time.perf_counter() - begin)
 
     def emit(self, tokens, kept, active, outputs, budget, stop):
         """Append each row's accepted drafts and its next token to its output, up to a stop id
-        or the budget. -> (indices of the rows still decoding, their last tokens, tokens
-        emitted)."""
-        continuing, pending, count = [], [], 0
+        or the budget. -> (indices of the rows still decoding, their last tokens, tokens each
+        row emitted)."""
+        continuing, pending, counts = [], [], []
         for index, (row, row_tokens, n) in enumerate(zip(active.tolist(), tokens.tolist(),
                                                          kept.tolist())):
             emitted = row_tokens[:n + 1][:budget - len(outputs[row])]
@@ -198,22 +204,27 @@ class Speculation:
                     emitted, finished = emitted[:position + 1], True
                     break
             outputs[row] += emitted
-            count += len(emitted)
+            counts.append(len(emitted))
             if not finished and len(outputs[row]) < budget:
                 continuing.append(index)
                 pending.append(emitted[-1])
-        return continuing, pending, count
+        return continuing, pending, counts
 
-    def measure(self, k, kept, accepted, rows, times, accept_s):
-        """Count a round's drafts, and feed its acceptance and times to the schedule."""
-        self.stats["drafted"] += k * rows
+    def measure(self, k, kept, accepted, emitted, times, accept_s):
+        """Count a round's drafts, and feed its acceptance and times to the schedule. A row's
+        drafts count up to its first rejection, and not past a stop id or its budget."""
+        self.stats["emitted"] += int(emitted.sum())
         self.stats["ragged_rounds"] += int(kept.min() != kept.max())
-        self.stats["accepted"] += int(kept.sum())
-        # every position up to the first rejection was tested; the bonus one too when reached
-        tested = int(kept.sum()) + rows
-        passed = int(kept.sum()) + int(accepted[kept == k, -1].sum())
+        tested = torch.minimum(torch.minimum(kept + 1, emitted), torch.full_like(kept, k))
+        passed = torch.minimum(kept, emitted)
+        self.stats["drafted"] += int(tested.sum())
+        self.stats["accepted"] += int(passed.sum())
+        # the schedule's rate counts the bonus position too (it is tested like a draft)
+        bonus = (kept == k) & (emitted == k + 1)
         draft_s, verify_s = times
-        self.schedule.update(k, tested, passed, draft_s, verify_s + accept_s)
+        self.schedule.update(k, int(tested.sum() + bonus.sum()),
+                             int(passed.sum() + (bonus & accepted[:, -1]).sum()),
+                             draft_s, verify_s + accept_s)
 
 
 def draft_unit(engine):
@@ -238,8 +249,11 @@ class Sampler:
         self.params, self.lam, self.shared_vocab = params, lam, shared_vocab
         self.uniforms = uniforms  # [all rows, budget, 3]: draft, accept, correct; None = greedy
 
-    def at(self, active: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor:
-        """Uniforms of positions start..start+width-1 of these rows [rows, width, 3]."""
+    def at(self, active: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor | None:
+        """Uniforms of positions start..start+width-1 of these rows [rows, width, 3] (None when
+        greedy)."""
+        if self.uniforms is None:
+            return None
         positions = (start[:, None] + torch.arange(width)).clamp(max=self.uniforms.shape[1] - 1)
         return self.uniforms[active[:, None].to(self.uniforms.device),
                              positions.to(self.uniforms.device)]
@@ -250,26 +264,26 @@ class Sampler:
         flat = warp_logits(logits.reshape(-1, logits.shape[-1]), p.temperature, p.top_k, p.top_p)
         return flat.softmax(dim=-1).view(logits.shape)
 
-    def draft(self, z_rl: torch.Tensor, active, start) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One draft per row from S_RL's logits [rows, vocab]: its argmax when greedy, else a
-        draw from q = warp(softmax(z_rl)) with the position's first uniform. -> (tokens [rows],
-        q [rows, vocab] or None)."""
+    def draft(self, z_rl: torch.Tensor, u: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One draft per row from S_RL's logits [rows, vocab]: its argmax when greedy (u None),
+        else a draw from q = warp(softmax(z_rl)) with the position's uniforms u [rows, 3].
+        -> (tokens [rows], q [rows, shared vocab] or None)."""
         aligned = align_logits(z_rl, self.shared_vocab).float()
-        if self.uniforms is None:
+        if u is None:
             return aligned.argmax(dim=-1), None
         q = self.probs(aligned)
-        u = self.at(active, start, 1)[:, 0, 0].to(q.device)
-        return inverse_cdf(q, u), q
+        return inverse_cdf(q, u[:, 0]), q
 
-    def accept(self, target, drafts, q, active, start) -> tuple[torch.Tensor, torch.Tensor]:
+    def accept(self, target, drafts, q, u) -> tuple[torch.Tensor, torch.Tensor]:
         """Per position of a round (target logits [rows, m, vocab], drafts [rows, m], draft
         probabilities q [rows, m, shared vocab]): -> (the token emitted there if the round gets
-        that far [rows, m], whether its draft is accepted [rows, m])."""
-        if self.uniforms is None:
+        that far [rows, m], whether its draft is accepted [rows, m]); u: the positions'
+        uniforms [rows, m, 3], None when greedy."""
+        if u is None:
             best = target.argmax(dim=-1)
             return best, best == drafts.to(best.device)
         p = self.probs(target)[..., :self.shared_vocab]
-        u = self.at(active, start, target.shape[1]).to(p.device)
         drafts = drafts.to(p.device)
         p_draft = p.gather(-1, drafts[..., None])[..., 0]
         q_draft = q.gather(-1, drafts[..., None])[..., 0]
@@ -283,11 +297,10 @@ class Sampler:
 
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """A draw per row from unnormalised weights [rows, vocab] with a uniform in [0, 1) per row:
-    the first id whose cumulative weight exceeds u * total. Never an id of weight 0 (float
-    rounding at the top end falls back to the last id of positive weight)."""
+    the first id whose cumulative weight exceeds u * total. That id always has weight > 0 (the
+    cumulative sum only rises at such ids; u * total is kept below the total, which float
+    rounding could otherwise reach)."""
     cdf = weights.cumsum(dim=-1)
-    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
-    ids = ids.clamp(max=weights.shape[-1] - 1)
-    positive = weights > 0
-    last = weights.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
-    return torch.where(positive.gather(-1, ids[:, None])[:, 0], ids, last)
+    total = cdf[:, -1:]
+    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)[:, 0]

@@ -82,6 +82,9 @@ class TransferConfig:
                 "cuda-graphs"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the engine's decode step (pays on long runs)"})
+    speculative: bool = field(default=False, metadata={
+        "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
+                "distribution, other samples)"})
     output_dir: str = "outputs/transfer-tiny"
     report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
     wandb_project: str = "rast-transfer"
@@ -278,7 +281,8 @@ def load_engine(system: System, config: TransferConfig):
     return RastEngine.from_pretrained(system.large, small_base=system.small_base,
                                       small_rl=system.small_rl, lam=system.lam,
                                       device=device, small_device=small_device,
-                                      cache=config.cache, compile=config.compile)
+                                      cache=config.cache, compile=config.compile,
+                                      speculative=config.speculative)
 
 
 def gpu_layout(system: System, config: TransferConfig):

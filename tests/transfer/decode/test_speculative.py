@@ -139,12 +139,11 @@ def test_draft_schedule_drafts_where_it_pays_and_switches_off_where_it_does_not(
     schedule = DraftSchedule(None)
     assert schedule.choose(budget=10) == 4  # nothing measured yet
     schedule.draft_step_s, schedule.rest_s = 0.9e-3, {5: 1.7e-3, 1: 1.55e-3}
-    schedule.acceptance = 0.99
+    schedule.tested, schedule.passed = 100, 99
     assert schedule.choose(budget=10) == 8 and schedule.choose(budget=3) == 3
-    schedule.acceptance = 0.3
-    assert schedule.choose(budget=10) == 0
-    schedule.update(0, tested=100, accepted=99, draft_s=0.9e-3, rest_s=1.6e-3)
-    assert schedule.acceptance == pytest.approx(0.3 + 0.1 * (0.99 - 0.3))
+    schedule.update(0, tested=1000, accepted=300, draft_s=0.9e-3, rest_s=1.6e-3)
+    assert schedule.acceptance == pytest.approx((0.9 * 99 + 300) / (0.9 * 100 + 1000))
+    assert schedule.choose(budget=10) == 0  # acceptance ~0.36: drafting does not pay
     assert DraftSchedule(3).choose(budget=10) == 3 and DraftSchedule(3).choose(budget=1) == 1
 
 
