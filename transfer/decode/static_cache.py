@@ -138,12 +138,14 @@ def compiled_verify_step():
 
 
 class StaticDecoder:
-    """Decode state of one model with fixed shapes; `step` is one forward fed one token per row.
+    """Decode state of one model with fixed shapes; `step` is one forward fed one token per row,
+    `verify` one forward fed several (speculative decoding; a graph per width), `rollback` takes
+    back a row's rejected ones (masked holes, squeezed out at the next rebuild).
 
     cache: the model's cache after prefill (DynamicCache, one row per sequence); attention_mask:
     [rows, columns] of that prefill (1 = real token); next_position: [rows, 1]; max_columns: the
-    most columns a row can reach (prompt width + max new tokens); step_fn: decode_step or a
-    compiled copy of it. Call `close` when done, so the buffers go back to the pool.
+    most columns a row can reach (prompt width + max new tokens, + a round's drafts when
+    speculating); step_fn, verify_fn: decode_step and verify_step or compiled copies. Call `close` when done, so the buffers go back to the pool.
     """
 
     def __init__(self, model, pool: BufferPool, cache: Cache, attention_mask: torch.Tensor,
