@@ -253,3 +253,32 @@ def test_gpu_bench_smoke_times_speculative_rast_and_projects_it(tmp_path):
     assert "error" not in projection and sorted(projection["verify_ms"]) == [str(w) for w in
                                                                             range(1, 10)]
     assert 0 <= projection["best_k"] <= 8 and projection["projected_over_large_alone"] > 0
+
+
+def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
+    import json
+
+    from transfer.eval.evaluate import System, TransferConfig, load_engine
+    from transfer.generate import main
+
+    names = (tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"])
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Q: 4*7=", "Q: 12*3=")))
+    rows = {}
+    for flags in ([], ["--speculative"], ["--speculative", "--draft-tokens", "2"]):
+        output = tmp_path / f"{len(flags)}.jsonl"
+        main(["--large", names[0], "--small-base", names[1], "--small-rl", names[2], "--input",
+              str(source), "--output", str(output), "--temperature", "0", "--max-new-tokens", "12",
+              *flags])
+        rows[len(flags)] = [json.loads(line)["token_ids"] for line in output.read_text().splitlines()]
+    assert rows[0] == rows[1] == rows[3]  # greedy: speculation changes the speed only
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--large", names[0], "--input", str(source), "--output", str(tmp_path / "x"),
+              "--draft-tokens", "2"])
+    assert exit_info.value.code == 2
+
+    config = TransferConfig(target=names[0], small_base=names[1], small_rl=names[2],
+                            speculative=True)
+    rast = load_engine(System("L+RAST", *names, lam=1.0), config)
+    alone = load_engine(System("L", names[0]), config)
+    assert rast.speculative is not None and alone.speculative is None
