@@ -64,7 +64,7 @@ transfer: setup
 	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.eval.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup
-	$(PY) -m transfer.bench.cpu --batch-size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small-rl outputs/tiny-s-grpo)
+	$(PY) -m transfer.bench.cpu --batch_size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small_rl outputs/tiny-s-grpo)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

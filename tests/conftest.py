@@ -14,6 +14,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAST_DATA_DIR",
                       os.path.abspath(os.path.join(__file__, "..", "..", "..", "shared", "data")))
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -60,3 +63,13 @@ def tiny_models(tmp_path_factory):
         "large": build_random_qwen2(root / "large", hidden=64, layers=3, ffn=128,
                                     embedding_rows=160, seed=3),
     }
+
+
+def wandb_inspect(path, *flags: str) -> str:
+    """`wandb leet inspect` of an offline run (a run directory or its .wandb file), run with this
+    interpreter's wandb: wandb 0.31 reads its own files only through that command (its reader is
+    the Go core), so this is the one place the tests leave Python for W&B."""
+    result = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(path)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

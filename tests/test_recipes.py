@@ -18,7 +18,8 @@ from train.prompts import TEMPLATES
 from transfer.analysis.analyze import parse_config as parse_analyze_config
 from transfer.eval.evaluate import parse_config
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("**/*.yaml"))
+RECIPES_DIR = Path(__file__).parents[1] / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("**/*.yaml"))
 
 
 def parse_grpo_recipe(path: Path):
@@ -78,9 +79,10 @@ def test_grpo_recipe_names_known_data_and_templates(path):
 
 @pytest.mark.parametrize("path", [p for p in GRPO_RECIPES if "Qwen" in str(p)], ids=recipe_id)
 def test_simplerl_zoo_batch_mapping(path):
-    """SimpleRL-Zoo: 1024 prompts x 8 rollouts per step, 4 updates of 256 prompts, on 8 GPUs."""
+    """SimpleRL-Zoo: 1024 prompts x 8 rollouts per step, 4 updates of 256 prompts, on the
+    processes of one node as the accelerate configs launch them."""
     _, training_args, model_args = parse_grpo_recipe(path)
-    gpus = 8
+    gpus = load_config_from_file(str(RECIPES_DIR / "accelerate_configs/zero2.yaml")).num_processes
     completions_per_update = (training_args.per_device_train_batch_size * gpus
                               * training_args.gradient_accumulation_steps)
     assert completions_per_update == 256 * training_args.num_generations == 2048

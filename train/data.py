@@ -230,6 +230,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     The dataset's info.description says where the rows came from (file path or hub id).
     'tiny' is the embedded multiplication task (train.tiny.task), split "train" or "test".
     """
+    if limit is not None and limit < 1:  # 0 gave NaN metrics, -1 silently dropped the last row
+        raise UserError(f"limit must be >= 1 (leave it empty for every problem), got {limit}")
     if name_or_path == "tiny":
         problems = tiny_task.problems(split or "test")
         return problems.select(range(min(limit, len(problems)))) if limit is not None else problems
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print row counts of benchmark data.")
     parser.add_argument("name_or_path", nargs="?", help="benchmark name or file/dir; default: all")
     parser.add_argument("--split", default=None)
-    parser.add_argument("--data-dir", default=None, help="default: $RAST_DATA_DIR")
+    parser.add_argument("--data_dir", "--data-dir", default=None, help="default: $RAST_DATA_DIR")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.name_or_path:

@@ -13,21 +13,22 @@ output_dir with TRL checkpoints, the final model (or LoRA adapter), the tokenize
 
 Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
 --max_steps continues training); a run that already reached max_steps is not retrained: it says
-so and prints its saved results. W&B: `report_to: wandb` logs offline into output_dir/wandb
-unless credentials exist or WANDB_MODE is set; `--report_to none` turns it off.
+so and prints its saved results. W&B (train.tracking): `report_to: wandb` logs into the
+`wandb_project` project, offline into output_dir/wandb unless credentials exist or WANDB_MODE is
+set; `--report_to none` turns it off.
 """
 
-import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from train.data import load_problems
@@ -40,11 +41,12 @@ from train.recipe import parse_recipe
 from train.rewards import correctness_reward
 from train.tiny.heldout import evaluate
 from train.tiny.task import problems
-from train.tracking import wandb_credentials
+from train.tracking import wandb_session
 
 logger = logging.getLogger(__name__)
 
 EVAL_FILE = "eval_before_after.json"
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the Trainer's checkpoint-<step>
 
 
 @dataclass
@@ -63,6 +65,8 @@ class RastTrainArguments:
         "help": "tiny task only: held-out problems scored before and after training (0 = skip)"})
     eval_samples: int = field(default=4, metadata={"help": "samples per held-out problem"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of that eval"})
+    wandb_project: str = field(default="rast-grpo", metadata={
+        "help": "W&B project of the run (with report_to: wandb)"})
     torch_threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads; 1 is fastest for the tiny family (default: torch's choice)"})
 
@@ -70,35 +74,6 @@ class RastTrainArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[RastTrainArguments, GRPOConfig, ModelConfig]:
     """Recipe YAML (--config) + CLI overrides -> the three dataclasses; bad keys are UserErrors."""
     return parse_recipe((RastTrainArguments, GRPOConfig, ModelConfig), argv, "GRPO")
-
-
-@contextlib.contextmanager
-def wandb_logging(training_args: GRPOConfig):
-    """W&B for one run: offline into output_dir/wandb unless credentials exist or WANDB_MODE is set.
-
-    The WANDB_* variables are set for this run only (unless the user set them), and the run is
-    finished on the way out: transformers 5.17's Trainer leaves it open.
-    """
-    if "wandb" not in training_args.report_to:
-        yield
-        return
-    import wandb
-
-    wanted = {"WANDB_DIR": os.path.abspath(training_args.output_dir), "WANDB_PROJECT": "rast"}
-    if not wandb_credentials():
-        wanted["WANDB_MODE"] = "offline"
-    added = {key: value for key, value in wanted.items() if key not in os.environ}
-    os.environ.update(added)
-    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("WANDB_MODE") == "offline":
-        logger.info("W&B offline in %s/wandb (upload later with `wandb sync`)", os.environ["WANDB_DIR"])
-    try:
-        yield
-    finally:
-        if wandb.run is not None:
-            wandb.finish()
-        for key in added:
-            os.environ.pop(key)
 
 
 def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
@@ -118,7 +93,32 @@ def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    """The newest COMPLETE checkpoint-<step> of output_dir, naming any newer one it skips.
+
+    The Trainer's save is not atomic: it writes the model, optimizer, scheduler and RNG states,
+    then trainer_state.json last, so a kill inside it leaves a directory without a readable
+    trainer_state.json; transformers' get_last_checkpoint picks that one and resume fails.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = [(int(match.group(1)), entry.path) for entry in os.scandir(output_dir)
+                if entry.is_dir() and (match := CHECKPOINT_NAME.match(entry.name))]
+    for _, checkpoint in sorted(numbered, reverse=True):
+        if saved_step(checkpoint) is not None:
+            return checkpoint
+        logger.warning("skipping %s: its save did not finish (no readable trainer_state.json; "
+                       "killed while saving?); resuming from the newest complete checkpoint "
+                       "instead. Delete it to silence this.", checkpoint)
+    return None
+
+
+def saved_step(checkpoint: str) -> int | None:
+    """The global step a checkpoint holds, None when its trainer_state.json (written last) is
+    missing or torn."""
+    try:
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def finished_step(output_dir: str, max_steps: int) -> int | None:
@@ -126,7 +126,7 @@ def finished_step(output_dir: str, max_steps: int) -> int | None:
     checkpoint = last_checkpoint(output_dir)
     if checkpoint is None or not (Path(output_dir) / PAIR_FILE).is_file():
         return None
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    step = saved_step(checkpoint)
     return step if max_steps > 0 and step >= max_steps else None
 
 
@@ -161,6 +161,11 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         raise UserError("recipe has no model_name_or_path: give a registry name (tiny-s, 1.5B), "
                         "a local directory or a hub id")
     output_dir = training_args.output_dir
+    explicit = training_args.resume_from_checkpoint
+    if explicit and saved_step(explicit) is None:
+        raise UserError(f"resume_from_checkpoint {explicit} is not a complete checkpoint (no "
+                        f"readable trainer_state.json): name a complete one, or leave it empty to "
+                        f"resume from the newest complete checkpoint of output_dir")
     done = finished_step(output_dir, training_args.max_steps)
     if done is not None:
         return report_finished(output_dir, done, training_args.max_steps)
@@ -174,7 +179,8 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
     if training_args.run_name is None:
         training_args.run_name = Path(output_dir).name
 
-    with wandb_logging(training_args):
+    # transformers' W&B callback reads WANDB_PROJECT/WANDB_DIR from the session's environment
+    with wandb_session(training_args.report_to, output_dir, args.wandb_project) as wandb:
         trainer = GRPOTrainer(
             model=model, reward_funcs=list(reward_funcs), args=training_args,
             train_dataset=train_dataset, processing_class=tokenizer,
@@ -183,7 +189,7 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint(output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
-        start_step = _checkpoint_step(checkpoint)
+        start_step = saved_step(checkpoint) if checkpoint else 0
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(output_dir)  # the LoRA adapter alone when use_peft, with the tokenizer
 
@@ -194,7 +200,7 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
             write_pair(output_dir, args, model_args, recipe, step)
             if before is not None:
                 after = evaluate_tiny(trainer.model, tokenizer, args)
-                summary["eval"] = save_eval(output_dir, before, after, args)
+                summary["eval"] = save_eval(output_dir, before, after, args, wandb)
     return summary
 
 
@@ -203,15 +209,19 @@ def write_pair(output_dir: str, args: RastTrainArguments, model_args: ModelConfi
     """rast_pair.json: the base this RL model pairs with, so `transfer` needs no extra flag."""
     write_rast_pair(output_dir, model_args.model_name_or_path,
                     model_name_or_path=model_args.model_name_or_path,
-                    adapter=bool(model_args.use_peft), recipe=recipe,
+                    recipe=recipe,
                     prompt_template=args.prompt_template, global_step=step)
 
 
-def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments) -> dict:
+def save_eval(output_dir: str, before: dict, after: dict, args: RastTrainArguments,
+              wandb=None) -> dict:
     evaluation = {"before": before, "after": after, "gain": after["accuracy"] - before["accuracy"],
                   "samples": args.eval_samples, "temperature": args.eval_temperature}
     (Path(output_dir) / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
-    _log_to_wandb_summary(evaluation)
+    if wandb is not None and wandb.run is not None:
+        for when in ("before", "after"):
+            for key in ("accuracy", "careful_share"):
+                wandb.run.summary[f"eval/{when}_{key}"] = evaluation[when][key]
     print(report_eval(evaluation))
     return evaluation
 
@@ -225,21 +235,6 @@ def report_finished(output_dir: str, step: int, max_steps: int) -> dict:
     if evaluation:
         print(report_eval(evaluation))
     return {"output_dir": output_dir, "global_step": step, "trained_steps": 0, "eval": evaluation}
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    if not checkpoint:
-        return 0
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-
-
-def _log_to_wandb_summary(evaluation: dict) -> None:
-    import wandb
-
-    if wandb.run is not None:
-        for when in ("before", "after"):
-            for key in ("accuracy", "careful_share"):
-                wandb.run.summary[f"eval/{when}_{key}"] = evaluation[when][key]
 
 
 def main(argv: list[str] | None = None) -> None:

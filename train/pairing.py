@@ -5,12 +5,15 @@ base's weights: rebuilding a base (e.g. `python -m train.tiny.family --force`) a
 an RL model whose delta no longer refers to that base, and RAST with such a pair is silently
 wrong, so pairing refuses it.
 
-    python -c "from train.pairing import paired_base; print(paired_base('outputs/tiny-s-grpo'))"
+    python -c "from train.pairing import resolve_pair; print(resolve_pair('outputs/tiny-s-grpo'))"
 """
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from huggingface_hub import try_to_load_from_cache
 
 from train.errors import UserError
 from train.models import resolve_model
@@ -55,16 +58,54 @@ def read_pair(small_rl: str) -> dict:
         raise UserError(f"{pair_file} is not valid JSON ({err}): delete it and pass small_base") from None
 
 
-def paired_base(small_rl: str, small_base: str | None = None) -> str:
-    """The base to pair with small_rl: small_base if given, else the recorded one; either way the
-    base's weights must still be those the RL model was trained from."""
+@dataclass(frozen=True)
+class Pair:
+    """A small RL model and the base it pairs with, each resolved once to what from_pretrained
+    takes (a local directory or a hub id)."""
+
+    base: str
+    rl: str
+    lora: bool  # rl is a LoRA adapter of base (it holds adapter_config.json), not full weights
+    rl_tokenizer: bool  # rl carries tokenizer files of its own (hub ids always do)
+
+
+def resolve_pair(small_rl: str, small_base: str | None = None) -> Pair:
+    """The pair to decode: small_rl with small_base if given, else with the base its
+    rast_pair.json records. Refuses a given base that is not the recorded one, and a base whose
+    weights changed since the RL model was trained from them (its delta would be silently wrong).
+    """
+    rl = resolve_model(small_rl)  # a missing outputs/... directory is a UserError
     pair = read_pair(small_rl)
-    base = small_base or pair.get("small_base")
-    if base is None:
+    recorded = pair.get("small_base")
+    base_name = small_base or recorded
+    if base_name is None:
         raise UserError(f"cannot tell which small base {small_rl!r} was trained from (no "
                         f"{PAIR_FILE} with 'small_base'): pass small_base")
-    recorded = pair.get("small_base_sha256")
-    if recorded and weights_fingerprint(base) not in (None, recorded):
-        raise UserError(f"the weights of {base!r} changed since {small_rl!r} was trained from them "
-                        f"({PAIR_FILE}): retrain the RL model (delete {small_rl}) or restore the base")
-    return base
+    base = resolve_model(base_name)
+    if small_base and recorded and _identity(base) != _identity(resolve_model(recorded)):
+        raise UserError(f"small_base {small_base!r} is not the model {small_rl} was trained from "
+                        f"({recorded!r}, its {PAIR_FILE}): fix small_base")
+    sha = pair.get("small_base_sha256")
+    if sha and weights_fingerprint(base) not in (None, sha):
+        raise UserError(f"the weights of {base_name!r} changed since {small_rl!r} was trained from "
+                        f"them ({PAIR_FILE}): retrain the RL model (delete {small_rl}) or restore "
+                        f"the base")
+    return Pair(base, rl, _holds(rl, "adapter_config.json"),
+                _holds(rl, "tokenizer_config.json") or _holds(rl, "tokenizer.json"))
+
+
+def _identity(resolved: str) -> str:
+    return str(Path(resolved).resolve()) if Path(resolved).is_dir() else resolved
+
+
+def _holds(resolved: str, filename: str) -> bool:
+    """Whether a local model directory, or a hub repository's cached snapshot, has this file.
+
+    A hub id that is not cached is taken to be a full model with its own tokenizer (what hub RL
+    checkpoints are); evaluation checks beforehand that every model it needs is cached."""
+    if Path(resolved).is_dir():
+        return (Path(resolved) / filename).is_file()
+    cached = try_to_load_from_cache(resolved, filename)
+    if cached is None:  # nothing known about this repository: no adapter, a tokenizer
+        return filename != "adapter_config.json"
+    return isinstance(cached, str)

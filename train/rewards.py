@@ -7,7 +7,8 @@ with one list entry per completion, and wants one float per completion back. A c
 string, or for conversational datasets a list of {"role", "content"} messages. The SimpleRL-Zoo
 recipe rewards correctness only (1.0 if math-verify agrees with the gold answer, else 0.0).
 
-Use it from a recipe as `reward_funcs: [train.rewards.correctness_reward]`, or check it:
+train.grpo gives it to GRPOTrainer (it is not a recipe key: `train.grpo.run(reward_funcs=...)`
+takes others from Python). Check it:
     python -c "from train.rewards import correctness_reward as r; print(r(['\\\\boxed{4}'], ['4']))"
 """
 

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wandb_inspect
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train import grpo
+from train.errors import UserError
 from train.models import load_tokenizer
+from train.pairing import resolve_pair
 
 
 def digit_share_reward(completions, **kwargs):
@@ -67,7 +70,7 @@ def test_output_pairs_with_its_base_and_keeps_the_tokenizer(full_run, tiny_model
     output_dir, _ = full_run
     pair = json.loads((output_dir / "rast_pair.json").read_text())
     assert pair["small_base"] == str(Path(tiny_models["small_base"]).resolve())
-    assert pair["adapter"] is False and pair["global_step"] == 2
+    assert pair["global_step"] == 2 and not resolve_pair(str(output_dir)).lora
     assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
     assert load_tokenizer(str(output_dir)).eos_token_id == 0  # round trip asserted inside
 
@@ -85,8 +88,7 @@ def test_before_after_evaluation_is_saved(full_run):
 def test_wandb_offline_run_has_reward_and_length_history(full_run):
     output_dir, _ = full_run
     (run_file,) = (output_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(run_file), "--json"],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    records = wandb_inspect(run_file, "--json").splitlines()
     history = [json.loads(line)["history"]["item"] for line in records if '"type":"history"' in line]
     # wandb's _step counts log calls, not trainer steps: key on train/global_step
     rewards = {row["train/global_step"]: row["train/reward"] for row in history if "train/reward" in row}
@@ -118,7 +120,7 @@ def test_lora_run_saves_an_adapter_that_learned(tiny_models, tmp_path):
              "--lora_alpha", "8", "--lora_dropout", "0", "--max_steps", "1")
     assert (output_dir / "adapter_config.json").is_file()
     assert not (output_dir / "model.safetensors").exists()
-    assert json.loads((output_dir / "rast_pair.json").read_text())["adapter"] is True
+    assert resolve_pair(str(output_dir)).lora  # adapter_config.json: the one sign of LoRA
     lora_b = {k: v for k, v in load_file(output_dir / "adapter_model.safetensors").items()
               if "lora_B" in k}
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # lora_B starts at zero
@@ -135,3 +137,39 @@ def test_tiny_recipe_gains_a_quarter_of_held_out_accuracy(tmp_path):
     assert evaluation["before"]["n"] == 300 * 4
     assert evaluation["after"]["accuracy"] - evaluation["before"]["accuracy"] >= 0.25
     assert evaluation["after"]["careful_share"] > 0.8
+
+
+def test_a_save_killed_midway_is_skipped_on_resume(tiny_models, tmp_path, monkeypatch, caplog):
+    """The Trainer's save is not atomic: a kill after the weights but before trainer_state.json
+    leaves checkpoint-2 torn. Resume takes checkpoint-1, names what it skipped, and finishes."""
+    from transformers import Trainer
+
+    output_dir = tmp_path / "killed"
+    real_save_rng_state = Trainer._save_rng_state
+
+    def die_inside_the_second_save(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
+        real_save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", die_inside_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        grpo_run(tiny_models["small_base"], output_dir)
+    monkeypatch.undo()
+    torn = output_dir / "checkpoint-2"
+    assert (torn / "model.safetensors").is_file() and not (torn / "trainer_state.json").exists()
+
+    counter = StepCounter()
+    with caplog.at_level("WARNING", logger="train.grpo"):
+        summary = grpo_run(tiny_models["small_base"], output_dir, callbacks=[counter])
+    assert f"skipping {torn}: its save did not finish" in caplog.text
+    assert counter.steps == 1 and summary["global_step"] == 2 and summary["trained_steps"] == 1
+    assert grpo.saved_step(str(torn)) == 2  # the resumed run saved it again, complete
+
+
+def test_a_torn_checkpoint_named_explicitly_is_refused_in_one_line(tiny_models, tmp_path):
+    torn = tmp_path / "out" / "checkpoint-3"
+    torn.mkdir(parents=True)
+    (torn / "trainer_state.json").write_text('{"global_step": 3, "log_hi')
+    with pytest.raises(UserError, match="checkpoint-3 is not a complete checkpoint"):
+        grpo_run(tiny_models["small_base"], tmp_path / "out", "--resume_from_checkpoint", str(torn))

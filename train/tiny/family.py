@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="members built at once (one core each)")
     parser.add_argument("--seed", type=int, default=PretrainArgs.seed)
     parser.add_argument("--steps", type=int, default=PretrainArgs.steps)
-    parser.add_argument("--corpus-split", default=PretrainArgs.corpus_split, choices=["all", "train"],
+    parser.add_argument("--corpus_split", "--corpus-split", default=PretrainArgs.corpus_split, choices=["all", "train"],
                         help="problems the pretraining corpus is drawn from (task.py explains why all)")
     parser.add_argument("--evaluate", nargs="+", metavar="MODEL",
                         help="instead of building, print held-out accuracy of these members or directories")

@@ -10,7 +10,7 @@ positions.jsonl into output_dir, and W&B behind report_to (offline without crede
 
     python -m transfer.analysis.analyze --config recipes/tiny/analyze/config_cpu.yaml        # make analyze
     python -m transfer.analysis.analyze --config recipes/tiny/analyze/config_cpu.yaml \\
-        --trajectories outputs/transfer-tiny/samples.jsonl --system "L+RAST(lam=1)" \\
+        --trajectories outputs/transfer-tiny/samples.jsonl --system RAST --lam 1 \\
         --evaluation outputs/transfer-tiny/samples.jsonl --report_to none
 """
 
@@ -21,24 +21,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 
+from train.data import benchmark_label, load_benchmark
 from train.errors import UserError, exit_on_user_error
 from train.grader import grade_batch
 from train.models import load_model, load_tokenizer, resolve_model
-from train.pairing import paired_base
+from train.pairing import Pair, resolve_pair
 from train.prompts import render_prompt
 from train.recipe import parse_recipe
 from train.tiny.task import is_careful
 from transfer.analysis.report import report, summarize
 from transfer.analysis.token_stats import PositionLogits, position_stats
-from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
-from transfer.decode.rast import check_tokenizers_compatible
-from transfer.eval.evaluate import benchmark_label, load_benchmark
+from transfer.decode.engine import (
+    RastEngine,
+    SamplingParams,
+    check_device,
+    check_lam,
+    check_pair_tokenizers,
+    device_and_dtype,
+)
+from transfer.eval.samples import ROLES, Sample, read_records, system_name
 
 logger = logging.getLogger(__name__)
 
-GENERATED_SYSTEMS = ("S_RL", "S", "L", "L_RL", "L+RAST")
 POSITION_CHUNK = 1024  # positions per fp32 stats call: bounds memory at Qwen's 152k-token vocab
 
 
@@ -54,12 +61,14 @@ class AnalyzeConfig:
         "help": "base of each small_rl, same order; empty = each one's rast_pair.json"})
     target_rl: str | None = field(default=None, metadata={
         "help": "L's own RL model (e.g. outputs/tiny-l-grpo): cosine of Delta R vs L's delta"})
-    lam: float = field(default=1.0, metadata={"help": "RAST strength for the RAST distribution"})
+    lam: float = field(default=1.0, metadata={
+        "help": "RAST strength: of the RAST distribution analysed, and of the RAST system whose "
+                "trajectories (system: RAST) and per-problem gains are read"})
     trajectories: str | None = field(default=None, metadata={
         "help": "samples.jsonl of transfer.eval.evaluate (or its directory); empty = generate here"})
     system: str = field(default="S_RL", metadata={
-        "help": "whose trajectories: a system name of the trajectories file, or to generate one "
-                "of S_RL, S, L, L_RL, L+RAST (with lam)"})
+        "help": "whose trajectories, by role: S_RL, S, L, L_RL, or RAST (the one at `lam`); read "
+                "from `trajectories` or generated here"})
     benchmark: str = field(default="tiny", metadata={"help": "'tiny', a benchmark name or path"})
     split: str = "test"
     limit: int | None = field(default=64, metadata={"help": "first N problems"})
@@ -73,8 +82,6 @@ class AnalyzeConfig:
     evaluation: str | None = field(default=None, metadata={
         "help": "samples.jsonl with every system's graded samples: per-problem RAST gain, and "
                 "lengths and behaviour words per system"})
-    baseline_system: str = "L"
-    rast_system: str = "L+RAST(lam=1)"
     branching_words: list[str] = field(default_factory=lambda: [
         "alternatively", "another", "try", "suppose", "consider", "instead"])
     backtracking_words: list[str] = field(default_factory=lambda: [
@@ -110,9 +117,10 @@ class AnalyzeConfig:
             raise UserError("samples, batch_size and max_new_tokens must be >= 1")
         if self.report_to not in ("wandb", "none"):
             raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
-        if self.trajectories is None and self.system not in GENERATED_SYSTEMS:
-            raise UserError(f"system {self.system!r} cannot be generated here: use one of "
-                            f"{', '.join(GENERATED_SYSTEMS)}, or give --trajectories")
+        if self.system not in ROLES:
+            raise UserError(f"system must be one of {', '.join(ROLES)} (RAST: the one at lam), "
+                            f"got {self.system!r}")
+        check_lam(self.lam)
         if self.system == "L_RL" and self.trajectories is None and not self.target_rl:
             raise UserError("system L_RL needs target_rl")
 
@@ -147,35 +155,34 @@ def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
 
 
 def load_models(config: AnalyzeConfig) -> Models:
-    """Every model in eval mode; tokenizers checked identical (Delta R adds logits id by id)."""
-
-    # paired_base also refuses a base whose weights changed since its RL model was trained
-    bases = [paired_base(rl, base) for rl, base in
+    """Every model in eval mode; tokenizers checked compatible (Delta R adds logits id by id)."""
+    # resolve_pair also refuses a base whose weights changed since its RL model was trained
+    pairs = [resolve_pair(rl, base) for rl, base in
              zip(config.small_rl, config.small_base or [None] * len(config.small_rl))]
+    large_rl = resolve_pair(config.target_rl, config.target) if config.target_rl else None
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
     device, _, dtype = device_and_dtype(config.device, config.dtype)
-    tokenizer = load_tokenizer(config.target)
+    check_device("device", device)
+    target = resolve_model(config.target)
+    tokenizer = load_tokenizer(target)
+    for pair in pairs + ([large_rl] if large_rl else []):
+        check_pair_tokenizers(tokenizer, target, pair)
 
-    def load(name: str, adapter_of: str | None = None):
-        path = Path(resolve_model(name))
-        if (path / "adapter_config.json").is_file():  # a LoRA output of train.grpo
-            from peft import PeftModel
-
-            return PeftModel.from_pretrained(load(adapter_of), str(path)).eval()
-        if name != config.target and ((path / "tokenizer_config.json").is_file()
-                                      or not path.is_dir()):  # a hub id carries a tokenizer
-            check_tokenizers_compatible(tokenizer, load_tokenizer(name), config.target, name)
+    def load(name: str):
         return load_model(name, dtype=dtype, device_map=device).eval()
 
+    def load_rl(pair: Pair):  # a LoRA output of train.grpo gets a base copy of its own
+        return (PeftModel.from_pretrained(load(pair.base), pair.rl).eval() if pair.lora
+                else load(pair.rl))
+
     names = {"L": config.target}
-    pairs = []
-    for i, (base, rl) in enumerate(zip(bases, config.small_rl)):
-        pairs.append((load(base), load(rl, adapter_of=base)))
-        names |= {f"S{i}": base, f"S{i}_RL": rl}
-    large_rl = None
-    if config.target_rl:
-        large_rl, names["L_RL"] = load(config.target_rl, adapter_of=config.target), config.target_rl
-    return Models(tokenizer, load(config.target), pairs, large_rl, names)
+    loaded = []
+    for i, (pair, rl) in enumerate(zip(pairs, config.small_rl)):
+        loaded.append((load(pair.base), load_rl(pair)))
+        names |= {f"S{i}": pair.base, f"S{i}_RL": rl}
+    if large_rl is not None:
+        names["L_RL"] = config.target_rl
+    return Models(tokenizer, load(target), loaded, load_rl(large_rl) if large_rl else None, names)
 
 
 def _problems(config: AnalyzeConfig) -> dict[str, dict]:
@@ -183,38 +190,38 @@ def _problems(config: AnalyzeConfig) -> dict[str, dict]:
     return {p["id"]: p for p in load_benchmark(config.benchmark, config.split, config.limit)}
 
 
-def read_records(path_or_dir: str) -> list[dict]:
+def read_samples(path_or_dir: str) -> list[Sample]:
+    """An evaluation's sample log (samples.jsonl, or the directory holding it)."""
     path = Path(path_or_dir)
     path = path / "samples.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"{path_or_dir}: no samples.jsonl there; run `make transfer` first or "
                         f"leave trajectories empty to generate them")
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return read_records(path)
 
 
-def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
+def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
 
     The records hold text, not ids: the text is re-tokenized (exact for the tiny family's
     character tokenizer) and the stop token is not part of the analysed positions.
     """
 
-    records, problems = read_records(config.trajectories), _problems(config)
+    problems = _problems(config)
     label = benchmark_label(config.benchmark)
-    chosen = [r for r in records if r["system"] == config.system and r["benchmark"] == label
-              and r["problem_id"] in problems and r["sample_index"] < config.samples]
+    chosen = [r for r in records if r.of(config.system, config.lam) and r.benchmark == label
+              and r.problem_id in problems and r.sample_index < config.samples]
     if not chosen:
-        systems = sorted({r["system"] for r in records})
-        raise UserError(f"no samples of system {config.system!r} on {label} in "
-                        f"{config.trajectories}; systems there: {', '.join(systems)}")
+        systems = sorted({r.system for r in records})
+        raise UserError(f"no samples of system {config.system!r} (lam {config.lam:g} for RAST) "
+                        f"on {label} in {config.trajectories}; systems there: {', '.join(systems)}")
     trajectories = []
-    for r in sorted(chosen, key=lambda r: (r["problem_id"], r["sample_index"])):
-        prompt = render_prompt(config.prompt_template, problems[r["problem_id"]]["problem"])
-        ids = r.get("token_ids") or tokenizer(r["text"], add_special_tokens=False)["input_ids"]
-        trajectories.append(Trajectory(r["problem_id"], r["sample_index"],
-                                       tokenizer(prompt)["input_ids"], list(ids), r["text"],
-                                       r.get("correct")))
+    for r in sorted(chosen, key=lambda r: (r.problem_id, r.sample_index)):
+        prompt = render_prompt(config.prompt_template, problems[r.problem_id]["problem"])
+        ids = r.token_ids or tokenizer(r.text, add_special_tokens=False)["input_ids"]
+        trajectories.append(Trajectory(r.problem_id, r.sample_index,
+                                       tokenizer(prompt)["input_ids"], list(ids), r.text,
+                                       r.correct))
     return trajectories
 
 
@@ -224,7 +231,7 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
 
     tokenizer, (base, rl) = models.tokenizer, models.pairs[0]
     steered = {"S_RL": (rl,), "S": (base,), "L": (models.large,), "L_RL": (models.large_rl,),
-               "L+RAST": (models.large, base, rl)}[config.system]
+               "RAST": (models.large, base, rl)}[config.system]
     engine = RastEngine(*steered, lam=config.lam, tokenizer=tokenizer)
     problems = list(_problems(config).values())
     prompts = [render_prompt(config.prompt_template, p["problem"]) for p in problems]
@@ -234,14 +241,14 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
                                   keys=[p["id"] for p in problems], batch_size=config.batch_size)
     answers = {p["id"]: p["answer"] for p in problems}
     grades = grade_batch([answers[c.key] for c in completions], [c.text for c in completions])
-    records = [{"system": config.system, "benchmark": benchmark_label(config.benchmark),
-                "problem_id": c.key, "sample_index": c.sample_index, "seed": c.seed,
-                "text": c.text, "extracted": g.extracted, "correct": g.correct,
-                "num_tokens": len(c.token_ids), "finished": c.finished, "token_ids": c.token_ids,
-                **({"careful": is_careful(c.text)} if config.benchmark == "tiny" else {})}
+    lam = config.lam if config.system == "RAST" else 0.0
+    records = [Sample(system_name(config.system, lam), config.system, lam, benchmark_label(config.benchmark), c.key,
+                      c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
+                      len(c.token_ids), c.finished, token_ids=c.token_ids,
+                      careful=is_careful(c.text) if config.benchmark == "tiny" else None)
                for c, g in zip(completions, grades)]
     path = Path(config.output_dir) / "samples.jsonl"
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    path.write_text("".join(record.to_json() + "\n" for record in records))
     prompt_ids = {p["id"]: tokenizer(prompt)["input_ids"] for p, prompt in zip(problems, prompts)}
     return [Trajectory(c.key, c.sample_index, prompt_ids[c.key], c.token_ids, c.text, g.correct)
             for c, g in zip(completions, grades)]
@@ -301,10 +308,11 @@ def run(config: AnalyzeConfig) -> dict:
         torch.set_num_threads(config.torch_threads)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    evaluation = read_records(config.evaluation) if config.evaluation else None
+    evaluation = read_samples(config.evaluation) if config.evaluation else None
+    records = read_samples(config.trajectories) if config.trajectories else None  # before loading
     models = load_models(config)
-    if config.trajectories:
-        trajectories = read_trajectories(config, models.tokenizer)
+    if records is not None:
+        trajectories = read_trajectories(config, models.tokenizer, records)
     else:
         trajectories = generate_trajectories(config, models)
     dropped = sum(not t.token_ids for t in trajectories)

@@ -8,7 +8,6 @@ through the analysis entry point:
 """
 
 import json
-import os
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -17,9 +16,10 @@ import torch
 
 from train.data import benchmark_label
 from train.tiny.task import is_careful
-from train.tracking import wandb_credentials
+from train.tracking import wandb_session
 from transfer.analysis.plots import plot_all
 from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
+from transfer.eval.samples import Sample, system_name
 
 CONTEXT_CHARS = 40  # characters of text shown before a token in the example contexts
 EXAMPLES_PER_TOKEN = 3
@@ -131,20 +131,23 @@ def _cross_scale(trajectories, stats) -> dict:
     return result
 
 
-def _gain(config, evaluation: list[dict], cross_scale: dict) -> dict:
-    """Per-problem accuracy gain of rast_system over baseline_system, and its correlation with
-    each per-problem cosine."""
+def _gain(config, evaluation: list[Sample], cross_scale: dict) -> dict:
+    """Per-problem accuracy gain of RAST (at config.lam) over L, and its correlation with each
+    per-problem cosine."""
 
     label = benchmark_label(config.benchmark)
-    accuracy = defaultdict(lambda: defaultdict(list))
+    accuracy = {"L": defaultdict(list), "RAST": defaultdict(list)}
     for r in evaluation:
-        if r["benchmark"] == label:
-            accuracy[r["system"]][r["problem_id"]].append(float(r["correct"]))
-    missing = [s for s in (config.baseline_system, config.rast_system) if s not in accuracy]
+        for role, by_problem in accuracy.items():
+            if r.benchmark == label and r.of(role, config.lam):
+                by_problem[r.problem_id].append(float(r.correct))
+    missing = [f"{role} (lam {config.lam:g})" if role == "RAST" else role
+               for role, by_problem in accuracy.items() if not by_problem]
     if missing:
+        systems = sorted({r.system for r in evaluation})
         return {"note": f"no samples of {', '.join(missing)} on {label} in the evaluation file "
-                        f"(systems there: {', '.join(sorted(accuracy))})"}
-    base, rast = accuracy[config.baseline_system], accuracy[config.rast_system]
+                        f"(systems there: {', '.join(systems)})"}
+    base, rast = accuracy["L"], accuracy["RAST"]
     per_problem = {pid: sum(rast[pid]) / len(rast[pid]) - sum(base[pid]) / len(base[pid])
                    for pid in sorted(set(base) & set(rast))}
     correlations = {}
@@ -156,19 +159,19 @@ def _gain(config, evaluation: list[dict], cross_scale: dict) -> dict:
                 f"{kind}_problems": len(shared),
                 f"pearson{kind.removeprefix('per_problem')}": pearson(
                     [series[kind][pid] for pid in shared], [per_problem[pid] for pid in shared])}
-    return {"baseline": config.baseline_system, "rast": config.rast_system,
+    return {"baseline": "L", "rast": system_name("RAST", config.lam),
             "mean": sum(per_problem.values()) / max(len(per_problem), 1),
             "per_problem": per_problem, "correlation": correlations}
 
 
-def _behaviour(config, trajectories, evaluation: list[dict] | None) -> dict:
+def _behaviour(config, trajectories, evaluation: list[Sample] | None) -> dict:
     """Per system: responses, mean length in tokens, behaviour words per response, careful share."""
 
     label = benchmark_label(config.benchmark)
     rows = defaultdict(list)
     for r in evaluation or []:
-        if r["benchmark"] == label:
-            rows[r["system"]].append((r["text"], r["num_tokens"]))
+        if r.benchmark == label:
+            rows[r.system].append((r.text, r.num_tokens))
     rows[f"analysed {config.system}"] = [(t.text, len(t.token_ids)) for t in trajectories]
     result = {}
     for system, items in rows.items():
@@ -316,21 +319,16 @@ def report(summary: dict, config, tokenizer, trajectories, stats, output_dir: Pa
     text = markdown(summary, plots)
     (output_dir / "report.md").write_text(text)
     print(text)
-    if config.report_to == "wandb":
-        log_to_wandb(summary, config, plots, output_dir)
+    with wandb_session(config.report_to, output_dir, config.wandb_project) as wandb:
+        if wandb is not None:
+            log_analysis_run(wandb, summary, config, plots, output_dir)
 
 
-def log_to_wandb(summary: dict, config, plots: list[Path], output_dir: Path) -> None:
-    """One run: flat summary numbers, the plots, and the top-token tables; offline into
-    output_dir/wandb unless credentials exist or WANDB_MODE is set."""
-    os.environ.setdefault("WANDB_DIR", str(output_dir.resolve()))
-    if "WANDB_MODE" not in os.environ and not wandb_credentials():
-        # upload later with `wandb sync <output_dir>/wandb/offline-run-*`
-        os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
+def log_analysis_run(wandb, summary: dict, config, plots: list[Path], output_dir: Path) -> None:
+    """One run: flat summary numbers, the plots, and the top-token tables; `wandb` from
+    train.tracking.wandb_session (offline into output_dir/wandb without credentials)."""
     run = wandb.init(project=config.wandb_project, name=output_dir.name, job_type="analysis",
-                     dir=os.environ["WANDB_DIR"], config=summary["config"],
+                     dir=str(output_dir.resolve()), config=summary["config"],
                      reinit="finish_previous")
     flat = {f"coverage/{k}": v for k, v in summary["path_coverage"].items()}
     flat["top1_changed_share"] = summary["top1_changed_share"]

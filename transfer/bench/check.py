@@ -145,14 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
                         default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked",
                                  "cuda-graphs+speculative"],
                         help="engine modes to time (see transfer.bench.gpu --modes)")
-    parser.add_argument("--projection-batches", type=int, nargs="*", default=[1, 8, 16],
+    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
+                        default=[1, 8, 16],
                         help="batches at which to time speculative RAST's round parts")
     parser.add_argument("--acceptance", type=float, default=0.986,
                         help="draft acceptance rate for the speculative projection (make bench's)")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--precision-pair", default="7B:0.5B", metavar="L:S")
-    parser.add_argument("--train-sizes", nargs="+", default=["1.5B", "7B"])
-    parser.add_argument("--grpo-steps", type=int, default=3)
+    parser.add_argument("--new_tokens", "--new-tokens", type=int, default=64)
+    parser.add_argument("--precision_pair", "--precision-pair", default="7B:0.5B", metavar="L:S")
+    parser.add_argument("--train_sizes", "--train-sizes", nargs="+", default=["1.5B", "7B"])
+    parser.add_argument("--grpo_steps", "--grpo-steps", type=int, default=3)
     parser.add_argument("--output", default="outputs/gpu_check.json")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ each model unit dispatches (views excepted): on a GPU each is a kernel launch, a
 launches, not bytes, set a small model's step time, so this count says what a unit costs there.
 Uses the tiny family when built (`make tiny-family`), else random models of the same sizes.
 
-    make bench        # or: python -m transfer.bench.cpu --batch-size 8 --prompts 32
+    make bench        # or: python -m transfer.bench.cpu --batch_size 8 --prompts 32
 """
 
 import argparse
@@ -133,12 +133,14 @@ def weights_mb(models) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="CPU benchmark of the RAST engine")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timed rounds")
-    parser.add_argument("--small-rl", help="an RL checkpoint of tiny-s (default: perturbed tiny-s)")
-    parser.add_argument("--speculative-batches", type=int, nargs="*", default=[1, 8],
+    parser.add_argument("--small_rl", "--small-rl",
+                        help="an RL checkpoint of tiny-s (default: perturbed tiny-s)")
+    parser.add_argument("--speculative_batches", "--speculative-batches", type=int, nargs="*",
+                        default=[1, 8],
                         help="batch sizes of the speculative RAST comparison (none: skip it)")
     args = parser.parse_args(argv)
     if args.repeats < 2:

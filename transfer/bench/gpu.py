@@ -4,7 +4,7 @@ Random bf16 weights at the real Qwen2.5 configs (decode speed does not depend on
 decoded on token ids (no tokenizer needed) for a fixed number of tokens at batch 1/8/32, with
 the engine's eager DynamicCache loop and with its CUDA-graph replay (transfer/decode/static_cache.py).
 Decode is memory-bound, so RAST / L-alone throughput is at best bytes(L) / (bytes(L) + 2 bytes(S))
-(REFERENCE.md section 5); the JSON records measured ratio, bound, and their quotient per mode,
+(weights read per token); the JSON records measured ratio, bound, and their quotient per mode,
 and whether graph replay gives the tokens and logits of the same loop run eagerly.
 
     python -m transfer.bench.gpu --pairs 7B:0.5B 14B:1.5B --output outputs/gpu_bench.json
@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="RAST vs L-alone decode throughput on a GPU")
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "14B:1.5B"], metavar="L:S")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt_len", "--prompt-len", type=int, default=128)
+    parser.add_argument("--new_tokens", "--new-tokens", type=int, default=128)
     parser.add_argument("--output", default="outputs/gpu_bench.json")
     parser.add_argument("--modes", nargs="+",
                         default=["dynamic", "cuda-graphs", "cuda-graphs+speculative"],
@@ -311,9 +311,10 @@ def main(argv: list[str] | None = None) -> None:
                              "to run the small pair as two models, +speculative for speculative "
                              "RAST")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
-    parser.add_argument("--breakdown-batches", type=int, nargs="*", default=[1, 16],
+    parser.add_argument("--breakdown_batches", "--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
-    parser.add_argument("--projection-batches", type=int, nargs="*", default=[1, 8, 16],
+    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
+                        default=[1, 8, 16],
                         help="batches at which to time speculative RAST's round parts")
     parser.add_argument("--acceptance", type=float, default=0.986,
                         help="draft acceptance rate for the speculative projection (make bench's)")

@@ -1,7 +1,7 @@
 """The RAST maths as pure functions: align vocabularies, combine logits, warp, sample.
 
 At every decoding step the large base model's next-token logits are shifted by the small pair's
-RL delta and sampled once (REFERENCE.md section 1):
+RL delta and sampled once (Ouyang et al. 2025, arXiv 2506.15710):
 
     p(x_t | x_<t) = softmax(z_large + lam * (z_small_rl - z_small_base))
 

@@ -2,7 +2,7 @@
 
 A decode step of an HF model launches hundreds of small kernels from Python. At batch <= 16 the
 GPU finishes a small model's kernels faster than Python can launch them, so RAST's two extra
-small forwards would cost far more than their bytes (REFERENCE.md section 5). Here a step runs on
+small forwards would cost far more than their bytes. Here a step runs on
 buffers whose addresses never change (token ids, positions, a boolean attention mask, a static
 KV cache), so on CUDA each step is captured once as a CUDA graph and replayed, one launch per
 model per token.

@@ -31,7 +31,7 @@ from train.data import benchmark_label, load_benchmark
 from train.errors import UserError, exit_on_user_error
 from train.grader import grade_batch
 from train.models import load_tokenizer, resolve_model, stop_token_ids
-from train.pairing import paired_base, read_pair
+from train.pairing import resolve_pair
 from train.prompts import render_prompt
 from train.recipe import parse_recipe
 from train.tiny.task import is_careful
@@ -39,12 +39,15 @@ from transfer.decode.engine import (
     CACHE_MODES,  # torch: imported here, not for every import
     RastEngine,
     SamplingParams,
+    check_device,
+    check_models,
 )
 from transfer.eval import placement
 from transfer.eval.distributed import barrier, pin_gpus_of_this_process, this_shard
+from transfer.eval.lock import output_lock
 from transfer.eval.placement import GB, describe
 from transfer.eval.report import report, summarize
-from transfer.eval.samples import SampleLog, merge_samples, sample_files
+from transfer.eval.samples import Sample, SampleLog, merge_samples, sample_files, system_name
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +63,8 @@ class TransferConfig:
         "help": "small RL model: a train.grpo output dir (full model or LoRA adapter) or a hub id"})
     target_rl: str | None = field(default=None, metadata={
         "help": "RL model of L's size (hkust-nlp/Qwen-2.5-32B-SimpleRL-Zoo), for recovery rate"})
-    lambdas: list[float] = field(default_factory=lambda: [1.0], metadata={
-        "help": "RAST strengths to sweep"})
+    lam: list[float] = field(default_factory=lambda: [1.0], metadata={
+        "help": "RAST strength lambda; a list sweeps it (one L+RAST system each)"})
     include_small_rl: bool = field(default=True, metadata={"help": "also decode small RL alone"})
     include_small_base: bool = field(default=False, metadata={"help": "also decode S alone"})
     temperature: float = 1.0
@@ -98,17 +101,14 @@ class TransferConfig:
         "help": "dry run: memory of one GPU in GB (default: this machine's, else 80)"})
 
     def __post_init__(self):
-        self.lambdas = [float(lam) for lam in self.lambdas]
+        self.lam = [float(lam) for lam in self.lam]
         self.small_base = self.small_base or None
         self.target_rl = self.target_rl or None
-        if not self.lambdas or any(lam < 0 or not math.isfinite(lam) for lam in self.lambdas):
-            raise UserError(f"lambdas must be a non-empty list of finite values >= 0, "
-                            f"got {self.lambdas}")
+        if not self.lam or any(lam < 0 or not math.isfinite(lam) for lam in self.lam):
+            raise UserError(f"lam must be a non-empty list of finite values >= 0, got {self.lam}")
         if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("samples, batch_size and max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError(f"need temperature >= 0 and 0 < top_p <= 1, "
-                            f"got {self.temperature}, {self.top_p}")
+        SamplingParams(self.temperature, self.top_p, max_new_tokens=self.max_new_tokens)  # checks
         if not self.benchmarks:
             raise UserError("benchmarks is empty: name at least one (e.g. [tiny] or [math500])")
         if self.report_to not in ("wandb", "none"):
@@ -120,13 +120,22 @@ class TransferConfig:
 
 @dataclass(frozen=True)
 class System:
-    """One decoding setup: `large` alone, or `large` + lam * (small_rl - small_base)."""
+    """One decoding setup: `target` alone, or `target` + lam * (small_rl - small_base).
 
-    name: str
-    large: str
+    role (samples.ROLES) and lam say what it is; `name` is derived, for display and keys."""
+
+    role: str
+    target: str
     small_base: str | None = None
     small_rl: str | None = None
     lam: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return system_name(self.role, self.lam)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **asdict(self)}
 
 
 def parse_config(argv: list[str] | None = None) -> TransferConfig:
@@ -136,33 +145,21 @@ def parse_config(argv: list[str] | None = None) -> TransferConfig:
 
 def build_systems(config: TransferConfig) -> list[System]:
     """Systems in table order; ones that share models are adjacent so an engine can be reused."""
-    pair = read_pair(config.small_rl)
-    trained_from = pair.get("small_base")
-    small_base = paired_base(config.small_rl, config.small_base)  # also checks the base's weights
-    if trained_from and config.small_base and not _same_model(config.small_base, trained_from):
-        raise UserError(f"small_base {config.small_base!r} is not the model {config.small_rl} was "
-                        f"trained from ({trained_from!r}, its rast_pair.json): fix small_base")
+    pair = resolve_pair(config.small_rl, config.small_base)  # also checks the base's weights
     systems = []
     if config.include_small_base:
-        systems.append(System("S", small_base))
-    if config.include_small_rl and pair.get("adapter"):
+        systems.append(System("S", pair.base))
+    if config.include_small_rl and pair.lora:
         # A LoRA adapter dir cannot be decoded alone; S + 1 * (S_RL - S) equals S_RL up to fp32
         # rounding, through the engine's adapter path.
-        systems.append(System("S_RL", small_base, small_base, config.small_rl, 1.0))
+        systems.append(System("S_RL", pair.base, pair.base, pair.rl, 1.0))
     elif config.include_small_rl:
-        systems.append(System("S_RL", config.small_rl))
+        systems.append(System("S_RL", pair.rl))
     systems.append(System("L", config.target))
-    systems += [System(f"L+RAST(lam={lam:g})", config.target, small_base, config.small_rl, lam)
-                for lam in config.lambdas]
+    systems += [System("RAST", config.target, pair.base, pair.rl, lam) for lam in config.lam]
     if config.target_rl:
         systems.append(System("L_RL", config.target_rl))
     return systems
-
-
-def _same_model(name: str, other: str) -> bool:
-
-    paths = [resolve_model(n) for n in (name, other)]
-    return len({str(Path(p).resolve()) if Path(p).is_dir() else p for p in paths}) == 1
 
 
 def _missing_locally(name: str) -> str | None:
@@ -183,7 +180,7 @@ def validate_models(systems: list[System]) -> None:
     """Fail in one line, before loading anything, when a model is neither local nor cached."""
     from huggingface_hub import constants
 
-    names = dict.fromkeys(n for s in systems for n in (s.large, s.small_base, s.small_rl) if n)
+    names = dict.fromkeys(n for s in systems for n in (s.target, s.small_base, s.small_rl) if n)
     missing = [m for m in map(_missing_locally, names) if m]
     if not missing:
         return
@@ -194,6 +191,15 @@ def validate_models(systems: list[System]) -> None:
     logger.info("not cached, will download: %s", ", ".join(missing))
 
 
+def check_systems(systems: list[System], config: TransferConfig) -> None:
+    """Check every system's models (tokenizers, embedding rows) and the device before the first
+    token is decoded: a mismatch found when the RAST system loads comes hours late."""
+    check_device("device", config.device)
+    for target, small_base, small_rl in dict.fromkeys(
+            (s.target, s.small_base, s.small_rl if s.lam else None) for s in systems):
+        check_models(target, resolve_pair(small_rl, small_base) if small_rl else None)
+
+
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
     """Refuse to mix samples of one system name decoded with different settings in one output_dir.
 
@@ -202,7 +208,7 @@ def check_signatures(output_dir: Path, systems: list[System], config: TransferCo
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
             "split")
     decoding = {key: getattr(config, key) for key in keys}
-    signatures = {s.name: {**asdict(s), **decoding} for s in systems}
+    signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     for name, signature in signatures.items():
@@ -226,8 +232,8 @@ def chunks_to_do(system: System, benchmark: str, problems: list[dict], config: T
     them padding and floats) are those of a single-process run.
     """
     rank, world_size = shard
-    done = {(r["problem_id"], r["sample_index"]) for r in log.records
-            if r["system"] == system.name and r["benchmark"] == benchmark}
+    done = {(r.problem_id, r.sample_index) for r in log.records
+            if r.system == system.name and r.benchmark == benchmark}
     per_chunk = max(1, config.batch_size // config.samples)
     chunks = [problems[i:i + per_chunk] for i in range(0, len(problems), per_chunk)]
     own = chunks[rank::world_size]
@@ -241,10 +247,10 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
                     shard: tuple[int, int] = (0, 1)) -> None:
     """Decode, grade and log each (problem, sample) of this shard not yet logged."""
 
-    own = [r for r in log.records if r["system"] == system.name and r["benchmark"] == benchmark]
-    done = {(r["problem_id"], r["sample_index"]) for r in own}
+    own = [r for r in log.records if r.system == system.name and r.benchmark == benchmark]
+    done = {(r.problem_id, r.sample_index) for r in own}
     todo, total = chunks_to_do(system, benchmark, problems, config, log, shard)
-    correct, graded = sum(r["correct"] for r in own), len(own)
+    correct, graded = sum(r.correct for r in own), len(own)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
                unit="batch")
     by_key = {f"{benchmark}/{p['id']}": p for chunk in todo for p in chunk}
@@ -256,18 +262,14 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
                                                batch_size=config.batch_size, progress=False):
         new = [c for c in completions if (by_key[c.key]["id"], c.sample_index) not in done]
         grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
-        records = [{"system": system.name, "benchmark": benchmark,
-                    "problem_id": by_key[c.key]["id"], "sample_index": c.sample_index,
-                    "seed": c.seed, "text": c.text,
-                    "extracted": g.extracted, "correct": g.correct, "reason": g.reason,
-                    "num_tokens": len(c.token_ids), "finished": c.finished}
+        records = [Sample(system.name, system.role, system.lam, benchmark, by_key[c.key]["id"],
+                          c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
+                          len(c.token_ids), c.finished,
+                          careful=is_careful(c.text) if benchmark == "tiny" else None)
                    for c, g in zip(new, grades)]
-        if benchmark == "tiny":
-            for record in records:
-                record["careful"] = is_careful(record["text"])
         log.append(records)
-        done.update((r["problem_id"], r["sample_index"]) for r in records)
-        correct, graded = correct + sum(r["correct"] for r in records), graded + len(records)
+        done.update((r.problem_id, r.sample_index) for r in records)
+        correct, graded = correct + sum(r.correct for r in records), graded + len(records)
         bar.update(1)
         bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}")
     bar.close()
@@ -278,7 +280,7 @@ def load_engine(system: System, config: TransferConfig):
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)
-    return RastEngine.from_pretrained(system.large, small_base=system.small_base,
+    return RastEngine.from_pretrained(system.target, small_base=system.small_base,
                                       small_rl=system.small_rl, lam=system.lam,
                                       device=device, small_device=small_device,
                                       cache=config.cache, compile=config.compile,
@@ -291,7 +293,7 @@ def gpu_layout(system: System, config: TransferConfig):
     import torch
 
 
-    large = placement.model_facts(system.large)
+    large = placement.model_facts(system.target)
     small = placement.model_facts(system.small_base) if system.small_base else None
     gpus = torch.cuda.device_count()
     if large is None or small is None or gpus < 2:
@@ -301,7 +303,7 @@ def gpu_layout(system: System, config: TransferConfig):
     plan = placement.plan(large, small, config.batch_size, tokens, gpus, card_gb)
     if not plan.fits or plan.pair_gpu < plan.large_gpus:
         return "auto", None
-    logger.info("placement: %s over GPU 0..%d, small pair on GPU %d", system.large,
+    logger.info("placement: %s over GPU 0..%d, small pair on GPU %d", system.target,
                 plan.large_gpus - 1, plan.pair_gpu)
     return placement.large_device_map(large.layers, plan.large_gpus), f"cuda:{plan.pair_gpu}"
 
@@ -313,10 +315,24 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     if config.dry_run:
         return dry_run(config, systems)
     validate_models(systems)
+    check_systems(systems, config)
     benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
                   for name in config.benchmarks}
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output_dir {output_dir}: {err.strerror}") from None
+    rank = this_shard()[0]
+    # One run per output_dir: rank 0 of every run takes .lock (the other ranks .lock.rank<k>).
+    lock = output_dir / (".lock" if rank == 0 else f".lock.rank{rank}")
+    with output_lock(lock, f"output_dir {output_dir}"):
+        return decode_and_report(config, systems, benchmarks, output_dir, make_engine)
+
+
+def decode_and_report(config: TransferConfig, systems: list[System], benchmarks: dict,
+                      output_dir: Path, make_engine) -> dict:
+    """Decode and log every system's missing samples, then report from the log (rank 0)."""
     rank, world_size = shard = this_shard()
     if rank == 0:  # one writer of systems.json; the others wait until it is checked
         check_signatures(output_dir, systems, config)
@@ -332,7 +348,7 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
         if not any(chunks_to_do(system, label, problems, config, log, shard)[0]
                    for label, problems in benchmarks.items()):
             continue  # finished in an earlier run: do not even load its models
-        models = (system.large, system.small_base, system.small_rl)
+        models = (system.target, system.small_base, system.small_rl)
         if engine is not None and models == engine_models and system.lam and engine.lam:
             engine.lam = system.lam  # lambda sweep: same three models, another strength
         else:
@@ -361,7 +377,7 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
     detected = (torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GB
                 if torch.cuda.is_available() else 0.0)
     small_base = next((s.small_base for s in systems if s.small_base), None)
-    print("systems: " + ", ".join(f"{s.name} [{s.large}" + (f" + {s.lam:g} x ({s.small_rl} - "
+    print("systems: " + ", ".join(f"{s.name} [{s.target}" + (f" + {s.lam:g} x ({s.small_rl} - "
                                                             f"{s.small_base})" if s.lam else "")
                                   + "]" for s in systems))
     print(describe(config, small_base, config.gpus, config.gpu_memory_gb, detected))

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transfer.eval.samples import Sample
+
 
 def k_values(n: int) -> list[int]:
     """Powers of two up to n (1, 2, 4, ...), the k reported for pass@k."""
@@ -79,7 +81,7 @@ def recovery_rate(rast: float, base: float, rl: float | None) -> RecoveryRate:
     return RecoveryRate((rast - base) / gap, "ok")
 
 
-def correctness_matrix(records: list[dict], samples: int) -> tuple[list[str], np.ndarray]:
+def correctness_matrix(records: list[Sample], samples: int) -> tuple[list[str], np.ndarray]:
     """(problem ids, (problems, samples) bool matrix) from the records of ONE system and benchmark.
 
     Only sample indices < samples count, so a directory that once held more samples still gives
@@ -87,9 +89,9 @@ def correctness_matrix(records: list[dict], samples: int) -> tuple[list[str], np
     """
     by_problem: dict[str, dict[int, bool]] = {}
     for record in records:
-        if record["sample_index"] < samples:
-            samples_of = by_problem.setdefault(record["problem_id"], {})
-            samples_of[record["sample_index"]] = record["correct"]
+        if record.sample_index < samples:
+            samples_of = by_problem.setdefault(record.problem_id, {})
+            samples_of[record.sample_index] = record.correct
     problem_ids = sorted(by_problem)
     incomplete = [pid for pid in problem_ids if len(by_problem[pid]) != samples]
     if incomplete:
@@ -99,9 +101,9 @@ def correctness_matrix(records: list[dict], samples: int) -> tuple[list[str], np
     return problem_ids, matrix.reshape(len(problem_ids), samples)
 
 
-def system_metrics(records: list[dict], samples: int, seed: int = 0) -> dict:
+def system_metrics(records: list[Sample], samples: int, seed: int = 0) -> dict:
     """Every metric of one system on one benchmark, from its sample records."""
-    records = [r for r in records if r["sample_index"] < samples]
+    records = [r for r in records if r.sample_index < samples]
     _, correct = correctness_matrix(records, samples)
     per_problem = correct.mean(axis=1)
     low, high = bootstrap_ci(per_problem, seed=seed)
@@ -112,9 +114,9 @@ def system_metrics(records: list[dict], samples: int, seed: int = 0) -> dict:
         "ci_low": low,
         "ci_high": high,
         "pass": {str(k): mean_pass_at_k(correct, k) for k in k_values(samples)},
-        "mean_tokens": float(np.mean([r["num_tokens"] for r in records])),
-        "truncated_share": float(np.mean([not r["finished"] for r in records])),
+        "mean_tokens": float(np.mean([r.num_tokens for r in records])),
+        "truncated_share": float(np.mean([not r.finished for r in records])),
     }
-    if all("careful" in r for r in records):
-        metrics["careful_share"] = float(np.mean([r["careful"] for r in records]))
+    if all(r.careful is not None for r in records):
+        metrics["careful_share"] = float(np.mean([r.careful for r in records]))
     return metrics

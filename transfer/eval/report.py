@@ -8,32 +8,32 @@ comparison decodes nothing and rebuilds the report:
 """
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
-from train.tracking import wandb_credentials
+from train.tracking import wandb_session
 from transfer.eval.metrics import recovery_rate, system_metrics
+from transfer.eval.samples import Sample
 
 SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
 
 
-def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[dict]) -> dict:
+def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[Sample]) -> dict:
     """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}} from the records."""
     benchmarks = {}
     for benchmark, ids in problem_ids.items():
         rows = {}
         for system in systems:
-            own = [r for r in records if r["system"] == system.name and r["benchmark"] == benchmark
-                   and r["problem_id"] in ids]
+            own = [r for r in records if r.system == system.name and r.benchmark == benchmark
+                   and r.problem_id in ids]
             rows[system.name] = system_metrics(own, config.samples, seed=config.seed)
         rl_avg = rows["L_RL"]["avg"] if "L_RL" in rows else None
         for system in systems:
-            if system.name.startswith("L+RAST"):
+            if system.role == "RAST":
                 rr = recovery_rate(rows[system.name]["avg"], rows["L"]["avg"], rl_avg)
                 rows[system.name].update(rr=rr.value, rr_note=rr.reason)
         benchmarks[benchmark] = rows
-    return {"config": asdict(config), "systems": [asdict(s) for s in systems],
+    return {"config": asdict(config), "systems": [s.describe() for s in systems],
             "benchmarks": benchmarks}
 
 
@@ -103,15 +103,10 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def log_to_wandb(summary: dict, records: list[dict], output_dir: Path, project: str, group: str,
-                 images: list[Path]) -> None:
+def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir: Path, project: str,
+                        group: str, images: list[Path]) -> None:
     """One run per system (config, summary metrics, per-problem table), one comparison run
-    (table, bar charts, plots), all in one group."""
-    if "WANDB_MODE" not in os.environ and not wandb_credentials():
-        # sync later with `wandb sync <output_dir>/wandb/offline-run-*`
-        os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
+    (table, bar charts, plots), all in one group; `wandb` from train.tracking.wandb_session."""
     samples = summary["config"]["samples"]
     for system in summary["systems"]:
         name = system["name"]
@@ -149,26 +144,27 @@ def log_to_wandb(summary: dict, records: list[dict], output_dir: Path, project: 
     run.finish()
 
 
-def _per_problem_rows(records: list[dict], system: str, samples: int) -> list[list]:
+def _per_problem_rows(records: list[Sample], system: str, samples: int) -> list[list]:
     by_problem: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        if r["system"] == system and r["sample_index"] < samples:
-            by_problem.setdefault((r["benchmark"], r["problem_id"]), []).append(r)
+        if r.system == system and r.sample_index < samples:
+            by_problem.setdefault((r.benchmark, r.problem_id), []).append(r)
     rows = []
     for (benchmark, problem_id), own in sorted(by_problem.items()):
-        own.sort(key=lambda r: r["sample_index"])
-        rows.append([benchmark, problem_id, sum(r["correct"] for r in own), len(own),
-                     sum(r["num_tokens"] for r in own) / len(own), own[0]["text"][:2000]])
+        own.sort(key=lambda r: r.sample_index)
+        rows.append([benchmark, problem_id, sum(r.correct for r in own), len(own),
+                     sum(r.num_tokens for r in own) / len(own), own[0].text[:2000]])
     return rows
 
 
-def report(summary: dict, records: list[dict], output_dir: Path, config) -> None:
+def report(summary: dict, records: list[Sample], output_dir: Path, config) -> None:
     """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled."""
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = markdown_table(summary)
     (output_dir / "results.md").write_text(table)
     images = plot(summary, output_dir)
-    if config.report_to == "wandb":
-        log_to_wandb(summary, records, output_dir, config.wandb_project,
-                     config.wandb_group or output_dir.name, images)
+    with wandb_session(config.report_to, output_dir, config.wandb_project) as wandb:
+        if wandb is not None:
+            log_evaluation_runs(wandb, summary, records, output_dir, config.wandb_project,
+                                config.wandb_group or output_dir.name, images)
     print(f"\n{table}\nsamples, summary.json, results.md, plots: {output_dir}")

@@ -27,6 +27,8 @@ from transfer.analysis.token_stats import (
     position_stats,
     smallest_share_holding,
 )
+from transfer.decode.engine import RastEngine, SamplingParams
+from transfer.eval.samples import system_name
 
 RECIPES = Path(__file__).parents[3] / "recipes"
 VOCAB = 98  # the character tokenizer; the fixture models have 128 and 160 embedding rows
@@ -95,7 +97,6 @@ def test_one_forward_equals_per_prefix_recompute(models):
 
 
 def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
-    from transfer.decode.engine import RastEngine, SamplingParams
 
     engine = RastEngine(models.large, tokenizer=models.tokenizer, lam=0.0)
     prompts = ["Q: 47*8=\nA: ", "Q: 123*45=\nA: "]
@@ -186,8 +187,9 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     # Reuse those trajectories, with an evaluation file giving per-problem gains.
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     evaluation = tmp_path / "evaluation.jsonl"
-    rows = [{**r, "system": system, "correct": (system == "L+RAST(lam=1)") == (k % 2 == 0)}
-            for k, r in enumerate(records) for system in ("L", "L+RAST(lam=1)")]
+    rows = [{**r, "system": system_name(role, lam), "role": role, "lam": lam,
+             "correct": (role == "RAST") == (k % 2 == 0)}
+            for k, r in enumerate(records) for role, lam in (("L", 0.0), ("RAST", 1.0))]
     evaluation.write_text("".join(json.dumps(r) + "\n" for r in rows))
     again = main(common + ["--samples", "2", "--output_dir", str(tmp_path / "reused"),
                            "--trajectories", str(out / "samples.jsonl"),

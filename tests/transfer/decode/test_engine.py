@@ -13,7 +13,9 @@ from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
+from transfer.bench import gpu as gpu_bench
 from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.generate import main as generate_main
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
            "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
@@ -193,8 +195,7 @@ def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
     shutil.copytree(tiny_models["small_rl"], rl_dir)
     with pytest.raises(UserError, match="pass small_base"):
         RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
-    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
-                                                       "adapter": False}))
+    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"]}))
     engine = RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
     assert [model.name for model in engine.small] == ["small_base+rl"]  # stacked full weights
     assert engine.small[0].adapters is None
@@ -211,7 +212,8 @@ def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models
     assert str(other) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_device_and_dtype_defaults():
+def test_device_and_dtype_defaults(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     assert device_and_dtype(None, None, None) == ("cpu", "cpu", torch.float32)
     assert device_and_dtype("cuda:0", None, "cuda:1") == ("cuda:0", "cuda:1", torch.bfloat16)
     with pytest.raises(UserError, match="top_p"):
@@ -223,7 +225,6 @@ def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
 
 
 def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
-    from transfer.bench import gpu as gpu_bench
 
     gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -239,7 +240,6 @@ def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
-    from transfer.generate import main
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
@@ -247,9 +247,9 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     outputs = {}
     for cache in ("auto", "static"):
         output = tmp_path / f"{cache}.jsonl"
-        main(["--large", tiny_models["large"], "--small-base", tiny_models["small_base"],
-              "--small-rl", tiny_models["small_rl"], "--input", str(prompts),
-              "--output", str(output), "--n", "2", "--max-new-tokens", "5", "--cache", cache])
+        generate_main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
+              "--small_rl", tiny_models["small_rl"], "--input", str(prompts),
+              "--output", str(output), "--n", "2", "--max_new_tokens", "5", "--cache", cache])
         outputs[cache] = [json.loads(line) for line in output.read_text().splitlines()]
     rows = outputs["auto"]
     assert [(row["id"], row["sample_index"]) for row in rows] == [

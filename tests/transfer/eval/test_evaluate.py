@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import wandb_inspect
 
 from train.errors import UserError
 from transfer.eval.evaluate import (
@@ -26,7 +28,7 @@ from transfer.eval.evaluate import (
     run,
     validate_models,
 )
-from transfer.eval.samples import SampleLog
+from transfer.eval.samples import Sample, SampleLog
 
 REPO = Path(__file__).resolve().parents[3]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
@@ -37,7 +39,7 @@ SAMPLES, LIMIT, BATCH = 4, 10, 8  # 2 problems per batch, 5 batches per system a
 def test_every_rast_recipe_parses_into_systems(recipe):
     config = parse_config(["--config", str(recipe)])
     names = [s.name for s in build_systems(config)]
-    assert "L" in names and all(f"L+RAST(lam={lam:g})" in names for lam in config.lambdas)
+    assert "L" in names and all(f"L+RAST(lam={lam:g})" in names for lam in config.lam)
     assert ("L_RL" in names) == (config.target_rl is not None)
     assert config.output_dir.startswith("outputs/")
 
@@ -50,14 +52,14 @@ def test_rast_recipes_exist_for_every_make_target():
 
 def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
     recipe = REPO / "recipes/tiny/rast/config_cpu.yaml"
-    config = parse_config(["--config", str(recipe), "--lambdas", "3", "--samples", "2"])
-    assert config.lambdas == [3.0] and config.samples == 2 and config.target == "tiny-l"
+    config = parse_config(["--config", str(recipe), "--lam", "3", "--samples", "2"])
+    assert config.lam == [3.0] and config.samples == 2 and config.target == "tiny-l"
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text() + "lamda: 2\n")
     with pytest.raises(UserError, match="lamda"):
         parse_config(["--config", str(bad)])
-    with pytest.raises(UserError, match="lambdas"):
-        TransferConfig(lambdas=[])
+    with pytest.raises(UserError, match="lam"):
+        TransferConfig(lam=[])
     with pytest.raises(UserError, match="cache must be one of auto, dynamic, static"):
         parse_config(["--config", str(recipe), "--cache", "paged"])  # before anything is written
 
@@ -65,23 +67,24 @@ def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
 def test_32B_recipe_fails_fast_in_one_line_without_the_models(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty_hf_home")}
     result = subprocess.run([sys.executable, "-m", "transfer.eval.evaluate", "--config",
-                             "recipes/Qwen2.5-32B/rast/config_1.5B.yaml"],
+                             "recipes/Qwen2.5-32B/rast/config_1.5B.yaml",
+                             "--output_dir", str(tmp_path / "out")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Qwen/Qwen2.5-32B" in lines[0]
-    assert "offline" in lines[0] and not (REPO / "outputs/transfer-32B-1.5B").exists()
+    assert "offline" in lines[0] and not (tmp_path / "out").exists()
 
 
 def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_models, tmp_path):
     rl_dir = tmp_path / "grpo-out"
     rl_dir.mkdir()
-    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"],
-                                                       "adapter": True}))
+    (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"]}))
+    (rl_dir / "adapter_config.json").write_text("{}")  # a LoRA output of train.grpo
     systems = build_systems(TransferConfig(target=tiny_models["large"], small_rl=str(rl_dir),
-                                           lambdas=[0.5, 2]))
+                                           lam=[0.5, 2]))
     assert [(s.name, s.small_base, s.lam) for s in systems] == [
         ("S_RL", tiny_models["small_base"], 1.0),  # an adapter decodes as S + 1 * (S_RL - S)
         ("L", None, 0.0), ("L+RAST(lam=0.5)", tiny_models["small_base"], 0.5),
@@ -92,16 +95,23 @@ def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_mode
         validate_models([System("S_RL", str(tmp_path / "outputs" / "no-such-grpo-run"))])
 
 
+def _sample(index: int) -> Sample:
+    return Sample("L", "L", 0.0, "b", "p", index, 7, f"text {index}", "1", True, "ok", 3, True)
+
+
 def test_sample_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
     path = tmp_path / "samples.jsonl"
-    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "te')
+    path.write_text(_sample(1).to_json() + "\n" + _sample(2).to_json() + '\n{"system": "L", "te')
     log = SampleLog(path)
-    assert log.records == [{"a": 1}, {"a": 2}]
-    log.append([{"a": 4}])
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [
-        {"a": 1}, {"a": 2}, {"a": 4}]
-    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    assert log.records == [_sample(1), _sample(2)]
+    log.append([_sample(4)])
+    assert [Sample(**json.loads(line)) for line in path.read_text().splitlines()] == [
+        _sample(1), _sample(2), _sample(4)]
+    path.write_text(_sample(1).to_json() + "\nnot json\n")
     with pytest.raises(UserError, match=":2 is not a JSON record"):
+        SampleLog(path)
+    path.write_text('{"system": "L", "problem_id": "p"}\n')
+    with pytest.raises(UserError, match=r":1 is not a sample record \(missing role, lam, "):
         SampleLog(path)
 
 
@@ -120,7 +130,7 @@ def _write_recipe(path: Path, tiny_models: dict, tmp_path: Path, **overrides) ->
                                  for i in range(LIMIT)))
     recipe = {"target": tiny_models["large"], "small_base": tiny_models["small_base"],
               "small_rl": tiny_models["small_rl"], "target_rl": tiny_models["large"],
-              "lambdas": [0.5, 1.0], "include_small_rl": True, "include_small_base": True,
+              "lam": [0.5, 1.0], "include_small_rl": True, "include_small_base": True,
               "samples": SAMPLES, "benchmarks": ["tiny", str(benchmark)], "limit": LIMIT,
               "prompt_template": "tiny", "batch_size": BATCH, "max_new_tokens": 8,
               "output_dir": str(path), "report_to": "none", **overrides}
@@ -221,11 +231,8 @@ def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
     assert len(runs) == 7  # one per system + the comparison run
     found = {}
     for run_dir in runs:
-        result = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect",
-                                 "--summary", "--json", str(run_dir)],
-                                capture_output=True, text=True, timeout=60, check=False)
-        assert result.returncode == 0, result.stderr
-        state = json.loads(result.stdout)
+        stdout = wandb_inspect(run_dir, "--summary", "--json")
+        state = json.loads(stdout)
         found[state["config"].get("system", {}).get("name", "comparison")] = state
     expected = summary["benchmarks"]["tiny"]["L+RAST(lam=1)"]
     metrics = found["L+RAST(lam=1)"]["summary"]
@@ -236,11 +243,10 @@ def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
 
 
 def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
-    import torch
 
     torch.set_num_threads(1)
     recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
-                           benchmarks=["tiny"], lambdas=[1.0])
+                           benchmarks=["tiny"], lam=[1.0])
     summary = run(parse_config(["--config", str(recipe)]))
     records = [json.loads(line) for line in _lines(tmp_path / "out/samples.jsonl")]
     assert len(records) == 5 * 3 * 2  # S, S_RL, L, L+RAST(lam=1), L_RL x 3 problems x 2 samples

@@ -15,6 +15,7 @@ from transfer.eval.metrics import (
     recovery_rate,
     system_metrics,
 )
+from transfer.eval.samples import Sample
 
 
 def brute_force_pass_at_k(row: np.ndarray, k: int) -> float:
@@ -79,8 +80,8 @@ def test_recovery_rate_refuses_zero_or_negative_gap_and_missing_reference():
 
 
 def _records(matrix, tokens=10, finished=True):
-    return [{"problem_id": f"p{p}", "sample_index": i, "correct": bool(v), "num_tokens": tokens,
-             "finished": finished} for p, row in enumerate(matrix) for i, v in enumerate(row)]
+    return [Sample("L", "L", 0.0, "b", f"p{p}", i, 0, "", None, bool(v), "", tokens, finished)
+            for p, row in enumerate(matrix) for i, v in enumerate(row)]
 
 
 def test_system_metrics_from_records_ignore_extra_samples_and_refuse_missing_ones():
