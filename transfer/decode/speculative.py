@@ -59,8 +59,10 @@ class DraftSchedule:
         """Drafts for the next round; budget: most tokens a row may still emit, minus one."""
         if self.fixed is not None:
             return max(0, min(self.fixed, budget))
-        if self.draft_step_s is None or not self.rest_s:
+        if self.draft_step_s is None:
             return max(0, min(FIRST_DRAFT, budget))
+        if 1 not in self.rest_s:  # measure k = 0 once: the cost drafting has to beat
+            return 0
         return max(range(max(0, min(MAX_DRAFT, budget)) + 1),
                    key=lambda k: self.expected_tokens(k) / self.expected_seconds(k))
 
@@ -76,10 +78,18 @@ class DraftSchedule:
         return (1 - a ** (k + 1)) / (1 - a)
 
     def expected_seconds(self, k: int) -> float:
-        """(k + 1) draft steps + a verify of width k + 1 (its time at the nearest measured
-        width: optimistic for wider ones, which are then tried and measured)."""
-        width = min(self.rest_s, key=lambda measured: (abs(measured - (k + 1)), measured))
-        return (k + 1) * self.draft_step_s + self.rest_s[width]
+        """(k + 1) draft steps + a verify of width k + 1: its measured time, else the line
+        through the two measured widths nearest to it (a verify costs more the wider it is once
+        the batch is large enough to be compute-bound), never below the narrower one's."""
+        width = k + 1
+        if width in self.rest_s or len(self.rest_s) == 1:
+            verify_s = self.rest_s.get(width, next(iter(self.rest_s.values())))
+        else:
+            (w1, t1), (w2, t2) = sorted(sorted(self.rest_s.items(),
+                                               key=lambda item: abs(item[0] - width))[:2])
+            slope = max(0.0, (t2 - t1) / (w2 - w1))
+            verify_s = max(t1, t1 + slope * (width - w1))
+        return width * self.draft_step_s + verify_s
 
     def update(self, k: int, tested: int, accepted: int, draft_s: float, rest_s: float) -> None:
         self.tested = MEMORY * self.tested + tested

@@ -138,13 +138,20 @@ def test_unstacked_pair_drafts_with_s_rl_and_verifies_s_base_beside_l(triple):
 def test_draft_schedule_drafts_where_it_pays_and_switches_off_where_it_does_not():
     schedule = DraftSchedule(None)
     assert schedule.choose(budget=10) == 4  # nothing measured yet
-    schedule.draft_step_s, schedule.rest_s = 0.9e-3, {5: 1.7e-3, 1: 1.55e-3}
+    schedule.update(4, tested=50, accepted=49, draft_s=5 * 0.9e-3, rest_s=1.7e-3)
+    assert schedule.choose(budget=10) == 0  # then the cost of k = 0, once
+    schedule.update(0, tested=10, accepted=10, draft_s=0.9e-3, rest_s=1.55e-3)
     schedule.tested, schedule.passed = 100, 99
     assert schedule.choose(budget=10) == 8 and schedule.choose(budget=3) == 3
     schedule.update(0, tested=1000, accepted=300, draft_s=0.9e-3, rest_s=1.6e-3)
     assert schedule.acceptance == pytest.approx((0.9 * 99 + 300) / (0.9 * 100 + 1000))
     assert schedule.choose(budget=10) == 0  # acceptance ~0.36: drafting does not pay
     assert DraftSchedule(3).choose(budget=10) == 3 and DraftSchedule(3).choose(budget=1) == 1
+    compute_bound = DraftSchedule(None)  # a large batch: the verify costs grow with its width
+    compute_bound.draft_step_s, compute_bound.rest_s = 0.5, {1: 1.0, 5: 5.0}
+    compute_bound.tested, compute_bound.passed = 100, 99
+    assert compute_bound.expected_seconds(8) == pytest.approx(9 * 0.5 + 9.0)
+    assert compute_bound.choose(budget=10) == 0
 
 
 def test_inverse_cdf_never_draws_a_zero_weight_id():
