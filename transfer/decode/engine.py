@@ -268,7 +268,9 @@ class RastEngine:
     model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
     graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
     stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
-    beside the large model's bandwidth-bound ones instead of after them.
+    beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
+    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
+    the eos/pad ids only the small models' tokenizers declare.
 
     `speculative`: S_RL drafts tokens that L verifies in one forward, sampling exactly the same
     distribution (transfer.decode.speculative; `draft_tokens` k per round, None = adaptive from
@@ -279,8 +281,8 @@ class RastEngine:
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
                  vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True, speculative: bool = False,
-                 draft_tokens: int | None = None):
+                 compile: bool = False, overlap: bool = True, extra_stop_ids=(),
+                 speculative: bool = False, draft_tokens: int | None = None):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         check_lam(lam)
@@ -297,8 +299,9 @@ class RastEngine:
         self.small = [] if plain else _small_pair(small_base, small_rl, stack_small, options)
         # Speculative RAST needs S_RL as its draft; without a small pair it is plain decoding.
         self.speculative = (Speculation(draft_tokens) if speculative and self.small else None)
-        self.default_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
-                                 if tokenizer is not None else [])
+        own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
+                        if tokenizer is not None else [])
+        self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
     def from_pretrained(cls, target: str, small_base: str | None = None,
@@ -326,13 +329,15 @@ class RastEngine:
         check_device("device", large_map)
         check_device("small device", small_map)
         target = resolve_model(target)
-        tokenizer = check_models(target, pair)
+        # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
+        tokenizer, extra_stop_ids = check_models(target, pair)
         large_model = load_model(target, dtype=dtype, device_map=large_map)
         if pair is None:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
         options = {"lam": lam, "tokenizer": tokenizer, "stack_small": stack_small, "cache": cache,
-                   "compile": compile, "speculative": speculative, "draft_tokens": draft_tokens}
+                   "compile": compile, "speculative": speculative, "draft_tokens": draft_tokens,
+                   "extra_stop_ids": extra_stop_ids}
         small_base_model = load_model(pair.base, dtype=dtype, device_map=small_map)
         if pair.lora:
             logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
@@ -557,24 +562,30 @@ def check_embedding_rows(name: str, rows: int | None, tokenizer_length: int) -> 
                         f"tokenizer; use models of one family")
 
 
-def check_models(target: str, pair: Pair | None = None):
+def check_models(target: str, pair: Pair | None = None) -> tuple[object, list[int]]:
     """What can be checked of a RAST triple without loading weights: the pair shares the
-    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer.
-    Evaluation runs it for every system before decoding the first one."""
+    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer
+    and the eos/pad ids only the pair's tokenizers declare (check_pair_tokenizers). Evaluation
+    runs it for every system before decoding the first one."""
     tokenizer = load_tokenizer(target)
     check_embedding_rows(target, embedding_rows(target), len(tokenizer))
+    extra_stop_ids = []
     if pair is not None:
-        check_pair_tokenizers(tokenizer, target, pair)
+        extra_stop_ids = check_pair_tokenizers(tokenizer, target, pair)
         for name in (pair.base, pair.rl):
             check_embedding_rows(name, embedding_rows(name), len(tokenizer))
-    return tokenizer
+    return tokenizer, extra_stop_ids
 
 
-def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> None:
-    """Refuse a small pair whose tokenizers do not match the target's (RAST adds logits by id)."""
-    check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target, pair.base)
+def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:
+    """Refuse a small pair whose tokenizers map a token to another id than the target's (RAST
+    adds logits by id); return the eos/pad ids only the pair's tokenizers declare."""
+    extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target,
+                                                 pair.base)
     if pair.rl_tokenizer:
-        check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target, pair.rl)
+        extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target,
+                                                      pair.rl)
+    return sorted(set(extra_stop_ids))
 
 
 def device_and_dtype(device=None, dtype=None, small_device=None):

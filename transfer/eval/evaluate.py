@@ -191,13 +191,18 @@ def validate_models(systems: list[System]) -> None:
     logger.info("not cached, will download: %s", ", ".join(missing))
 
 
-def check_systems(systems: list[System], config: TransferConfig) -> None:
+def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
     """Check every system's models (tokenizers, embedding rows) and the device before the first
-    token is decoded: a mismatch found when the RAST system loads comes hours late."""
+    token is decoded: a mismatch found when the RAST system loads comes hours late. Returns the
+    eos/pad ids that only a small model's tokenizer declares (a hub RL checkpoint's <|im_end|>)."""
     check_device("device", config.device)
+    extra_stop_ids = set()
     for target, small_base, small_rl in dict.fromkeys(
             (s.target, s.small_base, s.small_rl if s.lam else None) for s in systems):
-        check_models(target, resolve_pair(small_rl, small_base) if small_rl else None)
+        _, pair_stop_ids = check_models(target,
+                                        resolve_pair(small_rl, small_base) if small_rl else None)
+        extra_stop_ids.update(pair_stop_ids)
+    return sorted(extra_stop_ids)
 
 
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
@@ -315,7 +320,7 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     if config.dry_run:
         return dry_run(config, systems)
     validate_models(systems)
-    check_systems(systems, config)
+    extra_stop_ids = check_systems(systems, config)
     benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
                   for name in config.benchmarks}
     output_dir = Path(config.output_dir)
@@ -327,11 +332,12 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     # One run per output_dir: rank 0 of every run takes .lock (the other ranks .lock.rank<k>).
     lock = output_dir / (".lock" if rank == 0 else f".lock.rank{rank}")
     with output_lock(lock, f"output_dir {output_dir}"):
-        return decode_and_report(config, systems, benchmarks, output_dir, make_engine)
+        return decode_and_report(config, systems, benchmarks, output_dir, make_engine,
+                                 extra_stop_ids)
 
 
 def decode_and_report(config: TransferConfig, systems: list[System], benchmarks: dict,
-                      output_dir: Path, make_engine) -> dict:
+                      output_dir: Path, make_engine, extra_stop_ids=()) -> dict:
     """Decode and log every system's missing samples, then report from the log (rank 0)."""
     rank, world_size = shard = this_shard()
     if rank == 0:  # one writer of systems.json; the others wait until it is checked
@@ -340,7 +346,8 @@ def decode_and_report(config: TransferConfig, systems: list[System], benchmarks:
     barrier(world_size)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    stop_ids = stop_token_ids(load_tokenizer(config.target))  # one list for every system
+    # One list for every system: the target's stop ids and any a small model's tokenizer adds.
+    stop_ids = sorted({*stop_token_ids(load_tokenizer(config.target)), *extra_stop_ids})
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
     log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None

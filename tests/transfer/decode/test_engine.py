@@ -212,6 +212,27 @@ def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models
     assert str(other) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_small_rl_model_declaring_another_eos_is_paired_and_its_eos_stops(tiny_models, tmp_path):
+    # Hub RL checkpoints (SimpleRL-Zoo's) may declare eos <|im_end|> where the base declares
+    # <|endoftext|>: the same ids, another setting. Here the stand-in for <|im_end|> is a character
+    # the pair is known to emit, so the decode below must end on it.
+    large, base = tiny_models["large"], tiny_models["small_base"]
+    params = SamplingParams(max_new_tokens=16)
+    prompt_ids = load_tokenizer(large)(["Q: 47*8=\nA: "])["input_ids"]
+    plain = RastEngine.from_pretrained(large, base, tiny_models["small_rl"])
+    emitted, _ = plain.decode(prompt_ids, [[0]], params, stop_ids=[])[0]
+    new_eos = next(token for token in emitted[1:] if token not in plain.default_stop_ids)
+    rl = tmp_path / "rl"
+    shutil.copytree(tiny_models["small_rl"], rl)
+    tokenizer = load_tokenizer(tiny_models["small_rl"])
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(new_eos)
+    tokenizer.save_pretrained(rl)
+    engine = RastEngine.from_pretrained(large, base, str(rl))
+    assert engine.default_stop_ids == sorted([*plain.default_stop_ids, new_eos])
+    ids, finished = engine.decode(prompt_ids, [[0]], params)[0]
+    assert finished and ids == emitted[:emitted.index(ids[-1]) + 1] and new_eos in emitted[:len(ids)]
+
+
 def test_device_and_dtype_defaults(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     assert device_and_dtype(None, None, None) == ("cpu", "cpu", torch.float32)
