@@ -208,10 +208,11 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
     """Refuse to mix samples of one system name decoded with different settings in one output_dir.
 
-    batch_size is part of it: it fixes which problems share a batch, and padding changes floats.
+    batch_size is part of it: it fixes which problems share a batch, and padding changes floats;
+    so is speculative: it draws RAST's samples with other random numbers (same distribution).
     """
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
-            "split")
+            "split", "speculative")
     decoding = {key: getattr(config, key) for key in keys}
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
