@@ -79,7 +79,8 @@ tiny-family: setup
 	$(PY) -m train.tiny.family
 
 # On a machine with one GPU; writes outputs/gpu_bench.json. About 8 minutes on an H200, mostly
-# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes).
+# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes);
+# cuda-graphs+speculative times speculative RAST, and each pair gets its round timed part by part.
 gpu-bench: setup
 	$(PY) -m transfer.bench.gpu --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
 
