@@ -24,12 +24,8 @@ SHARED = 98
 STOP_IDS = [0, *range(40, 50)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(threads)
+# tiny matmuls: threads only add overhead on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,8 @@ SHARED = 98
 STOP_IDS = [6, 11, 33, 52, 85]  # frequent greedy tokens: rows end at scattered steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models decode fastest on one thread (and the same on every machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def qwen2(rows: int, seed: int, hidden: int = 32) -> Qwen2ForCausalLM:
