@@ -262,6 +262,6 @@ def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
 
     config = TransferConfig(target=names[0], small_base=names[1], small_rl=names[2],
                             speculative=True)
-    rast = load_engine(System("L+RAST", *names, lam=1.0), config)
+    rast = load_engine(System("RAST", *names, lam=1.0), config)
     alone = load_engine(System("L", names[0]), config)
     assert rast.speculative is not None and alone.speculative is None
