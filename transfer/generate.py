@@ -1,7 +1,7 @@
 """Decode a JSONL file of prompts with RAST (or the large model alone) into a JSONL of completions.
 
 Input rows are {"prompt": ..., "id": optional}; output rows are {"id", "prompt", "sample_index",
-"seed", "text", "token_ids", "finished"}, appended batch by batch so an interrupted run keeps
+"seed", "text", "token_ids", "finished", "stop"}, appended batch by batch so an interrupted run keeps
 what it finished. --lam 0, or no --small_rl, decodes the large model alone through the same engine.
 
     python -m transfer.generate --target tiny-l --small_rl outputs/tiny-s-grpo --lam 1 \\
@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sequences decoded together")
     parser.add_argument("--stop_ids", "--stop-ids", type=int, nargs="*",
                         help="default: the models' eos ids")
+    parser.add_argument("--stop_strings", "--stop-strings", nargs="*", default=[],
+                        help="stop when the text contains one; the text is cut before it "
+                             "(token_ids keep the token that completed it)")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 or auto (multi-GPU large model)")
     parser.add_argument("--small_device", "--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
-        params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens)
+        params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens,
+                                tuple(args.stop_strings))
         engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
                                             lam=args.lam, device=args.device, dtype=args.dtype,
                                             small_device=args.small_device, cache=args.cache,
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                     sink.write(json.dumps({"id": c.key, "prompt": prompt_of[c.key],
                                            "sample_index": c.sample_index, "seed": c.seed,
                                            "text": c.text, "token_ids": c.token_ids,
-                                           "finished": c.finished}) + "\n")
+                                           "finished": c.finished, "stop": c.stop}) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ class TransferConfig:
     split: str = "test"
     limit: int | None = field(default=None, metadata={"help": "first N problems of each benchmark"})
     prompt_template: str = field(default="tiny", metadata={"help": "train.prompts template name"})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "stop when a completion's text contains one; its text is cut before it (the "
+                "same rule for every system)"})
+    stop_ids: list[int] | None = field(default=None, metadata={
+        "help": "token ids that end a completion; empty = the target tokenizer's eos ids"})
     seed: int = 0
     batch_size: int = field(default=64, metadata={"help": "sequences decoded together"})
     device: str | None = field(default=None, metadata={
@@ -98,6 +103,9 @@ class TransferConfig:
         self.lam = [float(lam) for lam in self.lam]
         self.small_base = self.small_base or None
         self.target_rl = self.target_rl or None
+        self.stop_ids = [int(i) for i in self.stop_ids] if self.stop_ids else None
+        if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
+            raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
         if not self.lam or any(lam < 0 or not math.isfinite(lam) for lam in self.lam):
             raise UserError(f"lam must be a non-empty list of finite values >= 0, got {self.lam}")
         if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
@@ -193,14 +201,16 @@ def check_signatures(output_dir: Path, systems: list[System], config: TransferCo
     batch_size is part of it: it fixes which problems share a batch, and padding changes floats.
     """
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
-            "split")
+            "split", "stop_strings", "stop_ids")
     decoding = {key: getattr(config, key) for key in keys}
+    written_before = {"stop_strings": [], "stop_ids": None}  # keys added later: their default
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     for name, signature in signatures.items():
         old = stored.get(name)
-        changed = [key for key in signature if old and old.get(key) != signature[key]]
+        changed = [key for key in signature
+                   if old and old.get(key, written_before.get(key)) != signature[key]]
         if changed:
             changes = ", ".join(f"{key}: {old.get(key)!r} -> {signature[key]!r}" for key in changed)
             raise UserError(f"{output_dir} already holds samples of {name} with other settings "
@@ -251,7 +261,7 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
         grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
         records = [Sample(system.name, system.role, system.lam, benchmark, by_key[c.key]["id"],
                           c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
-                          len(c.token_ids), c.finished,
+                          len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
                           careful=is_careful(c.text) if benchmark == "tiny" else None)
                    for c, g in zip(new, grades)]
         log.append(records)
@@ -310,9 +320,11 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
         check_signatures(output_dir, systems, config)
         (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     barrier(world_size)
+    # One SamplingParams and one stop list for every system: the same stop rule for all.
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
-                            max_new_tokens=config.max_new_tokens)
-    stop_ids = stop_token_ids(load_tokenizer(config.target))  # one list for every system
+                            max_new_tokens=config.max_new_tokens,
+                            stop_strings=tuple(config.stop_strings))
+    stop_ids = config.stop_ids or stop_token_ids(load_tokenizer(config.target))
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
     log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None

@@ -43,7 +43,8 @@ class Sample:
     reason: str
     num_tokens: int
     finished: bool  # False: cut at max_new_tokens
-    token_ids: list[int] | None = None  # the completion's ids, when the writer kept them
+    token_ids: list[int] | None = None  # every sampled id, the one that stopped it included
+    stop: int | str | None = None  # what ended it: a stop id or stop string; None: max_new_tokens
     careful: bool | None = None  # tiny task only: the answer took the careful style
 
     @property
@@ -75,7 +76,7 @@ class Sample:
         return cls(**{f.name: row.get(f.name) for f in fields(cls)})
 
 
-OPTIONAL = {"token_ids", "careful"}
+OPTIONAL = {"token_ids", "stop", "careful"}
 
 
 class SampleLog:

@@ -18,6 +18,7 @@ import yaml
 from conftest import wandb_inspect
 
 from train.errors import UserError
+from transfer.decode.stops import first_stop_string
 from transfer.eval.evaluate import (
     System,
     TransferConfig,
@@ -27,7 +28,7 @@ from transfer.eval.evaluate import (
     run,
     validate_models,
 )
-from transfer.eval.samples import Sample, SampleLog
+from transfer.eval.samples import Sample, SampleLog, read_records
 
 REPO = Path(__file__).resolve().parents[3]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
@@ -260,6 +261,37 @@ def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
     again = run(parse_config(["--config", str(recipe)]))  # finished: decodes nothing, same report
     assert again["benchmarks"] == summary["benchmarks"]
     assert len(_lines(tmp_path / "out/samples.jsonl")) == len(records)
+
+
+def test_stop_strings_cut_every_systems_samples_by_the_same_rule(tiny_models, tmp_path):
+    """Each system's sample with stop strings is its sample without them, cut before the first
+    stop string it wrote (one character per token here, so the token ids are cut there too)."""
+    import torch
+
+    torch.set_num_threads(1)
+    stops = ["1", "2", "3", "a", "e"]
+    runs = {}
+    for name, stop_strings in (("free", []), ("stopped", stops)):
+        recipe = _write_recipe(tmp_path / name, tiny_models, tmp_path, samples=2, limit=2,
+                               benchmarks=["tiny"], lam=[1.0], stop_strings=stop_strings,
+                               max_new_tokens=12)
+        run(parse_config(["--config", str(recipe)]))
+        runs[name] = {(r.system, r.problem_id, r.sample_index): r
+                      for r in read_records(tmp_path / name / "samples.jsonl")}
+    assert runs["free"].keys() == runs["stopped"].keys()
+    cut_systems = set()
+    for key, free in runs["free"].items():
+        stopped, hit = runs["stopped"][key], first_stop_string(free.text, stops)
+        assert free.token_ids is not None and free.num_tokens == len(free.token_ids)
+        if hit is None:
+            assert (stopped.text, stopped.token_ids, stopped.stop) == (
+                free.text, free.token_ids, free.stop)
+            continue
+        cut_systems.add(key[0])
+        index, stop = hit
+        assert stopped.text == free.text[:index] and stopped.stop == stop and stopped.finished
+        assert stopped.token_ids == free.token_ids[:index + len(stop)]
+    assert cut_systems == {"S", "S_RL", "L", "L+RAST(lam=1)", "L_RL"}
 
 
 @pytest.mark.slow
