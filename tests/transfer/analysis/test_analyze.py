@@ -19,6 +19,7 @@ from transfer.analysis.analyze import (
     Trajectory,
     main,
     parse_config,
+    read_trajectories,
     trajectory_stats,
 )
 from transfer.analysis.token_stats import (
@@ -198,6 +199,28 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     assert set(again["gain"]["correlation"]) == set(summary["cross_scale"])
     assert all(c["per_problem_problems"] == 4 for c in again["gain"]["correlation"].values())
     assert {"L", "L+RAST(lam=1)", "analysed S_RL"} <= set(again["behaviour"])
+
+
+def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny_models,
+                                                                             tmp_path):
+    out = tmp_path / "generated"
+    common = ["--target", tiny_models["large"], "--small_rl", tiny_models["small_rl"],
+              tiny_models["large"], "--small_base", tiny_models["small_base"],
+              tiny_models["small_base"], "--limit", "3", "--max_new_tokens", "10",
+              "--report_to", "none"]
+    main(common + ["--output_dir", str(out)])
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    # ids that no tokenizer would give back from the text: analysis must take them as they are
+    odd = [{**r, "token_ids": [(i + 7) % VOCAB for i in r["token_ids"]]} for r in records]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in odd))
+    config = parse_config(common + ["--trajectories", str(path), "--output_dir", str(tmp_path)])
+    read = read_trajectories(config, load_tokenizer(tiny_models["large"]))
+    assert [t.token_ids for t in read] == [r["token_ids"] for r in odd]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "token_ids"}) + "\n"
+                            for r in records))
+    with pytest.raises(UserError, match="without token_ids.*re-run the evaluation"):
+        read_trajectories(config, load_tokenizer(tiny_models["large"]))
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys):
