@@ -50,6 +50,29 @@ def test_rast_recipes_exist_for_every_make_target():
         assert (REPO / "recipes" / f"{target}.yaml") in RAST_RECIPES
 
 
+PAPER_RECIPES = [r for r in RAST_RECIPES if "Qwen" in str(r) and r.stem.count("_") == 1]
+RUNNER_STOPS = ["</s>", "<|im_end|>", "<|endoftext|>", "assistant", "user", "_end", "_start"]
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_qwen_recipes_decode_as_the_paper_runner_and_have_an_8_sample_variant(recipe):
+    """The RAST runner (ozyyshr/RAST vllm/tests/RAST_decode/run.py): plain prompt, its stop
+    strings and ids, temperature 1, top-p 0.95, 16384 tokens; the paper reports Avg@32."""
+    config = parse_config(["--config", str(recipe)])
+    assert config.prompt_template == "question-answer" and config.stop_strings == RUNNER_STOPS
+    assert config.stop_ids == [151645, 151643] and config.lam == [1.0]
+    assert (config.samples, config.temperature, config.top_p, config.max_new_tokens) == (
+        32, 1.0, 0.95, 16384)
+    cheap = parse_config(["--config", str(recipe.with_name(recipe.stem + "_8samples.yaml"))])
+    assert cheap.samples == 8 and cheap.output_dir == config.output_dir + "-8samples"
+    differs = {k for k, v in vars(config).items() if getattr(cheap, k) != v}
+    assert differs == {"samples", "output_dir", "wandb_group"}
+
+
+def test_there_are_four_paper_recipes():
+    assert len(PAPER_RECIPES) == 4
+
+
 def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
     recipe = REPO / "recipes/tiny/rast/config_cpu.yaml"
     config = parse_config(["--config", str(recipe), "--lam", "3", "--samples", "2"])
