@@ -8,33 +8,73 @@ comparison decodes nothing and rebuilds the report:
 """
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from train.tracking import wandb_session
-from transfer.eval.metrics import recovery_rate, system_metrics
+from transfer.eval.metrics import (
+    average_row,
+    problem_scores,
+    recovery_interval,
+    recovery_rate,
+    system_metrics,
+)
 from transfer.eval.samples import Sample
 
-SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
+logger = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "rr_ci_low", "rr_ci_high", "gap", "gap_ci_low",
+                "gap_ci_high", "rr_warning", "mean_tokens", "truncated_share", "careful_share")
 
 
 def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[Sample]) -> dict:
-    """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}} from the records."""
-    benchmarks = {}
+    """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}, "average"} from
+    the records; RR carries its paired bootstrap CI where there is an L_RL."""
+    benchmarks, scores = {}, {}
     for benchmark, ids in problem_ids.items():
         rows = {}
         for system in systems:
             own = [r for r in records if r.system == system.name and r.benchmark == benchmark
                    and r.problem_id in ids]
             rows[system.name] = system_metrics(own, config.samples, seed=config.seed)
+            scores[benchmark, system.name] = problem_scores(own, config.samples)
         rl_avg = rows["L_RL"]["avg"] if "L_RL" in rows else None
         for system in systems:
             if system.role == "RAST":
                 rr = recovery_rate(rows[system.name]["avg"], rows["L"]["avg"], rl_avg)
                 rows[system.name].update(rr=rr.value, rr_note=rr.reason)
+                if rl_avg is not None:
+                    rows[system.name].update(_rr_interval(scores, [benchmark], system.name,
+                                                          config.seed))
         benchmarks[benchmark] = rows
-    return {"config": asdict(config), "systems": [s.describe() for s in systems],
-            "benchmarks": benchmarks}
+    summary = {"config": asdict(config), "systems": [s.describe() for s in systems],
+               "benchmarks": benchmarks}
+    if len(benchmarks) > 1:
+        rast = [s.name for s in systems if s.role == "RAST"]
+        average = average_row(benchmarks, rast)
+        if any(s.role == "L_RL" for s in systems):
+            for name in rast:
+                average[name].update(_rr_interval(scores, list(benchmarks), name, config.seed))
+        summary["average"] = average
+    return summary
+
+
+def _rr_interval(scores: dict, benchmarks: list[str], rast: str, seed: int) -> dict:
+    """RR's paired bootstrap CI over these benchmarks' problems (averaged RR for several); the
+    warning, when the L_RL - L gap's CI reaches 0, is logged as well as stored."""
+    triples = []
+    for benchmark in benchmarks:
+        aligned = [scores[benchmark, name] for name in (rast, "L", "L_RL")]
+        if any(other_ids != aligned[0][0] for other_ids, _ in aligned):
+            raise ValueError(f"{benchmark}: {rast}, L and L_RL were graded on different problems")
+        triples.append(tuple(values for _, values in aligned))
+    interval = recovery_interval(triples, seed=seed)
+    if interval.warning:
+        logger.warning("%s on %s: %s", rast, " + ".join(benchmarks), interval.warning)
+    return {"rr_ci_low": interval.low, "rr_ci_high": interval.high, "gap": interval.gap,
+            "gap_ci_low": interval.gap_low, "gap_ci_high": interval.gap_high,
+            "rr_warning": interval.warning}
 
 
 def markdown_table(summary: dict) -> str:
@@ -51,16 +91,45 @@ def markdown_table(summary: dict) -> str:
         lines = [f"### {benchmark} ({first['problems']} problems x {samples} samples)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, m in rows.items():
-            rr = "" if "rr" not in m else ("n/a" if m["rr"] is None else f"{m['rr']:.2f}")
             cells = [name, f"{m['avg']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
-                     *(f"{m['pass'][k]:.3f}" for k in ks), rr, f"{m['mean_tokens']:.1f}",
+                     *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m), f"{m['mean_tokens']:.1f}",
                      f"{m['truncated_share']:.3f}"]
             cells += [f"{m['careful_share']:.3f}"] if careful else []
             lines.append("| " + " | ".join(cells) + " |")
         notes = {m["rr_note"] for m in rows.values() if m.get("rr") is None and "rr_note" in m}
         lines += [""] + [f"RR n/a: {note}." for note in sorted(notes)]
+        lines += [f"**Warning** ({name}): {m['rr_warning']}." for name, m in rows.items()
+                  if m.get("rr_warning")]
         parts.append("\n".join(lines).rstrip() + "\n")
+    if "average" in summary:
+        parts.append(average_table(summary["average"], samples))
     return "\n".join(parts)
+
+
+def average_table(average: dict, samples: int) -> str:
+    """The paper's average row: mean Avg@k and pass@k over benchmarks, mean RR with its CI."""
+    first = next(iter(average.values()))
+    ks = list(first["pass"])
+    header = ["system", f"avg@{samples}", *(f"pass@{k}" for k in ks), "RR [95% CI]"]
+    lines = [(f"### average over {first['benchmarks']} benchmarks (unweighted; RR: mean of the "
+             f"per-benchmark RRs, paired bootstrap CI)"), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in average.items():
+        cells = [name, f"{m['avg']:.3f}", *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"**Warning** ({name}): {m['rr_warning']}." for name, m in average.items()
+                     if m.get("rr_warning")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _rr_cell(m: dict) -> str:
+    if "rr" not in m:
+        return ""
+    if m["rr"] is None:
+        return "n/a"
+    if m.get("rr_ci_low") is None:
+        return f"{m['rr']:.2f}" + (" [unbounded]" if "rr_ci_low" in m else "")
+    return f"{m['rr']:.2f} [{m['rr_ci_low']:.2f}, {m['rr_ci_high']:.2f}]"
 
 
 def plot(summary: dict, output_dir: Path) -> list[Path]:

@@ -242,8 +242,18 @@ def test_summary_report_and_plots_of_a_run(uninterrupted):
     assert set(rast["pass"]) == {"1", "2", "4"} and rast["pass"]["1"] == pytest.approx(rast["avg"])
     assert rast["ci_low"] <= rast["avg"] <= rast["ci_high"] and 0 < rast["truncated_share"] < 0.5
     assert "careful_share" not in summary["benchmarks"]["mul"]["L"]
+    # RR's paired bootstrap CI brackets it; L_RL (0.9) beats L (0.3) clearly: no warning
+    assert rast["rr_ci_low"] <= rast["rr"] <= rast["rr_ci_high"] and rast["rr_warning"] is None
+    assert rast["gap_ci_low"] > 0
+    average = summary["average"]  # the paper's average row: mean over the two benchmarks
+    mul = summary["benchmarks"]["mul"]["L+RAST(lam=1)"]
+    assert average["L+RAST(lam=1)"]["rr"] == pytest.approx((rast["rr"] + mul["rr"]) / 2)
+    assert average["L"]["avg"] == pytest.approx((avg["L"] + summary["benchmarks"]["mul"]["L"]["avg"]) / 2)
+    assert average["L+RAST(lam=1)"]["rr_ci_low"] <= average["L+RAST(lam=1)"]["rr"]
     table = (out / "results.md").read_text()
     assert "| L+RAST(lam=1) |" in table and "### mul" in table and table in stdout
+    assert "### average over 2 benchmarks" in table
+    assert f"{rast['rr']:.2f} [{rast['rr_ci_low']:.2f}, {rast['rr_ci_high']:.2f}]" in table
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "recovery_rate.png").exists()
 
 
