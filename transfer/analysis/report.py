@@ -16,7 +16,7 @@ import torch
 
 from train.data import benchmark_label
 from train.tiny.task import is_careful
-from train.tracking import wandb_session
+from train.tracking import declare_input, wandb_session
 from transfer.analysis.plots import plot_all
 from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
 from transfer.eval.samples import Sample, system_name
@@ -356,6 +356,8 @@ def log_analysis_run(wandb, summary: dict, config, plots: list[Path], output_dir
     run = wandb.init(project=config.wandb_project, name=output_dir.name, job_type="analysis",
                      dir=str(output_dir.resolve()), config=summary["config"],
                      reinit="finish_previous")
+    declare_input(run, {**{f"small_rl/{i}": rl for i, rl in enumerate(config.small_rl)},
+                        "target_rl": config.target_rl})
     flat = {f"coverage/{k}": v for k, v in summary["path_coverage"].items()}
     flat["top1_changed_share"] = summary["top1_changed_share"]
     for pair, s in summary["shift"].items():
@@ -367,12 +369,13 @@ def log_analysis_run(wandb, summary: dict, config, plots: list[Path], output_dir
              for k, v in summary["cross_scale"].items()}
     flat |= {f"rast/{k}": v for k, v in summary["rast"].items()}
     run.summary.update(flat)
-    logged = {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}
+    # tables and images in the summary, not the history: as history rows their metadata
+    # (ncols, nrows, width, ...) would be charted as metrics
+    run.summary.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
     for pair, s in summary["shift"].items():
         for direction in ("up", "down"):
-            logged[f"tokens/{pair}_{direction}"] = wandb.Table(
+            run.summary[f"tokens/{pair}_{direction}"] = wandb.Table(
                 columns=["token", "positions", "mean_shift", "examples"],
                 data=[[e["token"], e["count"], e["mean_shift"], " | ".join(e["examples"])]
                       for e in s[direction]])
-    run.log(logged)
     run.finish()

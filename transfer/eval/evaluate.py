@@ -349,7 +349,7 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
         records = merge_samples(output_dir, [s.name for s in systems], benchmarks)
     problem_ids = {label: {p["id"] for p in problems} for label, problems in benchmarks.items()}
     summary = summarize(config, systems, problem_ids, records)
-    report(summary, records, output_dir, config)
+    report(summary, records, output_dir, config, benchmarks)
     return summary
 
 

@@ -1,4 +1,5 @@
-"""Reports of a transfer comparison: summary.json, results.md, PNG bar charts and W&B runs.
+"""Reports of a transfer comparison: summary.json, results.md, PNG bar charts, and W&B runs
+(transfer/eval/dashboard.py).
 
 Everything is computed from the sample records (`samples.jsonl`), never from in-memory state of a
 run, so a resumed run reports exactly what an uninterrupted one would. Re-running a finished
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from train.tracking import wandb_session
+from transfer.eval.dashboard import log_evaluation_runs
 from transfer.eval.metrics import (
     average_row,
     problem_scores,
@@ -23,9 +25,6 @@ from transfer.eval.metrics import (
 from transfer.eval.samples import Sample
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "rr_ci_low", "rr_ci_high", "gap", "gap_ci_low",
-                "gap_ci_high", "rr_warning", "mean_tokens", "truncated_share", "careful_share")
 
 
 def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[Sample]) -> dict:
@@ -158,13 +157,16 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
-    rr = {(b, n): m["rr"] for b, rows in summary["benchmarks"].items() for n, m in rows.items()
+    rr = {(b, n): m for b, rows in summary["benchmarks"].items() for n, m in rows.items()
           if m.get("rr") is not None}
     if rr:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rr)), 4))
-        ax.bar([f"{b}\n{n}" for b, n in rr], list(rr.values()))
+        # error bars: RR's paired bootstrap CI where it is bounded
+        err = np.array([[m["rr"] - m["rr_ci_low"], m["rr_ci_high"] - m["rr"]]
+                        if m.get("rr_ci_low") is not None else [0.0, 0.0] for m in rr.values()]).T
+        ax.bar([f"{b}\n{n}" for b, n in rr], [m["rr"] for m in rr.values()], yerr=err, capsize=3)
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-        ax.set_ylabel("recovery rate (RAST - L) / (L_RL - L)")
+        ax.set_ylabel("recovery rate (RAST - L) / (L_RL - L), 95% CI")
         paths.append(output_dir / "recovery_rate.png")
         fig.tight_layout()
         fig.savefig(paths[1], dpi=120)
@@ -172,62 +174,10 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir: Path, project: str,
-                        group: str, images: list[Path]) -> None:
-    """One run per system (config, summary metrics, per-problem table), one comparison run
-    (table, bar charts, plots), all in one group; `wandb` from train.tracking.wandb_session."""
-    samples = summary["config"]["samples"]
-    for system in summary["systems"]:
-        name = system["name"]
-        run = wandb.init(project=project, group=group, name=f"{group}/{name}", job_type="eval",
-                         dir=str(output_dir), config={**summary["config"], "system": system},
-                         reinit="finish_previous")
-        for benchmark, rows in summary["benchmarks"].items():
-            metrics = rows[name]
-            flat = {key: metrics.get(key) for key in SUMMARY_KEYS}
-            flat.update({f"pass@{k}": value for k, value in metrics["pass"].items()})
-            run.summary.update({f"{benchmark}/{key}": value for key, value in flat.items()
-                                if value is not None})
-        columns = ["benchmark", "problem_id", "correct", "samples", "mean_tokens", "first_sample"]
-        run.log({"per_problem": wandb.Table(columns=columns,
-                                            data=_per_problem_rows(records, name, samples))})
-        run.finish()
-
-    run = wandb.init(project=project, group=group, name=f"{group}/comparison",
-                     job_type="comparison", dir=str(output_dir), config=summary["config"],
-                     reinit="finish_previous")
-    columns = ["benchmark", "system", "avg", "ci_low", "ci_high", "rr", "mean_tokens",
-               "truncated_share"]
-    rows = [[benchmark, name] + [metrics.get(column) for column in columns[2:]]
-            for benchmark, by_system in summary["benchmarks"].items()
-            for name, metrics in by_system.items()]
-    logged = {"comparison": wandb.Table(columns=columns, data=rows)}
-    logged.update({f"plots/{image.stem}": wandb.Image(str(image)) for image in images})
-    for benchmark, by_system in summary["benchmarks"].items():
-        accuracy = wandb.Table(columns=["system", "avg"],
-                               data=[[name, m["avg"]] for name, m in by_system.items()])
-        logged[f"accuracy/{benchmark}"] = wandb.plot.bar(accuracy, "system", "avg",
-                                                         title=f"avg@{samples} on {benchmark}")
-        run.summary.update({f"{benchmark}/{name}/avg": m["avg"] for name, m in by_system.items()})
-    run.log(logged)
-    run.finish()
-
-
-def _per_problem_rows(records: list[Sample], system: str, samples: int) -> list[list]:
-    by_problem: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        if r.system == system and r.sample_index < samples:
-            by_problem.setdefault((r.benchmark, r.problem_id), []).append(r)
-    rows = []
-    for (benchmark, problem_id), own in sorted(by_problem.items()):
-        own.sort(key=lambda r: r.sample_index)
-        rows.append([benchmark, problem_id, sum(r.correct for r in own), len(own),
-                     sum(r.num_tokens for r in own) / len(own), own[0].text[:2000]])
-    return rows
-
-
-def report(summary: dict, records: list[Sample], output_dir: Path, config) -> None:
-    """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled."""
+def report(summary: dict, records: list[Sample], output_dir: Path, config,
+           problems: dict[str, list[dict]] | None = None) -> None:
+    """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled
+    (transfer.eval.dashboard; `problems` per benchmark give the side-by-side tables their text)."""
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = markdown_table(summary)
     (output_dir / "results.md").write_text(table)
@@ -235,5 +185,5 @@ def report(summary: dict, records: list[Sample], output_dir: Path, config) -> No
     with wandb_session(config.report_to, output_dir, config.wandb_project) as wandb:
         if wandb is not None:
             log_evaluation_runs(wandb, summary, records, output_dir, config.wandb_project,
-                                config.wandb_group or output_dir.name, images)
+                                config.wandb_group or output_dir.name, images, problems)
     print(f"\n{table}\nsamples, summary.json, results.md, plots: {output_dir}")

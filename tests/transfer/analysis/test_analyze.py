@@ -6,13 +6,16 @@ position with its own forward over the unpadded prefix and plain formulas on raw
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wandb_inspect
 
 from train.errors import UserError
 from train.models import load_model, load_tokenizer
+from train.tracking import ARTIFACT_FILE
 from transfer.analysis.analyze import (
     AnalyzeConfig,
     Models,
@@ -206,11 +209,22 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
 def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny_models,
                                                                              tmp_path):
     out = tmp_path / "generated"
-    common = ["--target", tiny_models["large"], "--small_rl", tiny_models["small_rl"],
+    small_rl = tmp_path / "s-grpo"  # as a train.grpo output that logged its W&B artifact
+    shutil.copytree(tiny_models["small_rl"], small_rl)
+    (small_rl / ARTIFACT_FILE).write_text(json.dumps({"artifact": "rast-grpo/s-grpo:run-x"}))
+    common = ["--target", tiny_models["large"], "--small_rl", str(small_rl),
               tiny_models["large"], "--small_base", tiny_models["small_base"],
               tiny_models["small_base"], "--limit", "3", "--max_new_tokens", "10",
               "--report_to", "none", "--target_rl", tiny_models["small_rl"], "--system", "L_RL"]
-    summary = main(common + ["--output_dir", str(out)])  # the paper's path coverage: on L_RL's
+    summary = main(common + ["--output_dir", str(out), "--report_to", "wandb"])
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    state = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+    assert state["config"]["inputs"] == {"small_rl/0": "rast-grpo/s-grpo:run-x"}  # lineage
+    assert state["summary"]["tokens/S0_up"]["_type"] == "table-file"
+    assert state["summary"]["plots/cosine"]["_type"] == "image-file"
+    records = [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines()]
+    assert not [r for r in records if r["type"] == "history"]  # no table metadata charted
+    # the paper's path coverage: on L_RL's trajectories
     assert summary["path_coverage_definition"].startswith("paper: L's greedy token along")
     report_md = (out / "report.md").read_text()
     assert "95.2 %" in report_md and "32B vs 7B 0.517" in report_md

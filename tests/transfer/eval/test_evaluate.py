@@ -6,6 +6,7 @@ The resume and W&B tests run the evaluation in a subprocess with tests/transfer/
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import yaml
 from conftest import wandb_inspect
 
 from train.errors import UserError
+from train.tracking import ARTIFACT_FILE
 from transfer.decode.stops import first_stop_string
 from transfer.eval.evaluate import (
     System,
@@ -189,7 +191,11 @@ def _lines(path: Path) -> list[str]:
 def uninterrupted(tiny_models, tmp_path_factory):
     """A full fake-engine run, with W&B offline on; returns its output dir."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    process = _fake_run(_write_recipe(root / "out", tiny_models, root, report_to="wandb"),
+    small_rl = root / "small_rl-grpo"  # as a train.grpo output that logged its W&B artifact
+    shutil.copytree(tiny_models["small_rl"], small_rl)
+    (small_rl / ARTIFACT_FILE).write_text(json.dumps({"artifact": GRPO_ARTIFACT}))
+    process = _fake_run(_write_recipe(root / "out", {**tiny_models, "small_rl": str(small_rl)},
+                                      root, report_to="wandb"),
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -255,6 +261,9 @@ def test_summary_report_and_plots_of_a_run(uninterrupted):
     assert "### average over 2 benchmarks" in table
     assert f"{rast['rr']:.2f} [{rast['rr_ci_low']:.2f}, {rast['rr_ci_high']:.2f}]" in table
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "recovery_rate.png").exists()
+
+
+GRPO_ARTIFACT = "rast-grpo/small_rl-grpo:run-abc123"
 
 
 def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
@@ -354,3 +363,56 @@ def test_tiny_family_shows_the_paper_effect(tmp_path):
     assert rast["rr"] is not None and rast["rr"] >= 0.7
     assert rast["careful_share"] >= 0.9
     assert wall < 600, f"make transfer took {wall:.0f} s, the budget is 10 minutes on 2 cores"
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines()]
+
+
+def test_wandb_comparison_charts_side_by_side_tables_lineage_and_no_metadata_charts(
+        uninterrupted):
+    out, _ = uninterrupted
+    summary = json.loads((out / "summary.json").read_text())
+    runs = {}
+    for run_dir in sorted((out / "wandb").glob("offline-run-*")):
+        state = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+        runs[state["config"].get("system", {}).get("name", "comparison")] = (run_dir, state)
+    for name, (run_dir, state) in runs.items():
+        history = [r["history"]["item"] for r in _records(run_dir) if r["type"] == "history"]
+        keys = {key for item in history for key in item}
+        # no table metadata as history (it would be charted): only metrics and their x axes
+        assert not {k for k in keys if "ncols" in k or "nrows" in k or "per_problem" in k}, name
+        assert all(not isinstance(v, dict) for item in history for v in item.values()), name
+        assert state["config"]["inputs"] == {"small_rl": GRPO_ARTIFACT}, name  # lineage
+    run_dir, state = runs["comparison"]
+    history = [r["history"]["item"] for r in _records(run_dir) if r["type"] == "history"]
+    by_lambda = {item["lambda"]: item for item in history if "lambda" in item}
+    assert set(by_lambda) == {0.5, 1.0}  # one point per lambda, a line per benchmark
+    for lam in (0.5, 1.0):
+        for benchmark in ("tiny", "mul"):
+            assert by_lambda[lam][f"accuracy_vs_lambda/{benchmark}"] == pytest.approx(
+                summary["benchmarks"][benchmark][f"L+RAST(lam={lam:g})"]["avg"])
+    by_k = {item["k"]: item for item in history if "k" in item}
+    assert set(by_k) == {1, 2, 4}
+    assert by_k[4]["pass_at_k/mul/L"] == pytest.approx(summary["benchmarks"]["mul"]["L"]["pass"]["4"])
+    rr = [item for item in history if "benchmark_index" in item]
+    rast = summary["benchmarks"]["tiny"]["L+RAST(lam=1)"]
+    assert rr[0]["recovery_rate/L+RAST(lam=1)/rr_ci_low"] == pytest.approx(rast["rr_ci_low"])
+    table = state["summary"]["side_by_side/tiny"]
+    assert table["_type"] == "table-file" and table["nrows"] == 10 and table["ncols"] == 3 + 3 * 6
+    content = json.loads((run_dir / "files" / table["path"]).read_text())
+    assert content["columns"][:6] == ["problem_id", "problem", "gold", "S answer", "S correct",
+                                      "S tokens"]
+    first = dict(zip(content["columns"], content["data"][0]))
+    sample = next(r for r in read_records(out / "samples.jsonl") if r.system == "L"
+                  and r.benchmark == "tiny" and r.problem_id == first["problem_id"]
+                  and r.sample_index == 0)
+    assert (first["L answer"], first["L correct"], first["L tokens"]) == (
+        sample.extracted, sample.correct, sample.num_tokens)
+    assert first["problem"] and first["gold"]
+    assert state["summary"]["plots/accuracy"]["_type"] == "image-file"
+    system_run, system_state = runs["L"]
+    assert system_state["summary"]["per_problem"]["_type"] == "table-file"
+    ks = [item["k"] for r in _records(system_run) if r["type"] == "history"
+          for item in [r["history"]["item"]]]
+    assert ks == [1, 2, 4]  # the system's pass@k curve
