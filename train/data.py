@@ -230,6 +230,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     The dataset's info.description says where the rows came from (file path or hub id).
     'tiny' is the embedded multiplication task (train.tiny.task), split "train" or "test".
     """
+    if limit is not None and limit < 1:  # 0 gave NaN metrics, -1 silently dropped the last row
+        raise UserError(f"limit must be >= 1 (leave it empty for every problem), got {limit}")
     if name_or_path == "tiny":
         problems = tiny_task.problems(split or "test")
         return problems.select(range(min(limit, len(problems)))) if limit is not None else problems

@@ -21,13 +21,14 @@ set; `--report_to none` turns it off.
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from train.data import load_problems
@@ -45,6 +46,7 @@ from train.tracking import log_checkpoint, wandb_session
 logger = logging.getLogger(__name__)
 
 EVAL_FILE = "eval_before_after.json"
+CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")  # the Trainer's checkpoint-<step>
 
 
 @dataclass
@@ -91,7 +93,32 @@ def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    """The newest COMPLETE checkpoint-<step> of output_dir, naming any newer one it skips.
+
+    The Trainer's save is not atomic: it writes the model, optimizer, scheduler and RNG states,
+    then trainer_state.json last, so a kill inside it leaves a directory without a readable
+    trainer_state.json; transformers' get_last_checkpoint picks that one and resume fails.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    numbered = [(int(match.group(1)), entry.path) for entry in os.scandir(output_dir)
+                if entry.is_dir() and (match := CHECKPOINT_NAME.match(entry.name))]
+    for _, checkpoint in sorted(numbered, reverse=True):
+        if saved_step(checkpoint) is not None:
+            return checkpoint
+        logger.warning("skipping %s: its save did not finish (no readable trainer_state.json; "
+                       "killed while saving?); resuming from the newest complete checkpoint "
+                       "instead. Delete it to silence this.", checkpoint)
+    return None
+
+
+def saved_step(checkpoint: str) -> int | None:
+    """The global step a checkpoint holds, None when its trainer_state.json (written last) is
+    missing or torn."""
+    try:
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def finished_step(output_dir: str, max_steps: int) -> int | None:
@@ -99,7 +126,7 @@ def finished_step(output_dir: str, max_steps: int) -> int | None:
     checkpoint = last_checkpoint(output_dir)
     if checkpoint is None or not (Path(output_dir) / PAIR_FILE).is_file():
         return None
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    step = saved_step(checkpoint)
     return step if max_steps > 0 and step >= max_steps else None
 
 
@@ -134,6 +161,11 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         raise UserError("recipe has no model_name_or_path: give a registry name (tiny-s, 1.5B), "
                         "a local directory or a hub id")
     output_dir = training_args.output_dir
+    explicit = training_args.resume_from_checkpoint
+    if explicit and saved_step(explicit) is None:
+        raise UserError(f"resume_from_checkpoint {explicit} is not a complete checkpoint (no "
+                        f"readable trainer_state.json): name a complete one, or leave it empty to "
+                        f"resume from the newest complete checkpoint of output_dir")
     done = finished_step(output_dir, training_args.max_steps)
     if done is not None:
         return report_finished(output_dir, done, training_args.max_steps)
@@ -157,7 +189,7 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint(output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
-        start_step = _checkpoint_step(checkpoint)
+        start_step = saved_step(checkpoint) if checkpoint else 0
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(output_dir)  # the LoRA adapter alone when use_peft, with the tokenizer
 
@@ -205,12 +237,6 @@ def report_finished(output_dir: str, step: int, max_steps: int) -> dict:
     if evaluation:
         print(report_eval(evaluation))
     return {"output_dir": output_dir, "global_step": step, "trained_steps": 0, "eval": evaluation}
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    if not checkpoint:
-        return 0
-    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
 
 
 def main(argv: list[str] | None = None) -> None:

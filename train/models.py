@@ -12,7 +12,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 from train.errors import UserError
 
@@ -105,9 +111,12 @@ def resolve_model(name_or_path: str) -> str:
         path = MODELS[name_or_path].base_id
         if name_or_path.startswith("tiny-") and not Path(path).is_dir():
             raise UserError(f"tiny model {name_or_path} is not built at {path}: run `make tiny-family`")
-        return path
+        return _model_directory(path) if Path(path).is_dir() else path
     if Path(name_or_path).is_dir():
-        return name_or_path
+        return _model_directory(name_or_path)
+    if Path(name_or_path).exists():
+        raise UserError(f"{name_or_path} is a file, not a model: give the directory that "
+                        f"save_pretrained wrote (with config.json), a registry name or a hub id")
     hub_id_shaped = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
     if hub_id_shaped and not Path(name_or_path).parent.is_dir():
         return name_or_path  # e.g. hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo
@@ -117,6 +126,25 @@ def resolve_model(name_or_path: str) -> str:
                         f"the path")
     raise UserError(f"unknown model {name_or_path!r}: use a local directory, an org/name hub id "
                     f"or one of {', '.join(MODELS)}")
+
+
+def _model_directory(path: str) -> str:
+    """path, if it holds a model (config.json) or a LoRA adapter (adapter_config.json)."""
+    if not any((Path(path) / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise UserError(f"{path} is a directory without config.json or adapter_config.json, so "
+                        f"not a model: give the directory that save_pretrained wrote (a "
+                        f"train.grpo output_dir once it finished)")
+    return path
+
+
+def embedding_rows(name_or_path: str) -> int | None:
+    """Rows of a model's token embedding (config vocab_size) from its config alone; None for a
+    LoRA adapter (it has its base's)."""
+    path = resolve_model(name_or_path)
+    if (Path(path) / "adapter_config.json").is_file():
+        return None
+    config = _from_pretrained(AutoConfig.from_pretrained, path)
+    return getattr(config.get_text_config(), "vocab_size", None)
 
 
 def _from_pretrained(loader, name_or_path: str, **kwargs):

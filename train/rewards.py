@@ -5,7 +5,10 @@ TRL calls each reward function as
                 trainer_state=..., log_extra=..., log_metric=...)
 with one list entry per completion, and wants one float per completion back. A completion is a
 string, or for conversational datasets a list of {"role", "content"} messages. The SimpleRL-Zoo
-recipe rewards correctness only (1.0 if math-verify agrees with the gold answer, else 0.0).
+recipe rewards correctness only: 1.0 if train.grader grades the completion correct, else 0.0.
+That is math-verify on the last boxed answer after the grader's one normalisation (scientific
+notation written out, a percent sign on one side read as a unit or as /100), within 5 s of CPU
+time; README.md's "Grading" states the rule in full.
 
 train.grpo gives it to GRPOTrainer (it is not a recipe key: `train.grpo.run(reward_funcs=...)`
 takes others from Python). Check it:

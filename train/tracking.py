@@ -62,6 +62,9 @@ def wandb_session(report_to: str | list[str] | None, output_dir: Path | str,
     finally:
         if wandb.run is not None:
             wandb.finish()
+        # wandb's process-wide setup caches the settings of its first run (WANDB_DIR above all):
+        # without a teardown the next job in this process would write into this job's directory
+        wandb.teardown()
         for key in added:
             os.environ.pop(key, None)
 

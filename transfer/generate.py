@@ -1,8 +1,14 @@
 """Decode a JSONL file of prompts with RAST (or the large model alone) into a JSONL of completions.
 
 Input rows are {"prompt": ..., "id": optional}; output rows are {"id", "prompt", "sample_index",
-"seed", "text", "token_ids", "finished", "stop"}, appended batch by batch so an interrupted run keeps
-what it finished. --lam 0, or no --small_rl, decodes the large model alone through the same engine.
+"seed", "text", "token_ids", "finished", "stop"}, appended and fsynced batch by batch. --lam 0, or no
+--small_rl, decodes the large model alone through the same engine.
+
+Re-running with the same --output resumes as transfer.eval.evaluate does: rows already there are
+kept untouched, prompts are decoded in the same fixed batches with the same per-sample seeds, and
+only missing samples are appended, so an interrupted run ends byte-identical to an uninterrupted
+one. <output>.settings.json records the decoding settings and a resume with other settings is
+refused; <output>.lock keeps a second concurrent run out.
 
     python -m transfer.generate --target tiny-l --small_rl outputs/tiny-s-grpo --lam 1 \\
         --input prompts.jsonl --output out.jsonl --n 4 --max_new_tokens 64
@@ -11,10 +17,48 @@ what it finished. --lam 0, or no --small_rl, decodes the large model alone throu
 import argparse
 import json
 import logging
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from train.errors import UserError, exit_on_user_error
-from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams
+from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams, check_lam
+from transfer.decode.rast import sample_seed
+from transfer.eval.lock import output_lock
+from transfer.eval.samples import SampleLog, parse_record
+
+logger = logging.getLogger(__name__)
+
+# What the rows of an output were decoded with; a resume must match all of it. n and batch_size
+# fix which prompts share a batch, and padding changes the floats.
+SETTINGS = ("target", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
+            "max_new_tokens", "seed", "batch_size", "stop_ids", "stop_strings", "dtype",
+            "truncate_prompts")
+
+
+@dataclass
+class Row:
+    """A line of the output: one sample of one prompt."""
+
+    id: str
+    prompt: str
+    sample_index: int
+    seed: int
+    text: str
+    token_ids: list[int]
+    finished: bool  # False: cut at max_new_tokens
+    stop: int | str | None = None  # what ended it: a stop id or stop string; None: the length
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.id, self.sample_index
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: bytes | str, where: str) -> "Row":
+        return parse_record(cls, line, where, {"stop"}, "give another --output")
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
@@ -27,10 +71,14 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
             continue
         try:
             row = json.loads(line)
-            prompts.append(row["prompt"])
+            prompt = row["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{path}:{number}: expected a JSON object with a \"prompt\" field"
                             ) from None
+        if not isinstance(prompt, str):
+            raise UserError(f"{path}:{number}: \"prompt\" is a {type(prompt).__name__}, not a "
+                            f"string")
+        prompts.append(prompt)
         ids.append(str(row.get("id", number)))
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: duplicate ids; give every row its own id (seeds derive from it)")
@@ -70,34 +118,108 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="KV cache per model: auto = CUDA graphs on one GPU, else dynamic")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step (pays on long runs; see README)")
+    parser.add_argument("--truncate_prompts", "--truncate-prompts", action="store_true",
+                        help="keep the last tokens of a prompt too long for the context beside "
+                             "--max_new_tokens (default: refuse it)")
     return parser.parse_args(argv)
+
+
+def check_output(args: argparse.Namespace) -> Path:
+    """The output path, refused when it is the input or cannot be written."""
+    output = Path(args.output)
+    if output.resolve() == Path(args.input).resolve():
+        raise UserError(f"--output {args.output} is the --input file: the completions would "
+                        f"overwrite the prompts; give another --output")
+    if output.is_dir():
+        raise UserError(f"--output {args.output} is a directory: give a .jsonl file path")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the directory of --output {args.output}: "
+                        f"{err.strerror}") from None
+    if output.exists() and not os.access(output, os.W_OK):
+        raise UserError(f"--output {args.output} is not writable: choose a writable path")
+    return output
+
+
+def check_settings(output: Path, settings: dict) -> None:
+    """Refuse to resume rows decoded with other settings; record them for a new output."""
+    path = output.with_name(output.name + ".settings.json")
+    has_rows = output.exists() and output.stat().st_size > 0
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [key for key in settings if stored.get(key) != settings[key]]
+        if has_rows and changed:
+            changes = ", ".join(f"{key}: {stored.get(key)!r} -> {settings[key]!r}"
+                                for key in changed)
+            raise UserError(f"--output {output} holds completions decoded with other settings "
+                            f"({changes}); give another --output or the old settings")
+    elif has_rows:
+        raise UserError(f"--output {output} already holds rows that this command did not "
+                        f"record settings for ({path.name} is missing): give another --output")
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def done_samples(log: SampleLog, prompt_of: dict[str, str], args: argparse.Namespace) -> set:
+    """(id, sample_index) of the rows already in the output, each checked against the input."""
+    done = set()
+    for row in log.records:
+        key, index = row.key
+        if prompt_of.get(key) != row.prompt or not isinstance(index, int) or not (
+                0 <= index < args.n and row.seed == sample_seed(args.seed, key, index)):
+            raise UserError(f"{log.path} holds a row that is not a completion of this --input "
+                            f"with these settings (id {key!r}, sample {index}): give another "
+                            f"--output")
+        done.add((key, index))
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     with exit_on_user_error():
+        output = check_output(args)
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
+        check_lam(args.lam)
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens,
-                                tuple(args.stop_strings))
-        engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
-                                            lam=args.lam, device=args.device, dtype=args.dtype,
-                                            small_device=args.small_device, cache=args.cache,
-                                            compile=args.compile)
-        prompt_of = dict(zip(ids, prompts))
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("")
-        for batch in engine.generate_batches(prompts, params, n=args.n, seed=args.seed, keys=ids,
-                                             stop_ids=args.stop_ids, batch_size=args.batch_size):
-            with output.open("a") as sink:
-                for c in batch:
-                    sink.write(json.dumps({"id": c.key, "prompt": prompt_of[c.key],
-                                           "sample_index": c.sample_index, "seed": c.seed,
-                                           "text": c.text, "token_ids": c.token_ids,
-                                           "finished": c.finished, "stop": c.stop}) + "\n")
+                                stop_strings=tuple(args.stop_strings),
+                                truncate_prompts=args.truncate_prompts)
+        with output_lock(output.with_name(output.name + ".lock"), f"--output {args.output}"):
+            check_settings(output, {key: getattr(args, key) for key in SETTINGS})
+            decode(args, output, ids, prompts, params)
+
+
+def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list[str],
+           params: SamplingParams) -> None:
+    """Decode the batches that still miss a sample and append those samples."""
+    prompt_of = dict(zip(ids, prompts))
+    log = SampleLog(output, record=Row)  # cuts a torn last line a kill left
+    done = done_samples(log, prompt_of, args)
+    # The engine batches batch_size // n consecutive prompts; decoding whole batches of the
+    # full input (only the last may be short, and it stays last) gives every prompt the same
+    # batch mates, hence the same floats, as an uninterrupted run.
+    per_batch = max(1, args.batch_size // args.n)
+    todo = []
+    for start in range(0, len(ids), per_batch):
+        batch = ids[start:start + per_batch]
+        if any((key, i) not in done for key in batch for i in range(args.n)):
+            todo += batch
+    if done:
+        logger.info("%s holds %d of %d samples: decoding the %d prompts of the batches that miss "
+                    "one", output, len(done), len(ids) * args.n, len(todo))
+    if not todo:
+        return
+    engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
+                                        lam=args.lam, device=args.device, dtype=args.dtype,
+                                        small_device=args.small_device, cache=args.cache,
+                                        compile=args.compile)
+    for batch in engine.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
+                                         seed=args.seed, keys=todo, stop_ids=args.stop_ids,
+                                         batch_size=args.batch_size):
+        log.append([Row(c.key, prompt_of[c.key], c.sample_index, c.seed, c.text, c.token_ids,
+                        c.finished, c.stop) for c in batch if (c.key, c.sample_index) not in done])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from train import grpo
+from train.errors import UserError
 from train.models import load_tokenizer
 from train.pairing import resolve_pair
 from train.tracking import ARTIFACT_FILE
@@ -154,3 +155,39 @@ def test_the_final_checkpoint_is_a_wandb_model_artifact_that_consumers_find(full
     assert entries[weights]["ref"] == (output_dir / "model.safetensors").resolve().as_uri()
     recorded = json.loads((output_dir / ARTIFACT_FILE).read_text())
     assert recorded["artifact"] == summary["artifact"] == f"rast-grpo/full:run-{run_id}"
+
+
+def test_a_save_killed_midway_is_skipped_on_resume(tiny_models, tmp_path, monkeypatch, caplog):
+    """The Trainer's save is not atomic: a kill after the weights but before trainer_state.json
+    leaves checkpoint-2 torn. Resume takes checkpoint-1, names what it skipped, and finishes."""
+    from transformers import Trainer
+
+    output_dir = tmp_path / "killed"
+    real_save_rng_state = Trainer._save_rng_state
+
+    def die_inside_the_second_save(self, output_dir):
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
+        real_save_rng_state(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", die_inside_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        grpo_run(tiny_models["small_base"], output_dir)
+    monkeypatch.undo()
+    torn = output_dir / "checkpoint-2"
+    assert (torn / "model.safetensors").is_file() and not (torn / "trainer_state.json").exists()
+
+    counter = StepCounter()
+    with caplog.at_level("WARNING", logger="train.grpo"):
+        summary = grpo_run(tiny_models["small_base"], output_dir, callbacks=[counter])
+    assert f"skipping {torn}: its save did not finish" in caplog.text
+    assert counter.steps == 1 and summary["global_step"] == 2 and summary["trained_steps"] == 1
+    assert grpo.saved_step(str(torn)) == 2  # the resumed run saved it again, complete
+
+
+def test_a_torn_checkpoint_named_explicitly_is_refused_in_one_line(tiny_models, tmp_path):
+    torn = tmp_path / "out" / "checkpoint-3"
+    torn.mkdir(parents=True)
+    (torn / "trainer_state.json").write_text('{"global_step": 3, "log_hi')
+    with pytest.raises(UserError, match="checkpoint-3 is not a complete checkpoint"):
+        grpo_run(tiny_models["small_base"], tmp_path / "out", "--resume_from_checkpoint", str(torn))

@@ -37,6 +37,8 @@ from transfer.analysis.token_stats import PositionLogits, position_stats
 from transfer.decode.engine import (
     RastEngine,
     SamplingParams,
+    check_device,
+    check_lam,
     check_pair_tokenizers,
     device_and_dtype,
 )
@@ -118,6 +120,7 @@ class AnalyzeConfig:
         if self.system not in ROLES:
             raise UserError(f"system must be one of {', '.join(ROLES)} (RAST: the one at lam), "
                             f"got {self.system!r}")
+        check_lam(self.lam)
         if self.system == "L_RL" and self.trajectories is None and not self.target_rl:
             raise UserError("system L_RL needs target_rl")
 
@@ -159,6 +162,7 @@ def load_models(config: AnalyzeConfig) -> Models:
     large_rl = resolve_pair(config.target_rl, config.target) if config.target_rl else None
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
     device, _, dtype = device_and_dtype(config.device, config.dtype)
+    check_device("device", device)
     target = resolve_model(config.target)
     tokenizer = load_tokenizer(target)
     for pair in pairs + ([large_rl] if large_rl else []):
@@ -196,7 +200,7 @@ def read_samples(path_or_dir: str) -> list[Sample]:
     return read_records(path)
 
 
-def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
+def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
 
     Positions are the ids the engine sampled (Sample.token_ids, the stopping token included),
@@ -204,7 +208,7 @@ def read_trajectories(config: AnalyzeConfig, tokenizer) -> list[Trajectory]:
     model chose, and a stop string's text is cut mid-token. A file without ids is refused.
     """
 
-    records, problems = read_samples(config.trajectories), _problems(config)
+    problems = _problems(config)
     label = benchmark_label(config.benchmark)
     chosen = [r for r in records if r.of(config.system, config.lam) and r.benchmark == label
               and r.problem_id in problems and r.sample_index < config.samples]
@@ -309,9 +313,10 @@ def run(config: AnalyzeConfig) -> dict:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     evaluation = read_samples(config.evaluation) if config.evaluation else None
+    records = read_samples(config.trajectories) if config.trajectories else None  # before loading
     models = load_models(config)
-    if config.trajectories:
-        trajectories = read_trajectories(config, models.tokenizer)
+    if records is not None:
+        trajectories = read_trajectories(config, models.tokenizer, records)
     else:
         trajectories = generate_trajectories(config, models)
     dropped = sum(not t.token_ids for t in trajectories)

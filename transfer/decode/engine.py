@@ -16,6 +16,7 @@ The command-line front end is `python -m transfer.generate --help`.
 """
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,7 +26,13 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from train.errors import UserError
-from train.models import load_model, load_tokenizer, resolve_model, stop_token_ids
+from train.models import (
+    embedding_rows,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    stop_token_ids,
+)
 from train.pairing import Pair, resolve_pair
 from transfer.decode.rast import (
     check_tokenizers_compatible,
@@ -59,11 +66,19 @@ class SamplingParams:
     # (transfer.decode.stops). The RAST runner's list stops a plain-prompt base model that starts
     # a second "Question:"/"user" turn. Empty: only stop ids end a completion.
     stop_strings: tuple[str, ...] = ()
+    # A prompt that does not leave max_new_tokens positions of the model's context is refused;
+    # True keeps its last (context - max_new_tokens) tokens instead, with a warning.
+    truncate_prompts: bool = False
 
     def __post_init__(self):
         self.stop_strings = tuple(self.stop_strings)
         if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
             raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
+        # NaN passes every comparison below: --lam nan --temperature 0 decoded argmax(NaN) = id 0,
+        # the end token, and reported empty "finished" completions.
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -218,24 +233,31 @@ class RastEngine:
     model's KV cache and `compile` compiles its step (see CachedModel): "auto" replays CUDA
     graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
     stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
-    beside the large model's bandwidth-bound ones instead of after them.
+    beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
+    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
+    the eos/pad ids only the small models' tokenizers declare.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
                  vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True):
+                 compile: bool = False, overlap: bool = True, extra_stop_ids=()):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
+        check_lam(lam)
         self.lam, self.tokenizer = lam, tokenizer
+        self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
+        if self.shared_vocab is None:
+            raise ValueError("pass a tokenizer or vocab_size")
+        for name, model in (("large", large), ("small_base", small_base), ("small_rl", small_rl)):
+            if model is not None and not isinstance(model, str):  # str: a LoRA adapter's name
+                check_embedding_rows(name, model.config.vocab_size, self.shared_vocab)
         options = {"cache": cache, "compile": compile, "overlap": overlap}
         self.large = CachedModel("large", large, **options)
         self.small = ([] if small_base is None or lam == 0  # plain decoding of the large model
                       else _small_pair(small_base, small_rl, stack_small, options))
-        self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
-        if self.shared_vocab is None:
-            raise ValueError("pass a tokenizer or vocab_size")
-        self.default_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
-                                 if tokenizer is not None else [])
+        own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
+                        if tokenizer is not None else [])
+        self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
     def from_pretrained(cls, target: str, small_base: str | None = None,
@@ -254,24 +276,29 @@ class RastEngine:
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
                             f"neither to decode the large model alone")
+        check_lam(lam)
         pair = resolve_pair(small_rl, small_base) if small_rl is not None and lam != 0 else None
         large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
+        check_device("device", large_map)
+        check_device("small device", small_map)
         target = resolve_model(target)
-        tokenizer = load_tokenizer(target)
+        # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
+        tokenizer, extra_stop_ids = check_models(target, pair)
         large_model = load_model(target, dtype=dtype, device_map=large_map)
         if pair is None:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
-        check_pair_tokenizers(tokenizer, target, pair)
         small_base_model = load_model(pair.base, dtype=dtype, device_map=small_map)
         if pair.lora:
             logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
             shared = PeftModel.from_pretrained(small_base_model, pair.rl, adapter_name=RL_ADAPTER)
             return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
-                       stack_small=stack_small, cache=cache, compile=compile)
+                       stack_small=stack_small, cache=cache, compile=compile,
+                       extra_stop_ids=extra_stop_ids)
         small_rl_model = load_model(pair.rl, dtype=dtype, device_map=small_map)
         return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   stack_small=stack_small, cache=cache, compile=compile)
+                   stack_small=stack_small, cache=cache, compile=compile,
+                   extra_stop_ids=extra_stop_ids)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -286,13 +313,19 @@ class RastEngine:
         keys = list(prompts) if keys is None else list(keys)
         if len(keys) != len(prompts):
             raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
+        not_text = next((i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)), None)
+        if not_text is not None:
+            raise UserError(f"prompt {keys[not_text]!r} is a {type(prompts[not_text]).__name__}, "
+                            f"not a string: give every prompt as text")
+        # Every prompt is tokenized and fitted to the context before the first token is decoded.
+        all_ids = self.fit_context(self.tokenizer(list(prompts))["input_ids"] if prompts else [],
+                                   params, keys)
         prompts_per_batch = max(1, batch_size // n)
         bar = tqdm(total=len(prompts), unit="prompt", desc="decode", disable=not progress)
         for start in range(0, len(prompts), prompts_per_batch):
-            batch_prompts = prompts[start:start + prompts_per_batch]
             batch_keys = keys[start:start + prompts_per_batch]
             seeds = [[sample_seed(seed, key, i) for i in range(n)] for key in batch_keys]
-            prompt_ids = self.tokenizer(batch_prompts)["input_ids"]
+            prompt_ids = all_ids[start:start + prompts_per_batch]
             rows = iter(self.decode(prompt_ids, seeds, params, stop_ids))
             completions = []
             for key, key_seeds in zip(batch_keys, seeds):
@@ -301,7 +334,7 @@ class RastEngine:
                     text = completion_text(ids, stop, params.stop_strings, self.tokenizer.decode)
                     completions.append(Completion(key, index, row_seed, ids, text,
                                                   stop is not None, stop))
-            bar.update(len(batch_prompts))
+            bar.update(len(batch_keys))
             yield completions
         bar.close()
 
@@ -330,6 +363,7 @@ class RastEngine:
         if params.stop_strings and self.tokenizer is None:
             raise UserError("stop_strings need a tokenizer to decode text: load the engine with "
                             "one, or drop stop_strings")
+        prompt_ids = self.fit_context(prompt_ids, params)
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
         text_of = self.tokenizer.decode if params.stop_strings else None
         input_ids, attention_mask = left_pad(prompt_ids, self._pad_id())
@@ -374,6 +408,43 @@ class RastEngine:
                 active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
             logits = self._decode_step(tokens)
         return [(ids, stopped_by.get(row)) for row, ids in enumerate(outputs)]
+
+    def context_length(self) -> int | None:
+        """Positions every model can attend over (max_position_embeddings), None if unstated."""
+        lengths = [getattr(model.model.config, "max_position_embeddings", None)
+                   for model in self.models()]
+        return min((length for length in lengths if length), default=None)
+
+    def fit_context(self, prompt_ids: list[list[int]], params: SamplingParams,
+                    keys: list[str] | None = None) -> list[list[int]]:
+        """The prompts, each leaving max_new_tokens positions of the context: a longer one is
+        refused, or cut to its last tokens when params.truncate_prompts asks for that.
+
+        Past the context the positions are ones the model never trained on, and its output is
+        fluent-looking nonsense: a 5,000-token prompt against 128 positions decoded without a word.
+        """
+        context = self.context_length()
+        if context is None:
+            return prompt_ids
+        room = context - params.max_new_tokens
+        if room < 1:
+            raise UserError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
+                            f"in the model's context of {context} positions: lower it")
+        too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > room]
+        if not too_long:
+            return prompt_ids
+        first = too_long[0]
+        name = keys[first] if keys is not None else f"#{first}"
+        if not params.truncate_prompts:
+            raise UserError(f"prompt {name!r} has {len(prompt_ids[first])} tokens, more than the "
+                            f"{room} that the context of {context} positions leaves beside "
+                            f"max_new_tokens {params.max_new_tokens} ({len(too_long)} prompt(s) "
+                            f"too long): shorten it, lower max_new_tokens, or ask for "
+                            f"truncation to its last {room} tokens (--truncate-prompts)")
+        logger.warning("truncating %d prompt(s) to their last %d tokens (context %d - "
+                       "max_new_tokens %d), the first is %r", len(too_long), room, context,
+                       params.max_new_tokens, name)
+        return [ids[-room:] for ids in prompt_ids]
 
     def forward_counts(self) -> dict[str, dict[str, int]]:
         """Forwards run so far per model: prefill/decode calls and the batch rows they computed
@@ -437,11 +508,43 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
-def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> None:
-    """Refuse a small pair whose tokenizers do not match the target's (RAST adds logits by id)."""
-    check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target, pair.base)
+def check_lam(lam: float) -> None:
+    if not math.isfinite(lam):
+        raise UserError(f"lambda must be a finite number, got {lam}")
+
+
+def check_embedding_rows(name: str, rows: int | None, tokenizer_length: int) -> None:
+    """Every id the tokenizer can produce needs a row of the model's embedding (and logits)."""
+    if rows is not None and rows < tokenizer_length:
+        raise UserError(f"{name} has {rows} embedding rows, fewer than the {tokenizer_length} "
+                        f"tokens of the tokenizer it is decoded with: it belongs to another "
+                        f"tokenizer; use models of one family")
+
+
+def check_models(target: str, pair: Pair | None = None) -> tuple[object, list[int]]:
+    """What can be checked of a RAST triple without loading weights: the pair shares the
+    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer
+    and the eos/pad ids only the pair's tokenizers declare (check_pair_tokenizers). Evaluation
+    runs it for every system before decoding the first one."""
+    tokenizer = load_tokenizer(target)
+    check_embedding_rows(target, embedding_rows(target), len(tokenizer))
+    extra_stop_ids = []
+    if pair is not None:
+        extra_stop_ids = check_pair_tokenizers(tokenizer, target, pair)
+        for name in (pair.base, pair.rl):
+            check_embedding_rows(name, embedding_rows(name), len(tokenizer))
+    return tokenizer, extra_stop_ids
+
+
+def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:
+    """Refuse a small pair whose tokenizers map a token to another id than the target's (RAST
+    adds logits by id); return the eos/pad ids only the pair's tokenizers declare."""
+    extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target,
+                                                 pair.base)
     if pair.rl_tokenizer:
-        check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target, pair.rl)
+        extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target,
+                                                      pair.rl)
+    return sorted(set(extra_stop_ids))
 
 
 def device_and_dtype(device=None, dtype=None, small_device=None):
@@ -457,3 +560,20 @@ def device_and_dtype(device=None, dtype=None, small_device=None):
         small_device = f"cuda:{torch.cuda.device_count() - 1}" if spread and on_gpu else (
             "cpu" if spread else device)
     return device, small_device, dtype
+
+
+def check_device(name: str, device) -> None:
+    """Refuse a device this torch cannot use, in one line, before any model loads."""
+    if device is None or device == "auto" or isinstance(device, dict):
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"{name} {device!r} is not a device: use cpu, cuda, cuda:<index> or "
+                        f"auto") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{name} {device!r}: this torch sees no CUDA GPU (torch "
+                        f"{torch.__version__}); use cpu, or a CUDA build of torch on a GPU machine")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"{name} {device!r}: only {torch.cuda.device_count()} CUDA device(s) "
+                        f"are visible")

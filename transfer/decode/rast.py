@@ -13,11 +13,14 @@ print(combine_logits(torch.zeros(1, 4), torch.zeros(1, 3), torch.ones(1, 3), lam
 """
 
 import hashlib
+import logging
 
 import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from train.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def align_logits(logits: torch.Tensor, shared_vocab: int) -> torch.Tensor:
@@ -118,25 +121,40 @@ def sample_seed(seed: int, key: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def check_tokenizers_compatible(tokenizer_a, tokenizer_b, name_a: str, name_b: str) -> None:
-    """Raise UserError unless both tokenizers have the same vocabulary and special tokens.
+def check_tokenizers_compatible(tokenizer_a, tokenizer_b, name_a: str, name_b: str) -> list[int]:
+    """Raise UserError unless both tokenizers map every token to the same id, special tokens
+    included; return the ids tokenizer_b declares as eos or pad that tokenizer_a does not.
 
-    RAST adds logits id by id, so one id must mean one string in all three models.
+    RAST adds logits id by id, so one id must mean one string in all three models. Which token a
+    tokenizer declares as eos, pad or bos is a setting, not part of that mapping: hub RL
+    checkpoints (SimpleRL-Zoo's) may say eos <|im_end|> where their base says <|endoftext|>. Such
+    a difference is logged, and the returned ids belong in the decoder's stop set.
+
+    >>> from train.tiny.tokenizer import build_tokenizer
+    >>> rl = build_tokenizer()
+    >>> rl.eos_token = "."
+    >>> check_tokenizers_compatible(build_tokenizer(), rl, "base", "rl")
+    [17]
     """
     vocab_a, vocab_b = tokenizer_a.get_vocab(), tokenizer_b.get_vocab()
     if vocab_a != vocab_b:
-        differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()), key=lambda item: item[1])
+        differing = sorted(set(vocab_a.items()) ^ set(vocab_b.items()),
+                           key=lambda item: (item[1], item[0]))  # deterministic: id, then token
         reason = (f"{len(vocab_a)} vs {len(vocab_b)} tokens" if len(vocab_a) != len(vocab_b)
                   else f"token {differing[0][0]!r} has different ids")
-    elif _special_tokens(tokenizer_a) != _special_tokens(tokenizer_b):
-        reason = f"special tokens {_special_tokens(tokenizer_a)} vs {_special_tokens(tokenizer_b)}"
-    else:
-        return
-    raise UserError(f"tokenizers of {name_a!r} and {name_b!r} differ ({reason}); RAST needs "
-                    f"models that share one tokenizer")
+        raise UserError(f"tokenizers of {name_a!r} and {name_b!r} differ ({reason}); RAST needs "
+                        f"models that share one tokenizer")
+    declared_a, declared_b = _declared_tokens(tokenizer_a), _declared_tokens(tokenizer_b)
+    if declared_a != declared_b:
+        logger.warning("tokenizers of %r and %r share every id but declare %s vs %s; decoding "
+                       "stops on the eos and pad tokens of both", name_a, name_b,
+                       declared_a, declared_b)
+    return sorted(_end_ids(tokenizer_b) - _end_ids(tokenizer_a))
 
 
-def _special_tokens(tokenizer) -> dict:
-    named = {name: getattr(tokenizer, name, None)
-             for name in ("eos_token", "pad_token", "bos_token")}
-    return {**named, "all": sorted(tokenizer.all_special_tokens)}
+def _declared_tokens(tokenizer) -> dict:
+    return {name: getattr(tokenizer, name, None) for name in ("eos_token", "pad_token", "bos_token")}
+
+
+def _end_ids(tokenizer) -> set[int]:
+    return {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}

@@ -39,9 +39,12 @@ from transfer.decode.engine import (
     CACHE_MODES,  # torch: imported here, not for every import
     RastEngine,
     SamplingParams,
+    check_device,
+    check_models,
 )
 from transfer.eval import placement
 from transfer.eval.distributed import barrier, pin_gpus_of_this_process, this_shard
+from transfer.eval.lock import output_lock
 from transfer.eval.placement import GB, describe
 from transfer.eval.report import report, summarize
 from transfer.eval.samples import Sample, SampleLog, merge_samples, sample_files, system_name
@@ -110,9 +113,7 @@ class TransferConfig:
             raise UserError(f"lam must be a non-empty list of finite values >= 0, got {self.lam}")
         if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("samples, batch_size and max_new_tokens must be >= 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError(f"need temperature >= 0 and 0 < top_p <= 1, "
-                            f"got {self.temperature}, {self.top_p}")
+        SamplingParams(self.temperature, self.top_p, max_new_tokens=self.max_new_tokens)  # checks
         if not self.benchmarks:
             raise UserError("benchmarks is empty: name at least one (e.g. [tiny] or [math500])")
         if self.report_to not in ("wandb", "none"):
@@ -193,6 +194,20 @@ def validate_models(systems: list[System]) -> None:
                         f"{', '.join(missing)}; download them first (`hf download <id>`) or unset "
                         f"HF_HUB_OFFLINE where the hub is reachable")
     logger.info("not cached, will download: %s", ", ".join(missing))
+
+
+def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
+    """Check every system's models (tokenizers, embedding rows) and the device before the first
+    token is decoded: a mismatch found when the RAST system loads comes hours late. Returns the
+    eos/pad ids that only a small model's tokenizer declares (a hub RL checkpoint's <|im_end|>)."""
+    check_device("device", config.device)
+    extra_stop_ids = set()
+    for target, small_base, small_rl in dict.fromkeys(
+            (s.target, s.small_base, s.small_rl if s.lam else None) for s in systems):
+        _, pair_stop_ids = check_models(target,
+                                        resolve_pair(small_rl, small_base) if small_rl else None)
+        extra_stop_ids.update(pair_stop_ids)
+    return sorted(extra_stop_ids)
 
 
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
@@ -311,10 +326,25 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     if config.dry_run:
         return dry_run(config, systems)
     validate_models(systems)
+    extra_stop_ids = check_systems(systems, config)
     benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
                   for name in config.benchmarks}
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output_dir {output_dir}: {err.strerror}") from None
+    rank = this_shard()[0]
+    # One run per output_dir: rank 0 of every run takes .lock (the other ranks .lock.rank<k>).
+    lock = output_dir / (".lock" if rank == 0 else f".lock.rank{rank}")
+    with output_lock(lock, f"output_dir {output_dir}"):
+        return decode_and_report(config, systems, benchmarks, output_dir, make_engine,
+                                 extra_stop_ids)
+
+
+def decode_and_report(config: TransferConfig, systems: list[System], benchmarks: dict,
+                      output_dir: Path, make_engine, extra_stop_ids=()) -> dict:
+    """Decode and log every system's missing samples, then report from the log (rank 0)."""
     rank, world_size = shard = this_shard()
     if rank == 0:  # one writer of systems.json; the others wait until it is checked
         check_signatures(output_dir, systems, config)
@@ -324,7 +354,10 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens,
                             stop_strings=tuple(config.stop_strings))
-    stop_ids = config.stop_ids or stop_token_ids(load_tokenizer(config.target))
+    # One list for every system: the recipe's stop ids, else the target's and any a small
+    # model's tokenizer adds.
+    stop_ids = config.stop_ids or sorted({*stop_token_ids(load_tokenizer(config.target)),
+                                          *extra_stop_ids})
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
     log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None

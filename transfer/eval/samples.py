@@ -2,8 +2,9 @@
 
 Each line of samples.jsonl is one `Sample`: what decoded it (system, its role and lambda), which
 problem and sample it is, the completion and its grade. Evaluation writes it, analysis and every
-report read it, through this module only. Records are appended and fsynced per batch; a SIGKILL leaves at most one
-torn last line, which is dropped on the next open. Under torchrun each rank appends to its own
+report read it, through this module only. Records are appended and fsynced per batch; a SIGKILL
+leaves at most one torn last line, which is dropped on the next open; a sample written twice
+counts once. Under torchrun each rank appends to its own
 samples.rank<k>.jsonl and rank 0 merges them into samples.jsonl in a single process's order.
 """
 
@@ -61,22 +62,28 @@ class Sample:
 
     @classmethod
     def from_json(cls, line: bytes | str, where: str) -> "Sample":
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{where} is not a JSON record; fix or delete that line, or use a new "
-                            f"output_dir") from None
-        required = [f.name for f in fields(cls) if f.name not in OPTIONAL]
-        missing = [name for name in required if name not in row] if isinstance(row, dict) else [
-            "every field: not an object"]
-        if missing:
-            raise UserError(f"{where} is not a sample record (missing {', '.join(missing)}): "
-                            f"point to a samples.jsonl written by transfer.eval, or re-run the "
-                            f"evaluation into a new output_dir")
-        return cls(**{f.name: row.get(f.name) for f in fields(cls)})
+        return parse_record(cls, line, where, OPTIONAL, "point to a samples.jsonl written by "
+                            "transfer.eval, or re-run the evaluation into a new output_dir")
 
 
 OPTIONAL = {"token_ids", "stop", "careful"}
+
+
+def parse_record(cls, line: bytes | str, where: str, optional: set[str], fix: str):
+    """A dataclass record from its JSON line; a UserError naming the line and `fix` for a line
+    that is not JSON or lacks a field that is not optional."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        raise UserError(f"{where} is not a JSON record; fix or delete that line, or use a new "
+                        f"output_dir") from None
+    required = [f.name for f in fields(cls) if f.name not in optional]
+    missing = [name for name in required if name not in row] if isinstance(row, dict) else [
+        "every field: not an object"]
+    if missing:
+        raise UserError(f"{where} is not a {cls.__name__.lower()} record (missing "
+                        f"{', '.join(missing)}): {fix}")
+    return cls(**{f.name: row.get(f.name) for f in fields(cls)})
 
 
 class SampleLog:
@@ -88,12 +95,13 @@ class SampleLog:
     done, they are read but never written or repaired (their rank may be appending right now).
     """
 
-    def __init__(self, path: Path, others: list[Path] = ()):
+    def __init__(self, path: Path, others: list[Path] = (), record=Sample):
         self.path = path
-        self.records = read_records(path, repair=True)
-        self.records += [r for other in others for r in read_records(other, repair=False)]
+        self.records = read_records(path, repair=True, record=record)
+        self.records += [r for other in others
+                         for r in read_records(other, repair=False, record=record)]
 
-    def append(self, records: list[Sample]) -> None:
+    def append(self, records: list) -> None:
         with open(self.path, "a", encoding="utf-8") as file:
             file.write("".join(record.to_json() + "\n" for record in records))
             file.flush()
@@ -101,13 +109,26 @@ class SampleLog:
         self.records += records
 
 
-def read_records(path: Path, repair: bool = False) -> list[Sample]:
-    """The complete records of a samples JSONL; a torn last line is skipped (and cut if repair)."""
+def read_records(path: Path, repair: bool = False, record=Sample) -> list:
+    """The complete records of a samples JSONL, each key once: a torn last line is skipped (and
+    cut if repair), and of a key written twice the first record is kept, with a warning.
+
+    Every reader (resume, merge, report, analysis) reads through here, so duplicates count
+    once everywhere; two runs that shared an output_dir before it was locked wrote every
+    sample twice. `record`: the class of a line (Sample; transfer.generate's rows).
+    """
     if not path.exists():
         return []
     data = path.read_bytes()
     *lines, torn = data.split(b"\n")
-    records = [Sample.from_json(line, f"{path}:{number}") for number, line in enumerate(lines, 1)]
+    unique = {}
+    for number, line in enumerate(lines, 1):
+        parsed = record.from_json(line, f"{path}:{number}")
+        unique.setdefault(parsed.key, parsed)
+    records = list(unique.values())
+    if len(records) < len(lines):
+        logger.warning("%s holds %d duplicated sample record(s); counting each sample once (the "
+                       "first)", path, len(lines) - len(records))
     if torn and not repair:
         logger.info("skipping an incomplete last line of %s (%d bytes): a run killed mid-write, "
                     "or one still writing", path, len(torn))

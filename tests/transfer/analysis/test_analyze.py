@@ -22,6 +22,7 @@ from transfer.analysis.analyze import (
     Trajectory,
     main,
     parse_config,
+    read_samples,
     read_trajectories,
     trajectory_stats,
 )
@@ -31,6 +32,7 @@ from transfer.analysis.token_stats import (
     position_stats,
     smallest_share_holding,
 )
+from transfer.decode.engine import RastEngine, SamplingParams
 from transfer.eval.samples import system_name
 
 RECIPES = Path(__file__).parents[3] / "recipes"
@@ -100,7 +102,6 @@ def test_one_forward_equals_per_prefix_recompute(models):
 
 
 def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
-    from transfer.decode.engine import RastEngine, SamplingParams
 
     engine = RastEngine(models.large, tokenizer=models.tokenizer, lam=0.0)
     prompts = ["Q: 47*8=\nA: ", "Q: 123*45=\nA: "]
@@ -235,12 +236,12 @@ def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny
     path = tmp_path / "odd.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in odd))
     config = parse_config(common + ["--trajectories", str(path), "--output_dir", str(tmp_path)])
-    read = read_trajectories(config, load_tokenizer(tiny_models["large"]))
+    read = read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
     assert [t.token_ids for t in read] == [r["token_ids"] for r in odd]
     path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "token_ids"}) + "\n"
                             for r in records))
     with pytest.raises(UserError, match="without token_ids.*re-run the evaluation"):
-        read_trajectories(config, load_tokenizer(tiny_models["large"]))
+        read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,9 @@ from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
+from transfer.bench import gpu as gpu_bench
 from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.generate import main as generate_main
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
            "Q: 6*7=", "Q: 88*12=\nA: 8", "Q: 5*5=\nA: "]  # different lengths: left padding
@@ -210,6 +212,27 @@ def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models
     assert str(other) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_small_rl_model_declaring_another_eos_is_paired_and_its_eos_stops(tiny_models, tmp_path):
+    # Hub RL checkpoints (SimpleRL-Zoo's) may declare eos <|im_end|> where the base declares
+    # <|endoftext|>: the same ids, another setting. Here the stand-in for <|im_end|> is a character
+    # the pair is known to emit, so the decode below must end on it.
+    large, base = tiny_models["large"], tiny_models["small_base"]
+    params = SamplingParams(max_new_tokens=16)
+    prompt_ids = load_tokenizer(large)(["Q: 47*8=\nA: "])["input_ids"]
+    plain = RastEngine.from_pretrained(large, base, tiny_models["small_rl"])
+    emitted, _ = plain.decode(prompt_ids, [[0]], params, stop_ids=[])[0]
+    new_eos = next(token for token in emitted[1:] if token not in plain.default_stop_ids)
+    rl = tmp_path / "rl"
+    shutil.copytree(tiny_models["small_rl"], rl)
+    tokenizer = load_tokenizer(tiny_models["small_rl"])
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(new_eos)
+    tokenizer.save_pretrained(rl)
+    engine = RastEngine.from_pretrained(large, base, str(rl))
+    assert engine.default_stop_ids == sorted([*plain.default_stop_ids, new_eos])
+    ids, finished = engine.decode(prompt_ids, [[0]], params)[0]
+    assert finished and ids == emitted[:emitted.index(ids[-1]) + 1] and new_eos in emitted[:len(ids)]
+
+
 def test_device_and_dtype_defaults(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
     assert device_and_dtype(None, None, None) == ("cpu", "cpu", torch.float32)
@@ -223,7 +246,6 @@ def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
 
 
 def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
-    from transfer.bench import gpu as gpu_bench
 
     gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -239,7 +261,6 @@ def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
-    from transfer.generate import main
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n"
@@ -247,7 +268,7 @@ def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):
     outputs = {}
     for cache in ("auto", "static"):
         output = tmp_path / f"{cache}.jsonl"
-        main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
+        generate_main(["--target", tiny_models["large"], "--small_base", tiny_models["small_base"],
               "--small_rl", tiny_models["small_rl"], "--input", str(prompts),
               "--output", str(output), "--n", "2", "--max_new_tokens", "5", "--cache", cache])
         outputs[cache] = [json.loads(line) for line in output.read_text().splitlines()]

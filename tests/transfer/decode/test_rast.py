@@ -1,7 +1,11 @@
 """The pure RAST maths: alignment, fp32 combination, masking, warping once, per-row sampling."""
 
+import logging
+
 import pytest
 import torch
+from tokenizers import Tokenizer, models
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from train.errors import UserError
 from train.tiny.tokenizer import build_tokenizer
@@ -128,14 +132,41 @@ def test_identical_tokenizers_pass():
     check_tokenizers_compatible(build_tokenizer(), build_tokenizer(), "large", "small")
 
 
-@pytest.mark.parametrize("change", ["extra token", "special tokens"])
+@pytest.mark.parametrize("change", ["extra token", "moved token"])
 def test_incompatible_tokenizers_are_refused_in_one_line_naming_both(change):
     other = build_tokenizer()
     if change == "extra token":
         other.add_tokens(["<think>"])
-    else:
-        other.eos_token = "<unk>"  # same vocabulary, different eos
+    else:  # the same strings, two of them with swapped ids
+        vocab = other.get_vocab()
+        vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        other = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                        unk_token="<unk>")
     with pytest.raises(UserError) as error:
         check_tokenizers_compatible(build_tokenizer(), other, "Qwen/Qwen2.5-7B", "llama-1b")
     message = str(error.value)
     assert "'Qwen/Qwen2.5-7B'" in message and "'llama-1b'" in message and "\n" not in message
+    assert ("98 vs 99 tokens" if change == "extra token" else "'a' has different ids") in message
+
+
+def test_tokenizers_declaring_another_eos_are_compatible_and_return_its_stop_id(caplog):
+    # A hub RL checkpoint may declare eos <|im_end|> where its base declares <|endoftext|>.
+    rl = build_tokenizer()
+    rl.eos_token = "."
+    with caplog.at_level(logging.WARNING, logger="transfer.decode.rast"):
+        extra_stop_ids = check_tokenizers_compatible(build_tokenizer(), rl, "base", "rl")
+    assert extra_stop_ids == [rl.convert_tokens_to_ids(".")]
+    assert "'eos_token': '.'" in caplog.text
+    # The other way round nothing is new: the RL tokenizer's pad already is <|endoftext|>.
+    assert check_tokenizers_compatible(rl, build_tokenizer(), "rl", "base") == []
+
+
+def test_a_qwen_rl_tokenizer_declaring_im_end_pairs_with_its_base(qwen_tokenizer):
+    # SimpleRL-Zoo's checkpoints declare eos <|im_end|> (151645); Qwen2.5 bases <|endoftext|>.
+    base, rl = AutoTokenizer.from_pretrained(qwen_tokenizer), AutoTokenizer.from_pretrained(
+        qwen_tokenizer)
+    rl.eos_token = "<|im_end|>"
+    assert check_tokenizers_compatible(base, rl, "Qwen/Qwen2.5-1.5B", "rl") == [151645]
+    with pytest.raises(UserError, match=r"\(151665 vs 98 tokens\)"):
+        check_tokenizers_compatible(base, build_tokenizer(), "Qwen/Qwen2.5-1.5B", "tiny-s")

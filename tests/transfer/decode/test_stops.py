@@ -126,14 +126,13 @@ def test_no_stop_strings_decodes_exactly_as_before(wide_engine):
 def test_generate_cli_takes_stop_strings(tiny_models, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    out = tmp_path / "out.jsonl"
-    args = ["--target", tiny_models["large"], "--input", str(prompts), "--output", str(out),
-            "--n", "2", "--max_new_tokens", "16", "--stop_ids", "0"]
-    generate_main(args)
-    free = [json.loads(line) for line in out.read_text().splitlines()]
+    args = ["--target", tiny_models["large"], "--input", str(prompts), "--n", "2",
+            "--max_new_tokens", "16", "--stop_ids", "0"]
+    generate_main(args + ["--output", str(tmp_path / "free.jsonl")])
+    free = [json.loads(line) for line in (tmp_path / "free.jsonl").read_text().splitlines()]
     stop = max(free, key=lambda r: len(r["text"]))["text"][3:5]
-    generate_main(args + ["--stop_strings", stop])
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    generate_main(args + ["--output", str(tmp_path / "cut.jsonl"), "--stop_strings", stop])
+    rows = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
     assert any(r["stop"] == stop for r in rows)
     for before, row in zip(free, rows, strict=True):
         assert stop not in row["text"] and before["text"].startswith(row["text"])

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import wandb_inspect
 
 from train.errors import UserError
+from train.models import load_tokenizer
 from train.tracking import ARTIFACT_FILE
 from transfer.decode.stops import first_stop_string
 from transfer.eval.evaluate import (
@@ -284,8 +286,32 @@ def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
         summary["benchmarks"]["mul"]["L_RL"]["avg"])
 
 
+def test_a_small_rl_tokenizer_declaring_another_eos_joins_every_systems_stop_list(tiny_models,
+                                                                                  tmp_path):
+    from fake_engine import FakeEngine
+
+    # A hub RL checkpoint may declare eos <|im_end|> where its base says <|endoftext|>; "." here.
+    rl = tmp_path / "rl"
+    shutil.copytree(tiny_models["small_rl"], rl)
+    tokenizer = load_tokenizer(str(rl))
+    tokenizer.eos_token = "."
+    tokenizer.save_pretrained(rl)
+    seen = {}
+
+    class StopRecordingEngine(FakeEngine):
+        def generate_batches(self, *args, stop_ids=None, **kwargs):
+            seen[self.system.name] = stop_ids
+            yield from super().generate_batches(*args, stop_ids=stop_ids, **kwargs)
+
+    recipe = _write_recipe(tmp_path / "out", {**tiny_models, "small_rl": str(rl)}, tmp_path,
+                           limit=2, benchmarks=["tiny"], lam=[1.0])
+    run(parse_config(["--config", str(recipe)]),
+        make_engine=lambda system, config: StopRecordingEngine(system))
+    assert set(seen) == {"S", "S_RL", "L", "L+RAST(lam=1)", "L_RL"}
+    assert set(map(tuple, seen.values())) == {(0, tokenizer.convert_tokens_to_ids("."))}
+
+
 def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
-    import torch
 
     torch.set_num_threads(1)
     recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,

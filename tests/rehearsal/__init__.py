@@ -1,0 +1,1 @@
+"""The rehearsal: every real Qwen command run on CPU against random-weight hub stand-ins."""

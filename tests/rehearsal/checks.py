@@ -1,0 +1,184 @@
+"""What `make rehearse` checks after the real commands ran (tests/rehearsal/run.py).
+
+Each check returns (ok, detail) and reads only what the commands left on disk, except the
+logits check, which loads three stand-ins itself to compare the engine's combined logits with
+a hand-made combination.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.rehearsal.standins import MARKER
+from train.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID
+
+STOP_TEXTS = ("<|endoftext|>", "<|im_end|>")
+SHARED_VOCAB = 151665
+
+
+def snapshots(cache: Path) -> dict[str, str]:
+    """Hub id -> snapshot directory of every stand-in."""
+    return json.loads((cache / MARKER).read_text())["snapshots"]
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    weights = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
+
+
+def trained_weights_moved(output_dir: Path, base_snapshot: str) -> tuple[bool, str]:
+    """The saved full model against its base: share of entries that changed, and their dtypes.
+
+    At lr 5e-7 a bf16 weight (8 significant bits) rounds nearly every AdamW update away; only
+    fp32 master weights, saved as fp32, keep a few steps' movement. Fails until training keeps
+    fp32 masters (issue 14, defect 1).
+    """
+    trained, base = load_weights(output_dir), load_weights(Path(base_snapshot))
+    if not trained:
+        return False, f"no weights saved in {output_dir}"
+    moved = total = 0
+    for name, tensor in trained.items():
+        reference = base[name.removeprefix("model.") if name not in base else name]
+        moved += (tensor.float() != reference.float()).sum().item()
+        total += tensor.numel()
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in trained.values()})
+    share = moved / total
+    return share > 0.5, f"{share:.1%} of {total:,} entries moved; saved as {', '.join(dtypes)}"
+
+
+def lora_adapters_moved(output_dir: Path) -> tuple[bool, str]:
+    """LoRA B matrices start at zero (peft), so their non-zero share is the share that moved."""
+    adapter = load_weights(output_dir)
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    if not lora_b:
+        return False, f"no lora_B weights in {output_dir}"
+    moved = sum((t != 0).sum().item() for t in lora_b)
+    total = sum(t.numel() for t in lora_b)
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in adapter.values()})
+    ok = moved / total > 0.5 and dtypes == ["float32"]
+    return ok, f"{moved / total:.1%} of {total:,} lora_B entries moved; adapter saved as {dtypes}"
+
+
+def grpo_stops(output_dir: Path) -> tuple[bool, str]:
+    """TRL ends and masks completions at the stop ids: its eos set (the saved generation config)
+    holds 151643 and 151645, and some completions terminated before max_completion_length."""
+    eos = json.loads((output_dir / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos if isinstance(eos, list) else [eos]
+    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))
+    history = json.loads(states[-1].read_text())["log_history"] if states else []
+    clipped = [entry["completions/clipped_ratio"] for entry in history
+               if "completions/clipped_ratio" in entry]
+    ok = {ENDOFTEXT_ID, IM_END_ID} <= set(eos) and bool(clipped) and min(clipped) < 1
+    return ok, f"eos ids {eos}; clipped (no stop) share per step {clipped}"
+
+
+def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
+    runs = sorted(directory.rglob("offline-run-*"))
+    return len(runs) >= at_least, f"{len(runs)} offline W&B runs under {directory}"
+
+
+def transfer_outputs(output_dir: Path, max_new_tokens: int) -> tuple[bool, str]:
+    """results.md and summary.json written; no completion holds a stop token (the engine cuts
+    at the first one and drops it); some stopped early, so the check is not vacuous."""
+    missing = [name for name in ("results.md", "summary.json", "samples.jsonl")
+               if not (output_dir / name).is_file()]
+    if missing:
+        return False, f"missing {', '.join(missing)} in {output_dir}"
+    records = [json.loads(line) for line in (output_dir / "samples.jsonl").read_text().splitlines()]
+    past_stop = [r for r in records if any(stop in r["text"] for stop in STOP_TEXTS)]
+    too_long = [r for r in records if r["num_tokens"] > max_new_tokens]
+    stopped = [r for r in records if r["finished"] and r["num_tokens"] < max_new_tokens]
+    ok = not past_stop and not too_long and bool(stopped)
+    return ok, (f"{len(records)} samples, {len(stopped)} stopped early, {len(past_stop)} run past "
+                f"a stop, {len(too_long)} over {max_new_tokens} tokens")
+
+
+def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, str]) -> tuple[bool, str]:
+    """The hub RL stand-in has no rast_pair.json, so transfer pairs it through the recipe's
+    explicit small_base, and refuses in one line without one."""
+    from train.errors import UserError
+    from train.pairing import PAIR_FILE, paired_base, read_pair
+
+    rl_id, base_id = "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo", "Qwen/Qwen2.5-1.5B"
+    if (Path(snapshot_dirs[rl_id]) / PAIR_FILE).exists():
+        return False, f"the {rl_id} stand-in has a {PAIR_FILE}"
+    systems = json.loads((output_dir / "systems.json").read_text())
+    rast = [s for s in systems.values() if s["lam"] and s["small_rl"] == rl_id]
+    paired = bool(rast) and all(s["small_base"] == base_id for s in rast)
+    try:
+        paired_base(rl_id)
+        refused = "not refused"
+    except UserError as err:
+        refused = f"refused: {err}"
+    ok = paired and read_pair(rl_id) == {} and refused.startswith("refused")
+    return ok, f"{len(rast)} RAST system(s) paired {rl_id} with {base_id}; without small_base {refused}"
+
+
+def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str]) -> tuple[bool, str]:
+    """The engine combines 32B (152064 rows) with the 1.5B pair (151936 rows) on ids < 151665:
+    its first step's logits equal z_L + (z_RL - z_S) there, and ids >= 151665 are -inf."""
+    from transformers import AutoModelForCausalLM
+
+    from train.models import load_tokenizer
+    from transfer.decode.engine import RastEngine, SamplingParams
+
+    names = ("Qwen/Qwen2.5-32B", "Qwen/Qwen2.5-1.5B", "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo")
+    large, base, rl = (AutoModelForCausalLM.from_pretrained(snapshot_dirs[n], dtype=torch.float32)
+                       for n in names)
+    tokenizer = load_tokenizer(snapshot_dirs[names[0]])
+    prompt = tokenizer("<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    with torch.no_grad():
+        by_hand = [m(torch.tensor([prompt])).logits[0, -1] for m in (large, base, rl)]
+    rows = [z.shape[-1] for z in by_hand]
+    expected = by_hand[0][:SHARED_VOCAB] + by_hand[2][:SHARED_VOCAB] - by_hand[1][:SHARED_VOCAB]
+    # Built directly, not by from_pretrained: this checks the maths, not tokenizer pairing.
+    engine = RastEngine(large, base, rl, lam=1.0, tokenizer=tokenizer, cache="dynamic")
+    steps = []
+    engine.decode([prompt], [[0]], SamplingParams(temperature=1.0, max_new_tokens=2),
+                  on_step=lambda active, logits: steps.append(logits[0].clone()))
+    first = steps[0]
+    error = (first[:SHARED_VOCAB] - expected).abs().max().item()
+    masked = bool(torch.isneginf(first[SHARED_VOCAB:]).all())
+    ok = rows == [152064, 151936, 151936] and first.shape[-1] == 152064 and error < 1e-4 and masked
+    return ok, (f"rows {rows}, combined width {first.shape[-1]}, max |engine - by hand| on "
+                f"{SHARED_VOCAB} ids {error:.1e}, ids >= {SHARED_VOCAB} all -inf: {masked}")
+
+
+def log_shows(log: Path, *needles: str) -> tuple[bool, str]:
+    text = log.read_text() if log.is_file() else ""
+    found = [needle for needle in needles if needle in text]
+    return len(found) == len(needles), f"{log} shows {found} of {list(needles)}"
+
+
+def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: int) -> list:
+    """(name, function, args) of every check, in the order they are printed."""
+    snapshot_dirs = snapshots(cache)
+    transfer_32b = out / "transfer-32B-1.5B"
+    return [
+        ("GRPO full: weights moved (fp32 masters)", trained_weights_moved,
+         (out / "grpo-full", snapshot_dirs["Qwen/Qwen2.5-1.5B"])),
+        ("GRPO LoRA: adapters moved, fp32", lora_adapters_moved, (out / "grpo-lora",)),
+        ("GRPO full: stops at 151643/151645", grpo_stops, (out / "grpo-full",)),
+        ("GRPO LoRA: stops at 151643/151645", grpo_stops, (out / "grpo-lora",)),
+        ("GRPO: W&B offline runs", wandb_offline, (out / "grpo-full", 1)),
+        ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
+        ("transfer 7B: results, stops", transfer_outputs, (out / "transfer-7B-1.5B", max_new_tokens)),
+        ("transfer 32B: W&B offline runs", wandb_offline, (transfer_32b, 5)),
+        ("hub RL paired without rast_pair.json", hub_rl_pairs_without_pair_file,
+         (transfer_32b, snapshot_dirs)),
+        ("logits 152064 + 151936 rows on 151665 ids", logits_combined_on_shared_ids,
+         (snapshot_dirs,)),
+        ("analysis 32B: report written", log_shows_files, (out / "analyze-32B",)),
+        ("dry-run plan printed", log_shows,
+         (logs["plan: make transfer TARGET=32B ARGS=--dry-run"], "systems:", "GB")),
+    ]
+
+
+def log_shows_files(output_dir: Path) -> tuple[bool, str]:
+    missing = [n for n in ("report.md", "summary.json") if not (output_dir / n).is_file()]
+    runs = len(list(output_dir.rglob("offline-run-*")))
+    return not missing and runs >= 1, f"missing {missing}; {runs} offline W&B run(s)"

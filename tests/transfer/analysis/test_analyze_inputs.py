@@ -1,0 +1,84 @@
+"""transfer.analysis.analyze on bad inputs: one line and exit 2; a torn last line or duplicated
+records in the samples file it reads are handled as transfer.eval.evaluate handles them."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.bad_inputs import outcome
+from train.tiny.tokenizer import build_tokenizer
+from transfer.analysis import analyze
+from transfer.eval.samples import Sample
+
+TEXTS = ["Let's 7*8+0=56 4*8+5=37 \\boxed{376}", "\\boxed{82}", "\\boxed{1}", "Let's \\boxed{2}"]
+
+
+def write_inputs(user_dir: Path, tiny_models: dict, records: str, **overrides) -> Path:
+    """samples.jsonl holding `records` and a recipe analysing system L of it."""
+    (user_dir / "samples.jsonl").write_text(records)
+    recipe = {"target": tiny_models["large"], "small_rl": [tiny_models["small_rl"]],
+              "small_base": [tiny_models["small_base"]], "trajectories": str(user_dir),
+              "evaluation": str(user_dir), "system": "L", "limit": 2,
+              "samples": 2, "output_dir": str(user_dir / "out"), "report_to": "none",
+              **overrides}
+    path = user_dir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def sample_rows() -> list[str]:
+    from train.data import load_benchmark
+
+    ids = [p["id"] for p in load_benchmark("tiny", "test", 2)]
+    tokenizer = build_tokenizer()  # one id per character; 0 ends a completion
+    return [Sample("L", "L", 0.0, "tiny", problem_id, index, 0, TEXTS[2 * p + index], None,
+                   index == 0, "", len(TEXTS[2 * p + index]) + 1, True,
+                   token_ids=tokenizer(TEXTS[2 * p + index], add_special_tokens=False)["input_ids"]
+                   + [tokenizer.eos_token_id]).to_json()
+            for p, problem_id in enumerate(ids) for index in range(2)]
+
+
+BAD_INPUTS = [
+    ("--limit 0", "error: limit must be >= 1 (leave it empty for every problem), got 0"),
+    ("--lam nan", "error: lambda must be a finite number, got nan"),
+    ("--device cuda",
+     (f"error: device 'cuda': this torch sees no CUDA GPU (torch {torch.__version__}); use cpu, "
+     f"or a CUDA build of torch on a GPU machine")),
+    ("--trajectories {d}/missing_keys.jsonl",
+     ("error: {d}/missing_keys.jsonl:2 is not a sample record (missing role, lam, problem_id, "
+      "sample_index, seed, text, extracted, correct, reason, num_tokens, finished): point to a "
+      "samples.jsonl written by transfer.eval, or re-run the evaluation into a new output_dir")),
+]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the --device cuda row expects no CUDA")
+@pytest.mark.parametrize("flags, expected", BAD_INPUTS, ids=[f for f, _ in BAD_INPUTS])
+def test_bad_input_fails_in_one_line_and_changes_no_file(flags, expected, tiny_models, tmp_path,
+                                                         capsys):
+    recipe = write_inputs(tmp_path, tiny_models, "\n".join(sample_rows()) + "\n")
+    (tmp_path / "missing_keys.jsonl").write_text(
+        sample_rows()[0] + '\n{"system": "L", "benchmark": "tiny"}\n')
+    argv = f"--config {recipe} {flags.format(d=tmp_path)}"
+    assert outcome(analyze.main, argv, capsys, tmp_path) == (2, expected.format(d=tmp_path), [])
+
+
+def test_a_torn_last_line_and_duplicated_records_are_dropped_with_a_warning(tiny_models,
+                                                                             tmp_path, caplog):
+    rows = sample_rows()
+    clean = analyze.main(["--config", str(write_inputs(tmp_path, tiny_models,
+                                                       "\n".join(rows) + "\n"))])
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    # a killed evaluate leaves a torn last line; an old concurrent run, duplicated samples
+    recipe = write_inputs(damaged, tiny_models, "\n".join(rows + rows[:2]) + "\n" + rows[3][:25])
+    kept = (damaged / "samples.jsonl").read_bytes()
+    with caplog.at_level("INFO"):
+        summary = analyze.main(["--config", str(recipe)])
+    assert f"{damaged / 'samples.jsonl'} holds 2 duplicated sample record(s)" in caplog.text
+    assert f"skipping an incomplete last line of {damaged / 'samples.jsonl'}" in caplog.text
+    assert (damaged / "samples.jsonl").read_bytes() == kept  # a reader does not repair the file
+    summary["trajectories"].pop("source"), clean["trajectories"].pop("source")  # the two dirs
+    for key in ("trajectories", "positions", "evaluation"):
+        assert summary.get(key) == clean.get(key), key
