@@ -14,6 +14,7 @@ size), which viewers chart as if it were a metric.
 
 from pathlib import Path
 
+from train.tracking import declare_input
 from transfer.eval.samples import Sample
 
 SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "rr_ci_low", "rr_ci_high", "gap", "gap_ci_low",
@@ -25,8 +26,6 @@ def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir:
                         problems: dict[str, list[dict]] | None = None) -> None:
     """The comparison run first, then one run per system, all in `group`; `wandb` from
     train.tracking.wandb_session."""
-    from train.tracking import declare_input
-
     config = summary["config"]
     models = {"small_rl": config["small_rl"], "target_rl": config.get("target_rl")}
     run = wandb.init(project=project, group=group, name=f"{group}/comparison",
