@@ -31,10 +31,14 @@ test-slow: setup
 
 # make train-small [RECIPE=recipes/.../grpo/config_x.yaml] [ARGS="--max_steps 20 --report_to none"]
 # Default: GRPO of tiny-s on CPU (built first if not cached), before/after held-out accuracy.
+# ARGS=--dry-run prints the per-GPU memory plan and exits (train/memory.py); with ACCELERATE=...
+# it runs as one plain process told the launcher (--launcher, --processes), loading nothing.
 train-small: RECIPE ?= recipes/tiny/grpo/config_cpu.yaml
 train-small: setup
-	$(if $(findstring recipes/tiny/,$(RECIPE)),$(PY) -m train.tiny.family --members tiny-s)
-	$(if $(ACCELERATE),$(VENV)/bin/accelerate launch $(LAUNCH_FLAGS),$(PY)) -m train.grpo --config $(RECIPE) $(ARGS)
+	$(if $(findstring recipes/tiny/,$(RECIPE)),$(if $(DRY_RUN),,$(PY) -m train.tiny.family --members tiny-s))
+	$(if $(and $(ACCELERATE),$(if $(DRY_RUN),,launch)),$(VENV)/bin/accelerate launch $(LAUNCH_FLAGS),$(PY)) -m train.grpo --config $(RECIPE) $(if $(and $(ACCELERATE),$(DRY_RUN)),--launcher $(ACCELERATE) $(if $(NUM_PROCESSES),--processes $(NUM_PROCESSES) ))$(ARGS)
+
+DRY_RUN = $(findstring --dry-run,$(ARGS))$(findstring --dry_run,$(ARGS))
 
 # Several GPUs / nodes: ACCELERATE=ddp|zero2|zero3 names recipes/accelerate_configs/<it>.yaml
 # (8 processes per node) and runs the same recipe under `accelerate launch`; on node i of N add
@@ -75,7 +79,8 @@ tiny-family: setup
 	$(PY) -m train.tiny.family
 
 # On a machine with one GPU; writes outputs/gpu_bench.json. About 8 minutes on an H200, mostly
-# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes).
+# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes);
+# cuda-graphs+speculative times speculative RAST, and each pair gets its round timed part by part.
 gpu-bench: setup
 	$(PY) -m transfer.bench.gpu --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
 

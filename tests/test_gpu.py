@@ -15,7 +15,10 @@ def test_gpu_check_at_real_qwen_sizes(tmp_path):
                              "--output", str(tmp_path / "gpu_check.json")])
     (pair,) = report["throughput"]
     assert all(row[mode]["rast"]["tokens_per_s"] > 0 for row in pair["batches"]
-               for mode in ("cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked"))
+               for mode in ("cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked",
+                            "cuda-graphs+speculative"))
+    for projection in pair["speculative_projection"]:  # speculative RAST's round, part by part
+        assert "error" not in projection and projection["projected_ms_per_token"] > 0
     # graph replay runs the kernels of the same loop without graphs: bit-identical
     assert pair["exactness"]["rows_identical"] == pair["exactness"]["rows"]
     assert pair["exactness"]["max_abs_logit_diff"] == 0

@@ -10,6 +10,11 @@ output_dir with TRL checkpoints, the final model (or LoRA adapter), the tokenize
     python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml                  # make train-small
     python -m train.grpo --config recipes/tiny/grpo/config_cpu.yaml --max_steps 5 --report_to none
     accelerate launch -m train.grpo --config recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml
+    python -m train.grpo --config recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml --dry-run
+
+Before anything loads, the run plans its per-GPU memory (train.memory; --dry-run prints the plan
+and exits) and refuses a plan that does not fit. Trained parameters are fp32 on every launcher
+(policy_dtype), and every generation path stops at the tokenizer's stop ids (install_stops).
 
 Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
 --max_steps continues training); a run that already reached max_steps is not retrained: it says
@@ -33,7 +38,9 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 from train.data import load_problems
 from train.errors import UserError, exit_on_user_error
-from train.models import load_model, load_tokenizer, stop_token_ids
+from train.memory import describe as describe_plan
+from train.memory import launcher_from_config, launcher_from_env, plan_training
+from train.models import architecture_of, load_model, load_tokenizer, stop_token_ids
 from train.pairing import PAIR_FILE
 from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
@@ -69,6 +76,15 @@ class RastTrainArguments:
         "help": "W&B project of the run (with report_to: wandb)"})
     torch_threads: int | None = field(default=None, metadata={
         "help": "torch CPU threads; 1 is fastest for the tiny family (default: torch's choice)"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "print the per-GPU memory plan (train.memory) and exit; loads nothing"})
+    launcher: str | None = field(default=None, metadata={
+        "help": "plan for this launcher: plain or an accelerate config name (ddp, zero2, zero3); "
+                "default: the one this process runs under"})
+    processes: int | None = field(default=None, metadata={
+        "help": "with --launcher: total processes (default: the accelerate config's)"})
+    gpu_memory_gb: float | None = field(default=None, metadata={
+        "help": "memory of one GPU in GB for the plan (default: this machine's; dry run: 80)"})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RastTrainArguments, GRPOConfig, ModelConfig]:
@@ -82,8 +98,10 @@ def load_prompts(args: RastTrainArguments, tokenizer) -> datasets.Dataset:
     dataset = dataset.map(lambda row: {"prompt": render_prompt(args.prompt_template, row["problem"])})
     if args.max_prompt_tokens:
         before = len(dataset)
-        dataset = dataset.filter(
-            lambda row: len(tokenizer(row["prompt"])["input_ids"]) <= args.max_prompt_tokens)
+        # Not dataset.filter(): datasets would pickle the closure's tokenizer to fingerprint it
+        # (~40 s for Qwen's 151665-token vocabulary).
+        lengths = [len(ids) for ids in tokenizer(list(dataset["prompt"]))["input_ids"]]
+        dataset = dataset.select([i for i, n in enumerate(lengths) if n <= args.max_prompt_tokens])
         logger.info("kept %d of %d problems with prompts <= %d tokens", len(dataset), before,
                     args.max_prompt_tokens)
     if len(dataset) == 0:
@@ -160,6 +178,11 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
     if not model_args.model_name_or_path:
         raise UserError("recipe has no model_name_or_path: give a registry name (tiny-s, 1.5B), "
                         "a local directory or a hub id")
+    launcher = (launcher_from_config(args.launcher, args.processes) if args.launcher
+                else launcher_from_env())
+    if args.dry_run:
+        return dry_run(args, training_args, model_args, launcher)
+    check_memory(args, training_args, model_args, launcher)
     output_dir = training_args.output_dir
     explicit = training_args.resume_from_checkpoint
     if explicit and saved_step(explicit) is None:
@@ -172,20 +195,22 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
 
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset = load_prompts(args, tokenizer)
-    model = load_model(model_args.model_name_or_path, dtype=model_args.dtype,
+    model = load_model(model_args.model_name_or_path,
+                       dtype=policy_dtype(model_args, training_args, launcher),
                        attn_implementation=model_args.attn_implementation)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    install_stops(model, tokenizer, training_args)
     before = evaluate_tiny(model, tokenizer, args) if args.eval_problems else None
     if training_args.run_name is None:
         training_args.run_name = Path(output_dir).name
 
     # transformers' W&B callback reads WANDB_PROJECT/WANDB_DIR from the session's environment
     with wandb_session(training_args.report_to, output_dir, args.wandb_project) as wandb:
-        trainer = GRPOTrainer(
+        trainer = MasterWeightsGRPOTrainer(
             model=model, reward_funcs=list(reward_funcs), args=training_args,
             train_dataset=train_dataset, processing_class=tokenizer,
             peft_config=get_peft_config(model_args), callbacks=callbacks,
         )
+        check_trained_dtypes(trainer.model, launcher)
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint(output_dir)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
@@ -204,6 +229,120 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
             if wandb is not None and wandb.run is not None:  # the lineage's GRPO node
                 summary["artifact"] = log_checkpoint(wandb, wandb.run, output_dir)
     return summary
+
+
+def policy_dtype(model_args: ModelConfig, training_args: GRPOConfig, launcher) -> str | None:
+    """The dtype the policy loads in; the recipe's `dtype` is the dtype of frozen weights.
+
+    AdamW updates parameters in their own dtype: bf16 weights at lr 5e-7 round nearly every
+    update away (400 steps moved 0.95% of a bf16 tensor's entries, 90% with an fp32 copy). So
+    plain python and DDP train an fp32 policy, bf16 only as autocast for compute (bf16: true),
+    with the reference model in the recipe's dtype. DeepSpeed ZeRO casts the module to bf16
+    itself and keeps fp32 master weights in its optimizer whatever the load dtype; peft keeps
+    LoRA adapters in fp32 over a frozen base that stays in the recipe's dtype.
+    """
+    if launcher.deepspeed or model_args.use_peft or model_args.dtype in (None, "float32"):
+        return model_args.dtype
+    if training_args.beta > 0:  # TRL builds the reference like the policy unless told its dtype
+        training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}),
+                                           "dtype": model_args.dtype}
+    logger.info("policy in float32 (trained parameters), %s autocast for compute; reference "
+                "model in %s", "bf16" if training_args.bf16 else "no", model_args.dtype)
+    return "float32"
+
+
+def check_trained_dtypes(model, launcher) -> None:
+    """Refuse trained parameters below fp32 where nothing keeps fp32 masters for them."""
+    if launcher.deepspeed:
+        return
+    low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad} - {"torch.float32"})
+    if low:
+        raise UserError(f"trained parameters are {', '.join(low)} under {launcher.name}: AdamW "
+                        f"would round small updates away; load them in float32 (dtype: float32, "
+                        f"bf16: true for autocast) or launch with ACCELERATE=zero2")
+
+
+class MasterWeightsGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose continuous-batching generation leaves fp32 tensors fp32.
+
+    Trap: with bf16 set, TRL 1.16's continuous-batching path casts the policy to bf16 in place
+    before every generate_batch() and never back. On plain python / DDP that turns the fp32
+    trained weights (or LoRA adapters) into bf16 ones after the first generation; on every
+    launcher it rounds the fp32 RoPE frequencies (rotary_emb.inv_freq) to bf16, which shifts the
+    phase of far positions by radians. The policy still generates in bf16 (half the KV cache);
+    its fp32 tensors are copied to the host before and put back after, a few seconds per
+    generation round for a 1.5B policy.
+    """
+
+    def _generate_single_turn(self, *args, **kwargs):
+        if self.use_vllm or not (self.use_transformers_continuous_batching and self.args.bf16):
+            return super()._generate_single_turn(*args, **kwargs)
+        model = self.accelerator.unwrap_model(self.model)
+        saved = {name: tensor.detach().to("cpu", copy=True) for name, tensor in _tensors(model)
+                 if tensor.dtype == torch.float32}
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            for name, tensor in _tensors(model):
+                if name in saved:
+                    tensor.data = saved[name].to(tensor.device)
+
+
+def _tensors(model):
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+def install_stops(model, tokenizer, training_args: GRPOConfig) -> list[int]:
+    """Every generation path stops at train.models.stop_token_ids (Qwen: 151643 and 151645).
+
+    transformers generate() and continuous batching: TRL 1.16 takes its eos ids from the model's
+    generation_config. vLLM (colocate and server): TRL builds SamplingParams, or the server's
+    /v1/completions request, from generation_kwargs alone, so the ids go there too.
+    """
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    model.generation_config.eos_token_id = stops
+    if training_args.use_vllm:
+        training_args.generation_kwargs = {**(training_args.generation_kwargs or {}),
+                                           "stop_token_ids": stops}
+    return stops
+
+
+def gpu_memory_gb(args: RastTrainArguments, training_args: GRPOConfig) -> tuple[float | None, str]:
+    if args.gpu_memory_gb:
+        return args.gpu_memory_gb, "given"
+    if not training_args.use_cpu and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory / 1e9, "detected"
+    return None, "no GPU here"
+
+
+def dry_run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelConfig,
+            launcher) -> dict:
+    """Print the memory plan; nothing is loaded, the hub is not asked."""
+    model = model_args.model_name_or_path
+    arch = architecture_of(model)
+    if arch is None:
+        print(f"{model}: size unknown (not in train.models.MODELS, no local config.json): no plan")
+        return {"dry_run": True, "fits": None}
+    card_gb, source = gpu_memory_gb(args, training_args)
+    if card_gb is None:
+        card_gb, source = 80.0, "default, no GPU here: pass --gpu_memory_gb"
+    plan = plan_training(arch, args, training_args, model_args, launcher, card_gb)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(describe_plan(plan, model, arch, launcher, source))
+    return {"dry_run": True, "fits": plan.fits, "peak_gb": plan.peak_gb}
+
+
+def check_memory(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelConfig,
+                 launcher) -> None:
+    """Refuse, before anything loads, a run whose memory plan does not fit its GPUs."""
+    card_gb, _ = gpu_memory_gb(args, training_args)
+    arch = architecture_of(model_args.model_name_or_path)
+    if card_gb is None or arch is None:
+        return
+    plan = plan_training(arch, args, training_args, model_args, launcher, card_gb)
+    if not plan.fits:
+        raise UserError(f"{plan.refusal} (plan: --dry-run)")
 
 
 def write_pair(output_dir: str, args: RastTrainArguments, model_args: ModelConfig,
@@ -242,11 +381,15 @@ def report_finished(output_dir: str, step: int, max_steps: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    if {"--dry-run", "--dry_run"} & set(argv) and not torch.cuda.is_available():
+        argv += ["--use_cpu", "true"]  # the plan is arithmetic; bf16 recipes need a GPU to parse
     with exit_on_user_error():
         args, training_args, model_args = parse_args(argv)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             level=logging.INFO if training_args.should_log else logging.WARNING)
         summary = run(args, training_args, model_args, recipe=recipe)
+    if summary.get("dry_run"):
+        return
     print(f"GRPO done: step {summary['global_step']} ({summary['trained_steps']} trained now); "
           f"model and {PAIR_FILE} in {summary['output_dir']}")
 

@@ -47,6 +47,35 @@ class Architecture:
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """KV cache bytes per token of one sequence: K and V of every layer (bf16: 2 bytes)."""
+        return self.layers * self.kv_heads * self.head_dim * 2 * dtype_bytes
+
+    @property
+    def params(self) -> int:
+        """Parameter count: q/k/v carry biases in Qwen2, o and the MLP do not; two RMSNorms a layer."""
+        kv_width = self.kv_heads * self.head_dim
+        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * kv_width + self.hidden + 2 * kv_width
+        layer = attention + 3 * self.hidden * self.ffn + 2 * self.hidden
+        embeddings = self.embedding_rows * self.hidden * (1 if self.tied_embeddings else 2)
+        return embeddings + self.layers * layer + self.hidden
+
+    def lora_params(self, rank: int) -> int:
+        """Adapter parameters of LoRA rank r on every linear layer of the decoder (all-linear:
+        q, k, v, o, gate, up, down; the LM head is excluded): r x (in + out) per layer."""
+        kv_width = self.kv_heads * self.head_dim
+        in_out = (2 * (self.hidden + self.hidden) + 2 * (self.hidden + kv_width)
+                  + 3 * (self.hidden + self.ffn))
+        return self.layers * rank * in_out
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Architecture":
+        """From a Qwen2-style config.json."""
+        heads = config["num_attention_heads"]
+        return cls(config["hidden_size"], config["num_hidden_layers"], heads,
+                   config.get("num_key_value_heads") or heads, config["intermediate_size"],
+                   config["vocab_size"], bool(config.get("tie_word_embeddings", False)))
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -94,6 +123,19 @@ def registry_entry(name_or_id: str) -> ModelInfo | None:
     """The registry entry a short name, or a Qwen2.5 / SimpleRL-Zoo hub id, stands for."""
     return next((info for info in MODELS.values()
                  if name_or_id in (info.name, info.base_id, info.rl_id)), None)
+
+
+def architecture_of(name_or_path: str) -> Architecture | None:
+    """The shape of a registry name, a Qwen2.5 / SimpleRL-Zoo hub id or a local model directory
+    (its config.json); None when none of them says. Reads no weights, asks no hub."""
+    info = registry_entry(name_or_path)
+    if info is not None and info.architecture is not None:
+        return info.architecture
+    path = MODELS[name_or_path].base_id if name_or_path in MODELS else name_or_path
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    return Architecture.from_config(json.loads(config_file.read_text()))
 
 
 def qwen2_config(architecture: Architecture, **overrides):

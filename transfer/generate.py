@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # fix which prompts share a batch, and padding changes the floats.
 SETTINGS = ("target", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
             "max_new_tokens", "seed", "batch_size", "stop_ids", "stop_strings", "dtype",
-            "truncate_prompts")
+            "truncate_prompts", "speculative")  # speculation samples other tokens; k does not
 
 
 @dataclass
@@ -121,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--truncate_prompts", "--truncate-prompts", action="store_true",
                         help="keep the last tokens of a prompt too long for the context beside "
                              "--max_new_tokens (default: refuse it)")
+    parser.add_argument("--speculative", action="store_true",
+                        help="S_RL drafts, the target verifies several tokens per forward (same "
+                             "distribution, other samples; see README)")
+    parser.add_argument("--draft_tokens", "--draft-tokens", type=int,
+                        help="with --speculative: drafts per round (default: adaptive); the "
+                             "samples do not depend on it")
     return parser.parse_args(argv)
 
 
@@ -183,6 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
         check_lam(args.lam)
+        if args.draft_tokens is not None and not (args.speculative and 0 <= args.draft_tokens
+                                                  <= 64):
+            raise UserError(f"--draft_tokens needs --speculative and a value in [0, 64], got "
+                            f"{args.draft_tokens}")
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens,
                                 stop_strings=tuple(args.stop_strings),
                                 truncate_prompts=args.truncate_prompts)
@@ -214,7 +224,8 @@ def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list
     engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
                                         lam=args.lam, device=args.device, dtype=args.dtype,
                                         small_device=args.small_device, cache=args.cache,
-                                        compile=args.compile)
+                                        compile=args.compile, speculative=args.speculative,
+                                        draft_tokens=args.draft_tokens)
     for batch in engine.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
                                          seed=args.seed, keys=todo, stop_ids=args.stop_ids,
                                          batch_size=args.batch_size):

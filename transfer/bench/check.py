@@ -5,7 +5,10 @@ do not depend on the values):
 1. throughput: RAST engine vs L alone (transfer.bench.gpu.bench_pair), with the bandwidth bound,
    for CUDA-graph replay with the models overlapped on their own streams, one after the other
    (+serial), and with the small pair as two models instead of one stacked one (+unstacked)
-   (--modes; the eager loop was measured once and is 5-9x slower), and graph replay's exactness;
+   (--modes; the eager loop was measured once and is 5-9x slower), speculative RAST
+   (+speculative; random weights, so its draft acceptance is not a trained pair's) and, from its
+   round's parts timed at batch 1/8/16, the projected speed at the tiny family's acceptance
+   rate (arithmetic), and graph replay's exactness;
 2. precision: combined logits z_L + lam (z_RL - z_S) of bf16 models vs the same weights in fp32
    (max abs diff, top-1 agreement) over a few decode positions;
 3. GRPO: a few TRL GRPO steps of a small random Qwen2 in bf16 on the GPU (skipped without trl);
@@ -139,8 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "32B:1.5B"], metavar="L:S")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--modes", nargs="+",
-                        default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked"],
+                        default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked",
+                                 "cuda-graphs+speculative"],
                         help="engine modes to time (see transfer.bench.gpu --modes)")
+    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
+                        default=[1, 8, 16],
+                        help="batches at which to time speculative RAST's round parts")
+    parser.add_argument("--acceptance", type=float, default=0.986,
+                        help="draft acceptance rate for the speculative projection (make bench's)")
     parser.add_argument("--new_tokens", "--new-tokens", type=int, default=64)
     parser.add_argument("--precision_pair", "--precision-pair", default="7B:0.5B", metavar="L:S")
     parser.add_argument("--train_sizes", "--train-sizes", nargs="+", default=["1.5B", "7B"])
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         device, dtype = "cpu", torch.float32  # each mode's CPU twin: static runs without graphs
         modes = [mode.replace("cuda-graphs", "static") for mode in args.modes]
         args.pairs, args.batches, args.new_tokens = ["smoke-l:smoke-s"], [1, 2], 4
+        args.projection_batches = [2]
         args.precision_pair, args.train_sizes, args.grpo_steps = "smoke-l:smoke-s", ["smoke-l"], 2
         torch.set_num_threads(1)
     elif not torch.cuda.is_available():
@@ -164,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["throughput"] = []
     for pair in args.pairs:
         large, small = pair.split(":")
-        report["throughput"].append(bench_pair(large, small, args.batches, 128 if not args.smoke
-                                               else 8, args.new_tokens, device, dtype, modes))
+        report["throughput"].append(bench_pair(
+            large, small, args.batches, 128 if not args.smoke else 8, args.new_tokens, device,
+            dtype, modes, projection_batches=args.projection_batches, acceptance=args.acceptance))
     report["precision"] = precision_check(*args.precision_pair.split(":"), device=device,
                                           positions=2 if args.smoke else 8)
     print(f"precision: {report['precision']}", flush=True)

@@ -12,6 +12,7 @@ temperature 1 until eos, in one run:
       per step, every row computed until the whole batch is done (no compaction),
   (d) RAST with a LoRA RL model (a random rank-8 adapter on tiny-s's linear layers), stacked,
   (d2) the same LoRA pair in peft's mixed-adapter batch (stack_small=False).
+Then speculative RAST against (a) and (b) at batch 1 and 8 (transfer/bench/speculative.py).
 It prints tokens/s, the ratios to (a) and (c), forwards per decode step and batch rows computed
 per generated token for each model (counted), and memory. Then the ATen ops one decode step of
 each model unit dispatches (views excepted): on a GPU each is a kernel launch, and at batch <= 16
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timed rounds")
     parser.add_argument("--small_rl", "--small-rl",
                         help="an RL checkpoint of tiny-s (default: perturbed tiny-s)")
+    parser.add_argument("--speculative_batches", "--speculative-batches", type=int, nargs="*",
+                        default=[1, 8],
+                        help="batch sizes of the speculative RAST comparison (none: skip it)")
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error("--repeats must be >= 2: the first round pays one-time costs (compile)")
@@ -219,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
            for name in ("(a) L alone, engine", RAST, UNSTACKED, LORA, LORA_MIXED)}
     print(f"ATen ops per decode step at batch {len(batch_ids)} (a GPU kernel launch each): "
           + "; ".join(f"{name.split()[0]} {units}" for name, units in ops.items()))
+    if args.speculative_batches:
+        from transfer.bench.speculative import compare
+
+        compare(models, tokenizer, prompt_ids, seeds, params, args.speculative_batches,
+                args.repeats)
     print(f"peak process RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
           f"(all phases; the CPU models are a few MB, so RSS is mostly torch itself)")
 

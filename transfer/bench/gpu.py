@@ -75,11 +75,13 @@ def device_modes(device: str) -> tuple[str, ...]:
 
 
 def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, dtype,
-               modes=("dynamic", "cuda-graphs"), repeats=2, breakdown_batches=()) -> dict:
+               modes=("dynamic", "cuda-graphs"), repeats=2, breakdown_batches=(),
+               projection_batches=(), acceptance: float = 0.986) -> dict:
     """Throughput of L alone and RAST per KV-cache mode (engine `cache=`) and batch: `repeats`
     rounds alternating the two, best round kept (the first round includes graph captures; its
     numbers are kept too). Then an exactness check of the device's last two modes on the same
-    weights, and a per-part timing of one decode step at `breakdown_batches`."""
+    weights, and a per-part timing of one decode step at `breakdown_batches`, and speculative
+    RAST's round parts at `projection_batches` (see speculative_projection)."""
     large = random_qwen2(large_size, device, dtype, seed=0)
     small_base = random_qwen2(small_size, device, dtype, seed=1)
     small_rl = random_qwen2(small_size, device, dtype, seed=2)
@@ -96,7 +98,8 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
             try:  # one failing mode must not cost the numbers of the others
                 engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, **options),
                            "rast": RastEngine(large, small_base, small_rl, lam=1.0,
-                                              vocab_size=vocab, **options)}
+                                              vocab_size=vocab, **options,
+                                              speculative="speculative" in flags)}
                 result = {}
                 for _ in range(repeats):  # alternate: clock or load drift hits both alike
                     for name, engine in engines.items():
@@ -105,6 +108,10 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
                         if timed["tokens_per_s"] > best["tokens_per_s"]:
                             result[name] = {**timed, "first_round": best["first_round"]}
                 result["ratio"] = result["rast"]["tokens_per_s"] / result["large_alone"]["tokens_per_s"]
+                if "speculative" in flags:  # random weights: the draft rarely matches
+                    spec = engines["rast"].speculative
+                    result["acceptance"], result["tokens_per_round"] = (
+                        spec.acceptance_rate(), spec.mean_emitted())
                 result["ratio_over_bound"] = result["ratio"] / bound
                 print(f"{large_size}+{small_size} batch {batch:3d} {mode:11}: L alone "
                       f"{result['large_alone']['tokens_per_s']:8.1f} tok/s, RAST "
@@ -125,12 +132,17 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
              "small pair stacked": (stack_pair(small_base, small_rl), 2)}
     breakdown = [step_breakdown(parts, batch, prompt_len, vocab, device_modes(device), device)
                  for batch in breakdown_batches]
+    projection = [speculative_projection(large, parts["small pair stacked"][0], batch,
+                                         prompt_len, vocab, device_modes(device)[-1], device,
+                                         acceptance)
+                  for batch in (projection_batches or ())]
     del parts
     del large, small_base, small_rl
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"large": large_size, "small": small_size, "bound": bound, "batches": results,
-            "exactness": exactness, "step_breakdown": breakdown}
+            "exactness": exactness, "step_breakdown": breakdown,
+            "speculative_projection": projection}
 
 
 def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes, device: str,
@@ -190,6 +202,69 @@ def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes,
     return report
 
 
+def speculative_projection(large, stacked_pair, batch: int, prompt_len: int, vocab: int,
+                           mode: str, device: str, acceptance: float, steps: int = 10) -> dict:
+    """Speculative RAST's round, timed part by part on these weights: a draft step of the stacked
+    pair, L's verify forward over 1..9 positions (a graph per width with cuda-graphs), and the
+    accept rule over them; then ARITHMETIC, not a measurement: tokens/s of a round of k drafts
+    at a draft acceptance rate `acceptance` (random weights cannot show a trained draft's; pass
+    the tiny family's, from `make bench`), (1 - a^(k+1)) / (1 - a) tokens per (k + 1) draft
+    steps + one verify + accept, for the best k, against L alone's step."""
+    from transfer.decode.speculative import Sampler
+
+    prompts = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(prompts)
+    tokens = torch.zeros(batch, dtype=torch.long, device=device)
+    report = {"batch": batch, "mode": mode, "acceptance": acceptance, "verify_ms": {}}
+
+    def timed(call) -> float:
+        call()  # first call: builds buffers and captures a graph
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            call()
+        _sync(device)
+        return 1e3 * (time.perf_counter() - start) / steps
+
+    try:
+        draft = CachedModel("small_base+rl", stacked_pair, copies=2, cache=mode)
+        draft.prefill(prompts, mask, max_new_tokens=4 * steps + 8)
+        report["draft_step_ms"] = timed(lambda: draft.decode(tokens))
+        verifier = CachedModel("large", large, cache=mode)
+        verifier.prefill(prompts, mask, max_new_tokens=40 * steps + 64)
+        report["large_step_ms"] = timed(lambda: verifier.decode(tokens))
+        keep = torch.ones(batch, dtype=torch.long)
+        for width in range(1, 10):
+            fed = torch.zeros(batch, width, dtype=torch.long, device=device)
+            report["verify_ms"][width] = timed(
+                lambda fed=fed, width=width: (verifier.verify(fed), verifier.rollback(width, keep)))
+    except Exception as err:  # noqa: BLE001 - recorded in the report
+        return {**report, "error": f"{type(err).__name__}: {err}"}
+    rows = large.config.vocab_size
+    sampler = Sampler(SamplingParams(top_p=0.95), 1.0, vocab, uniforms=None)
+    report["accept_ms"] = {}
+    for width in (1, 5, 9):
+        target = torch.randn(batch, width, rows, device=device)
+        q = torch.softmax(torch.randn(batch, width, vocab, device=device), -1)
+        drafts = torch.zeros(batch, width, dtype=torch.long, device=device)
+        u = torch.rand(batch, width, 3, device=device)
+        report["accept_ms"][width] = timed(lambda t=target, q=q, d=drafts, u=u: (
+            sampler.accept(t, d, q, u)[0].tolist()))
+
+    def per_token_ms(k: int) -> float:
+        accept = report["accept_ms"][min((1, 5, 9), key=lambda w: abs(w - (k + 1)))]
+        tokens_per_round = (1 - acceptance ** (k + 1)) / (1 - acceptance)
+        return ((k + 1) * report["draft_step_ms"] + report["verify_ms"][k + 1] + accept
+                ) / tokens_per_round
+
+    best = min(range(9), key=per_token_ms)
+    alone = report["large_step_ms"] + report["accept_ms"][1]  # L's step + sampling, roughly
+    report.update(best_k=best, projected_ms_per_token=per_token_ms(best),
+                  projected_over_large_alone=alone / per_token_ms(best))
+    print(f"speculative projection (arithmetic from measured parts): {report}", flush=True)
+    return report
+
+
 def modes_agree(large, small_base, small_rl, vocab, reference: str, mode: str) -> dict:
     """Sampled RAST (a seed per row) in two cache modes on 8 left-padded prompts whose rows stop
     at scattered steps (every 40th id stops), so cache growth and compaction rebuilds happen
@@ -229,13 +304,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt_len", "--prompt-len", type=int, default=128)
     parser.add_argument("--new_tokens", "--new-tokens", type=int, default=128)
     parser.add_argument("--output", default="outputs/gpu_bench.json")
-    parser.add_argument("--modes", nargs="+", default=["dynamic", "cuda-graphs"],
+    parser.add_argument("--modes", nargs="+",
+                        default=["dynamic", "cuda-graphs", "cuda-graphs+speculative"],
                         help="engine cache modes to time; append +compile to compile the step, "
                              "+serial to run the models' graphs one after the other, +unstacked "
-                             "to run the small pair as two models")
+                             "to run the small pair as two models, +speculative for speculative "
+                             "RAST")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
     parser.add_argument("--breakdown_batches", "--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
+    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
+                        default=[1, 8, 16],
+                        help="batches at which to time speculative RAST's round parts")
+    parser.add_argument("--acceptance", type=float, default=0.986,
+                        help="draft acceptance rate for the speculative projection (make bench's)")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)
     device, dtype = "cuda", torch.bfloat16
@@ -243,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         device, dtype = "cpu", torch.float32  # each mode's CPU twin: static runs without graphs
         args.modes = [mode.replace("cuda-graphs", "static") for mode in args.modes]
         args.pairs, args.batches, args.prompt_len, args.new_tokens = ["smoke-l:smoke-s"], [1, 2], 8, 4
-        args.breakdown_batches = [2]
+        args.breakdown_batches, args.projection_batches = [2], [2]
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "dtype": str(dtype), "prompt_len": args.prompt_len,
               "new_tokens": args.new_tokens, "repeats": args.repeats, "pairs": []}
@@ -252,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
         large_size, small_size = pair.split(":")
         report["pairs"].append(bench_pair(large_size, small_size, args.batches, args.prompt_len,
                                           args.new_tokens, device, dtype, args.modes,
-                                          args.repeats, args.breakdown_batches))
+                                          args.repeats, args.breakdown_batches,
+                                          args.projection_batches, args.acceptance))
         Path(args.output).write_text(json.dumps(report, indent=2))  # each pair as it ends
     print(f"wrote {args.output}")
 

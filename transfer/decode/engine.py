@@ -40,15 +40,18 @@ from transfer.decode.rast import (
     sample_seed,
     sample_tokens,
 )
+from transfer.decode.speculative import Speculation
 from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
 from transfer.decode.static_cache import (
     BufferPool,
     StaticDecoder,
     compiled_decode_step,
+    compiled_verify_step,
     decode_step,
     supports_static,
+    verify_step,
 )
-from transfer.decode.stops import StopBy, completion_text, find_stop
+from transfer.decode.stops import StopBy, completion_text, cut_at_stop, find_stop
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,7 @@ class CachedModel:
         self.cache_mode = _cache_mode(name, model, adapters, cache, compile)
         self.static, self.pool = None, BufferPool(POOL_BUDGET_BYTES)
         self.step_fn = compiled_decode_step() if compile else decode_step
+        self.verify_fn = compiled_verify_step() if compile else verify_step
         self.stream = (torch.cuda.Stream(self.input_device)
                        if overlap and self.cache_mode == "cuda-graphs" else None)
         self.prefill_calls = self.prefill_rows = self.decode_calls = self.decode_rows = 0
@@ -153,20 +157,56 @@ class CachedModel:
         self.decode_calls += 1
         tokens = self._tile(token_ids.to(self.input_device))
         if self.cache_mode != "dynamic":
-            if self.static is None:  # the first step moves the prefilled cache into fixed buffers
-                self.static = StaticDecoder(self.model, self.pool, self.cache,
-                                            self.attention_mask, self.next_position,
-                                            self.max_columns,
-                                            cuda_graphs=self.cache_mode == "cuda-graphs",
-                                            step_fn=self.step_fn)
-                self.cache = None
-            self.decode_rows += self.static.rows
+            self.decode_rows += self._fixed_buffers().rows
             return list(self.static.step(tokens).chunk(self.copies))
         tokens = tokens[:, None]
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=-1)
         positions, self.next_position = self.next_position, self.next_position + 1
         self.decode_rows += tokens.shape[0]
         return self._forward(tokens, positions)
+
+    def verify(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Feed `width` tokens per row [rows, width] in ONE forward (speculative decoding's
+        verify pass); logits at every position [rows, width, vocab] per copy. Counted as a
+        decode call computing rows x width rows."""
+        self.decode_calls += 1
+        width = token_ids.shape[1]
+        tokens = self._tile(token_ids.to(self.input_device))
+        if self.cache_mode != "dynamic":
+            self.decode_rows += self._fixed_buffers().rows * width
+            return list(self.static.verify(tokens).chunk(self.copies))
+        self.attention_mask = torch.cat(
+            [self.attention_mask, self.attention_mask.new_ones(tokens.shape)], dim=-1)
+        offsets = torch.arange(width, device=self.input_device)
+        positions, self.next_position = self.next_position + offsets, self.next_position + width
+        self.decode_rows += tokens.numel()
+        return self._forward(tokens, positions, keep=width)
+
+    def rollback(self, fed: int, keep: torch.Tensor) -> None:
+        """Of the last `fed` tokens fed, row i keeps its first keep[i] [rows] (speculative
+        decoding's accepted drafts); the rest of each row is masked out and its next position
+        moves back, and columns no row keeps are cut from the cache."""
+        keep = self._tile(keep.to(self.input_device))
+        if self.static is not None:
+            self.static.rollback(fed, keep)
+            return
+        dropped = torch.arange(fed, device=self.input_device)[None, :] >= keep[:, None]
+        self.attention_mask[:, -fed:].masked_fill_(dropped, 0)
+        self.next_position = self.next_position - (fed - keep)[:, None]
+        unused = fed - int(keep.max())
+        if unused > 0:
+            self.cache.crop(-unused)
+            self.attention_mask = self.attention_mask[:, :-unused]
+
+    def _fixed_buffers(self) -> StaticDecoder:
+        """The static decoder; the first call after prefill moves the cache into fixed buffers."""
+        if self.static is None:
+            self.static = StaticDecoder(self.model, self.pool, self.cache, self.attention_mask,
+                                        self.next_position, self.max_columns,
+                                        cuda_graphs=self.cache_mode == "cuda-graphs",
+                                        step_fn=self.step_fn, verify_fn=self.verify_fn)
+            self.cache = None
+        return self.static
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep (or repeat) these rows of the batch, in this order, in the cache and the mask."""
@@ -183,15 +223,19 @@ class CachedModel:
     def _tile(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.cat([tensor] * self.copies) if self.copies > 1 else tensor
 
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> list[torch.Tensor]:
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                 keep: int = 0) -> list[torch.Tensor]:
+        """Logits of the last position per copy [rows, vocab]; keep > 0: of the last `keep`
+        positions [rows, keep, vocab]."""
         extra = {}
         if self.adapters:  # peft needs adapter_names at every step, cache or not
             rows = input_ids.shape[0] // self.copies
             extra["adapter_names"] = [name for name in self.adapters for _ in range(rows)]
         output = self.model(input_ids=input_ids, attention_mask=self.attention_mask,
                             position_ids=position_ids, past_key_values=self.cache, use_cache=True,
-                            logits_to_keep=1, **extra)  # logits of the last position only
-        return list(output.logits[:, -1].chunk(self.copies))
+                            logits_to_keep=max(keep, 1), **extra)
+        logits = output.logits if keep else output.logits[:, -1]
+        return list(logits.chunk(self.copies))
 
 
 CACHE_MODES = ("auto", "dynamic", "static", "cuda-graphs")
@@ -236,11 +280,18 @@ class RastEngine:
     beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
     large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
     the eos/pad ids only the small models' tokenizers declare.
+
+    `speculative`: S_RL drafts tokens that L verifies in one forward, sampling exactly the same
+    distribution (transfer.decode.speculative; `draft_tokens` k per round, None = adaptive from
+    the running acceptance rate and step times, down to 0 where drafting does not pay). Greedy
+    output is the plain loop's; sampled tokens differ from the plain loop's but not in
+    distribution. It needs a small pair: with lam = 0 the pair then only drafts.
     """
 
     def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
                  vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True, extra_stop_ids=()):
+                 compile: bool = False, overlap: bool = True, extra_stop_ids=(),
+                 speculative: bool = False, draft_tokens: int | None = None):
         if (small_base is None) != (small_rl is None):
             raise ValueError("give both small_base and small_rl, or neither")
         check_lam(lam)
@@ -253,8 +304,10 @@ class RastEngine:
                 check_embedding_rows(name, model.config.vocab_size, self.shared_vocab)
         options = {"cache": cache, "compile": compile, "overlap": overlap}
         self.large = CachedModel("large", large, **options)
-        self.small = ([] if small_base is None or lam == 0  # plain decoding of the large model
-                      else _small_pair(small_base, small_rl, stack_small, options))
+        plain = small_base is None or (lam == 0 and not speculative)  # the large model alone
+        self.small = [] if plain else _small_pair(small_base, small_rl, stack_small, options)
+        # Speculative RAST needs S_RL as its draft; without a small pair it is plain decoding.
+        self.speculative = (Speculation(draft_tokens) if speculative and self.small else None)
         own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
                         if tokenizer is not None else [])
         self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
@@ -263,21 +316,24 @@ class RastEngine:
     def from_pretrained(cls, target: str, small_base: str | None = None,
                         small_rl: str | None = None, lam: float = 1.0, device=None, dtype=None,
                         small_device=None, stack_small: bool = True, cache: str = "auto",
-                        compile: bool = False) -> "RastEngine":
+                        compile: bool = False, speculative: bool = False,
+                        draft_tokens: int | None = None) -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
         target is the large base L. small_rl may be a full model or a LoRA adapter directory of
         small_base (shared weights); with small_base None it must be a train.grpo output holding
         rast_pair.json (train.pairing.resolve_pair). device: a device, "auto" or an accelerate
         device map dict for the large model (multi-GPU); small_device defaults to the last GPU
-        then, else to device. dtype: bf16 on GPU, fp32 on CPU. stack_small, cache, compile: see
-        RastEngine and CachedModel.
+        then, else to device. dtype: bf16 on GPU, fp32 on CPU. stack_small, cache, compile,
+        speculative, draft_tokens: see RastEngine and CachedModel.
         """
         if small_rl is None and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
                             f"neither to decode the large model alone")
         check_lam(lam)
-        pair = resolve_pair(small_rl, small_base) if small_rl is not None and lam != 0 else None
+        # with speculation S_RL drafts even at lam = 0
+        pair = (resolve_pair(small_rl, small_base)
+                if small_rl is not None and (lam != 0 or speculative) else None)
         large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
         check_device("device", large_map)
         check_device("small device", small_map)
@@ -288,17 +344,16 @@ class RastEngine:
         if pair is None:
             logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
+        options = {"lam": lam, "tokenizer": tokenizer, "stack_small": stack_small, "cache": cache,
+                   "compile": compile, "speculative": speculative, "draft_tokens": draft_tokens,
+                   "extra_stop_ids": extra_stop_ids}
         small_base_model = load_model(pair.base, dtype=dtype, device_map=small_map)
         if pair.lora:
             logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
             shared = PeftModel.from_pretrained(small_base_model, pair.rl, adapter_name=RL_ADAPTER)
-            return cls(large_model, shared, RL_ADAPTER, lam=lam, tokenizer=tokenizer,
-                       stack_small=stack_small, cache=cache, compile=compile,
-                       extra_stop_ids=extra_stop_ids)
+            return cls(large_model, shared, RL_ADAPTER, **options)
         small_rl_model = load_model(pair.rl, dtype=dtype, device_map=small_map)
-        return cls(large_model, small_base_model, small_rl_model, lam=lam, tokenizer=tokenizer,
-                   stack_small=stack_small, cache=cache, compile=compile,
-                   extra_stop_ids=extra_stop_ids)
+        return cls(large_model, small_base_model, small_rl_model, **options)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -366,16 +421,12 @@ class RastEngine:
         prompt_ids = self.fit_context(prompt_ids, params)
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
         text_of = self.tokenizer.decode if params.stop_strings else None
-        input_ids, attention_mask = left_pad(prompt_ids, self._pad_id())
-        logits = [part for model in self.models()
-                  for part in model.prefill(input_ids, attention_mask, params.max_new_tokens)]
-
-        # n samples per prompt: repeat the prefilled cache rows instead of prefilling n times.
-        samples_per_prompt = torch.tensor([len(row_seeds) for row_seeds in seeds])
-        expand = torch.arange(len(prompt_ids)).repeat_interleave(samples_per_prompt)
-        for model in self.models():
-            model.keep_rows(expand)
-        logits = [part[expand.to(part.device)] for part in logits]
+        if self.speculative:
+            # it emits several tokens a round and knows only stop ids: its rows are cut at the
+            # first stop by the same rule afterwards (the tokens before a stop do not change)
+            rows = self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
+            return [cut_at_stop(ids, stop, params.stop_strings, text_of) for ids, _ in rows]
+        logits, expand = self.prefill(prompt_ids, seeds, params.max_new_tokens)
         output_device = logits[0].device
         greedy = params.temperature == 0
         generators = None if greedy else [torch.Generator(output_device).manual_seed(s)
@@ -408,6 +459,21 @@ class RastEngine:
                 active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
             logits = self._decode_step(tokens)
         return [(ids, stopped_by.get(row)) for row, ids in enumerate(outputs)]
+
+    def prefill(self, prompt_ids: list[list[int]], seeds: list[list[int]],
+                columns: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Prefill every model once per prompt, with room for `columns` more per row, and repeat
+        each prompt's rows len(seeds[p]) times. -> (next-token logits per model unit and copy,
+        the prompt index of each row)."""
+        input_ids, attention_mask = left_pad(prompt_ids, self._pad_id())
+        logits = [part for model in self.models()
+                  for part in model.prefill(input_ids, attention_mask, columns)]
+        # n samples per prompt: repeat the prefilled cache rows instead of prefilling n times.
+        samples_per_prompt = torch.tensor([len(row_seeds) for row_seeds in seeds])
+        expand = torch.arange(len(prompt_ids)).repeat_interleave(samples_per_prompt)
+        for model in self.models():
+            model.keep_rows(expand)
+        return [part[expand.to(part.device)] for part in logits], expand
 
     def context_length(self) -> int | None:
         """Positions every model can attend over (max_position_embeddings), None if unstated."""

@@ -90,6 +90,9 @@ class TransferConfig:
                 "cuda-graphs"})
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the engine's decode step (pays on long runs)"})
+    speculative: bool = field(default=False, metadata={
+        "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
+                "distribution, other samples)"})
     output_dir: str = "outputs/transfer-tiny"
     report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
     wandb_project: str = "rast-transfer"
@@ -213,12 +216,13 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
     """Refuse to mix samples of one system name decoded with different settings in one output_dir.
 
-    batch_size is part of it: it fixes which problems share a batch, and padding changes floats.
+    batch_size is part of it: it fixes which problems share a batch, and padding changes floats;
+    so is speculative: it draws RAST's samples with other random numbers (same distribution).
     """
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
-            "split", "stop_strings", "stop_ids")
+            "split", "stop_strings", "stop_ids", "speculative")
     decoding = {key: getattr(config, key) for key in keys}
-    written_before = {"stop_strings": [], "stop_ids": None}  # keys added later: their default
+    written_before = {"stop_strings": [], "stop_ids": None, "speculative": False}  # added later
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
@@ -295,7 +299,8 @@ def load_engine(system: System, config: TransferConfig):
     return RastEngine.from_pretrained(system.target, small_base=system.small_base,
                                       small_rl=system.small_rl, lam=system.lam,
                                       device=device, small_device=small_device,
-                                      cache=config.cache, compile=config.compile)
+                                      cache=config.cache, compile=config.compile,
+                                      speculative=config.speculative)
 
 
 def gpu_layout(system: System, config: TransferConfig):

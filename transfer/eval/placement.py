@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.models import MODELS, registry_entry
+from train.models import MODELS, Architecture, architecture_of, registry_entry
 
 GB = 1e9
 USABLE_SHARE = 0.9  # of a card's memory: the rest is CUDA context, activations, fragmentation
@@ -33,36 +33,34 @@ class ModelFacts:
     name: str
     params_b: float
     weight_gb: float  # bf16
-    layers: int
-    kv_heads: int
-    head_dim: int
+    architecture: Architecture  # layers, heads, KV bytes per token: shared with train.memory
     source: str  # where the numbers come from
 
     @property
+    def layers(self) -> int:
+        return self.architecture.layers
+
+    @property
     def kv_bytes_per_token(self) -> int:
-        return self.layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, bf16
+        return self.architecture.kv_bytes_per_token()  # K and V, bf16
 
 
 def model_facts(name: str) -> ModelFacts | None:
     """Sizes of a registry name, a Qwen2.5 / SimpleRL-Zoo hub id, or a local model directory."""
     info = registry_entry(name)
     if info is not None and info.architecture is not None:
-        arch = info.architecture
-        return ModelFacts(info.name, info.params_b, info.weight_gb, arch.layers, arch.kv_heads,
-                          arch.head_dim, "train.models.MODELS")
-    if name in MODELS:
-        name = MODELS[name].base_id
-    config_file = Path(name) / "config.json"
-    if not config_file.is_file():
+        return ModelFacts(info.name, info.params_b, info.weight_gb, info.architecture,
+                          "train.models.MODELS")
+    architecture = architecture_of(name)
+    if architecture is None:
         return None
-    config = json.loads(config_file.read_text())
-    weight_bytes = sum(f.stat().st_size for f in Path(name).glob("*.safetensors"))
+    path = Path(MODELS[name].base_id if name in MODELS else name)
+    config = json.loads((path / "config.json").read_text())
+    weight_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     params = weight_bytes / {"float32": 4, "bfloat16": 2, "float16": 2}.get(
         config.get("dtype") or config.get("torch_dtype"), 4)
-    heads = config["num_attention_heads"]
-    return ModelFacts(Path(name).name, params / 1e9, params * 2 / GB, config["num_hidden_layers"],
-                      config.get("num_key_value_heads", heads),
-                      config.get("head_dim") or config["hidden_size"] // heads, f"{config_file}")
+    return ModelFacts(path.name, params / 1e9, params * 2 / GB, architecture,
+                      f"{path / 'config.json'}")
 
 
 @dataclass(frozen=True)
@@ -214,7 +212,8 @@ def describe(config, small_base: str | None, gpus: int | None, card_gb: float | 
 def _facts_line(role: str, name: str, facts: ModelFacts) -> str:
     return (f"{role}: {name} = {facts.name}: {facts.params_b:g}B params, {facts.weight_gb:g} GB "
             f"bf16, KV {facts.kv_bytes_per_token / 1024:g} KiB/token "
-            f"({facts.layers} layers x {facts.kv_heads} kv heads x {facts.head_dim})")
+            f"({facts.layers} layers x {facts.architecture.kv_heads} kv heads x "
+            f"{facts.architecture.head_dim})")
 
 
 def main() -> None:

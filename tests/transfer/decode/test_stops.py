@@ -137,3 +137,28 @@ def test_generate_cli_takes_stop_strings(tiny_models, tmp_path):
     for before, row in zip(free, rows, strict=True):
         assert stop not in row["text"] and before["text"].startswith(row["text"])
         assert row["stop"] in (stop, 0, None) and row["finished"] == (row["stop"] is not None)
+
+
+def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models):
+    """The speculative loop emits several tokens a round; its samples with stop strings are its
+    samples without them, cut before the first stop string (mid-token included)."""
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"], lam=1.0, speculative=True)
+    engine.tokenizer = WideText(engine.tokenizer)
+    free = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=24), n=2,
+                           stop_ids=[3])
+    stops = (max(free, key=lambda c: len(c.text)).text[9:12],)
+    cut = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=24,
+                                                  stop_strings=stops), n=2, stop_ids=[3])
+    hits = 0
+    for before, after in zip(free, cut, strict=True):
+        hit = first_stop_string(before.text, stops)
+        if hit is None:
+            assert (after.token_ids, after.text, after.stop) == (before.token_ids, before.text,
+                                                                 before.stop)
+            continue
+        hits += 1
+        kept = math.ceil((hit[0] + len(hit[1])) / 2)
+        assert after.token_ids == before.token_ids[:kept] and after.text == before.text[:hit[0]]
+        assert after.stop == hit[1] and after.finished
+    assert hits >= 1

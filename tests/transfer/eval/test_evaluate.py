@@ -148,6 +148,8 @@ def test_output_dir_refuses_a_system_decoded_with_other_settings(tmp_path):
     check_signatures(tmp_path, systems + [System("L_RL", "x")], TransferConfig())  # adding is fine
     with pytest.raises(UserError, match="temperature: 1.0 -> 0.5"):
         check_signatures(tmp_path, systems, TransferConfig(temperature=0.5))
+    with pytest.raises(UserError, match="speculative: False -> True"):  # other random numbers
+        check_signatures(tmp_path, systems, TransferConfig(speculative=True))
 
 
 def _write_recipe(path: Path, tiny_models: dict, tmp_path: Path, **overrides) -> Path:
