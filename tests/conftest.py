@@ -53,6 +53,15 @@ def build_random_qwen2(path, *, hidden=32, layers=2, heads=4, ffn=64, embedding_
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one CPU thread for a module's tests, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_models")

@@ -17,7 +17,6 @@ import torch
 import yaml
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from transfer.bench import check as gpu_check
 from transfer.eval import placement
 from transfer.eval.evaluate import System, TransferConfig, chunks_to_do, parse_config, run
 from transfer.eval.samples import SampleLog
@@ -177,18 +176,3 @@ def test_plan_arithmetic_and_device_map():
     for name in names:  # every tensor is placed, and by exactly one entry
         assert sum(name.startswith(prefix + ".") for prefix in device_map) == 1, name
     assert [device_map[f"model.layers.{i}"] for i in range(5)] == [0, 0, 0, 1, 1]
-
-
-def test_gpu_check_smoke_runs_the_whole_path_on_cpu(tmp_path):
-
-    report = gpu_check.main(["--smoke", "--output", str(tmp_path / "check.json")])
-    assert json.loads((tmp_path / "check.json").read_text()) == json.loads(json.dumps(report))
-    (pair,) = report["throughput"]
-    assert all(row[mode]["rast"]["tokens_per_s"] > 0 for row in pair["batches"]
-               for mode in ("static", "static+serial"))  # CPU twins of the two graph modes
-    assert pair["exactness"]["rows_identical"] == pair["exactness"]["rows"]
-    assert 0 <= report["precision"]["max_abs_diff"] < 0.1
-    assert report["precision"]["top1_agreement"] > 0.5
-    assert report["grpo"]["steps"] == 2
-    assert report["grpo"]["parameters_changed"] == report["grpo"]["parameters"]
-    assert report["train_step_memory"][0]["fits"]

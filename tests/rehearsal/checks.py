@@ -64,16 +64,20 @@ def lora_adapters_moved(output_dir: Path) -> tuple[bool, str]:
 
 
 def grpo_stops(output_dir: Path) -> tuple[bool, str]:
-    """TRL ends and masks completions at the stop ids: its eos set (the saved generation config)
-    holds 151643 and 151645, and some completions terminated before max_completion_length."""
-    eos = json.loads((output_dir / "generation_config.json").read_text())["eos_token_id"]
-    eos = eos if isinstance(eos, list) else [eos]
+    """TRL ended some completions at a stop id before max_completion_length (its clipped share
+    stays below 1), and a saved full model's generation config lists both 151643 and 151645 (a
+    LoRA output holds the adapter alone, without one)."""
+    config = output_dir / "generation_config.json"
+    eos = json.loads(config.read_text())["eos_token_id"] if config.is_file() else None
+    eos = eos if isinstance(eos, list) or eos is None else [eos]
     states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))
     history = json.loads(states[-1].read_text())["log_history"] if states else []
     clipped = [entry["completions/clipped_ratio"] for entry in history
                if "completions/clipped_ratio" in entry]
-    ok = {ENDOFTEXT_ID, IM_END_ID} <= set(eos) and bool(clipped) and min(clipped) < 1
-    return ok, f"eos ids {eos}; clipped (no stop) share per step {clipped}"
+    both_stops = eos is None or {ENDOFTEXT_ID, IM_END_ID} <= set(eos)
+    ok = both_stops and bool(clipped) and min(clipped) < 1
+    return ok, (f"eos ids {eos if eos is not None else '(adapter only)'}; clipped (no stop) share "
+                f"per step {clipped}")
 
 
 def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
@@ -101,7 +105,7 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     """The hub RL stand-in has no rast_pair.json, so transfer pairs it through the recipe's
     explicit small_base, and refuses in one line without one."""
     from train.errors import UserError
-    from train.pairing import PAIR_FILE, paired_base, read_pair
+    from train.pairing import PAIR_FILE, read_pair, resolve_pair
 
     rl_id, base_id = "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo", "Qwen/Qwen2.5-1.5B"
     if (Path(snapshot_dirs[rl_id]) / PAIR_FILE).exists():
@@ -110,7 +114,7 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     rast = [s for s in systems.values() if s["lam"] and s["small_rl"] == rl_id]
     paired = bool(rast) and all(s["small_base"] == base_id for s in rast)
     try:
-        paired_base(rl_id)
+        resolve_pair(rl_id)
         refused = "not refused"
     except UserError as err:
         refused = f"refused: {err}"
@@ -148,6 +152,11 @@ def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str]) -> tuple[bool, 
                 f"{SHARED_VOCAB} ids {error:.1e}, ids >= {SHARED_VOCAB} all -inf: {masked}")
 
 
+def log_shows_all(logs: list[Path], *needles: str) -> tuple[bool, str]:
+    results = [log_shows(log, *needles) for log in logs]
+    return bool(results) and all(ok for ok, _ in results), "; ".join(d for _, d in results)
+
+
 def log_shows(log: Path, *needles: str) -> tuple[bool, str]:
     text = log.read_text() if log.is_file() else ""
     found = [needle for needle in needles if needle in text]
@@ -173,8 +182,11 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("logits 152064 + 151936 rows on 151665 ids", logits_combined_on_shared_ids,
          (snapshot_dirs,)),
         ("analysis 32B: report written", log_shows_files, (out / "analyze-32B",)),
-        ("dry-run plan printed", log_shows,
+        ("transfer dry-run plan printed", log_shows,
          (logs["plan: make transfer TARGET=32B ARGS=--dry-run"], "systems:", "GB")),
+        ("GRPO dry-run plans printed, fit", log_shows_all,
+         ([logs[name] for name in logs if name.startswith("plan: make train-small")],
+          "training memory plan per GPU", ": fits")),
     ]
 
 

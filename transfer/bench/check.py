@@ -29,7 +29,7 @@ import torch
 
 from train.models import QWEN_TOKENIZER_LENGTH
 from train.tiny.tokenizer import build_tokenizer
-from transfer.bench.gpu import ARCHITECTURES, bench_pair, random_qwen2
+from transfer.bench.gpu import ARCHITECTURES, add_projection_args, bench_pair, random_qwen2
 from transfer.decode.rast import combine_logits
 
 
@@ -145,11 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                         default=["cuda-graphs", "cuda-graphs+serial", "cuda-graphs+unstacked",
                                  "cuda-graphs+speculative"],
                         help="engine modes to time (see transfer.bench.gpu --modes)")
-    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
-                        default=[1, 8, 16],
-                        help="batches at which to time speculative RAST's round parts")
-    parser.add_argument("--acceptance", type=float, default=0.986,
-                        help="draft acceptance rate for the speculative projection (make bench's)")
+    add_projection_args(parser)
     parser.add_argument("--new_tokens", "--new-tokens", type=int, default=64)
     parser.add_argument("--precision_pair", "--precision-pair", default="7B:0.5B", metavar="L:S")
     parser.add_argument("--train_sizes", "--train-sizes", nargs="+", default=["1.5B", "7B"])

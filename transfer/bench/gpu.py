@@ -297,6 +297,15 @@ def modes_agree(large, small_base, small_rl, vocab, reference: str, mode: str) -
             "lengths": [len(ids) for ids, _ in rows_b], "max_abs_logit_diff": max_diff}
 
 
+def add_projection_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of speculative_projection, shared with transfer.bench.check."""
+    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
+                        default=[1, 8, 16],
+                        help="batches at which to time speculative RAST's round parts")
+    parser.add_argument("--acceptance", type=float, default=0.986,
+                        help="draft acceptance rate for the speculative projection (make bench's)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="RAST vs L-alone decode throughput on a GPU")
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "14B:1.5B"], metavar="L:S")
@@ -313,11 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode, best kept")
     parser.add_argument("--breakdown_batches", "--breakdown-batches", type=int, nargs="*", default=[1, 16],
                         help="batches at which to time each part of one decode step")
-    parser.add_argument("--projection_batches", "--projection-batches", type=int, nargs="*",
-                        default=[1, 8, 16],
-                        help="batches at which to time speculative RAST's round parts")
-    parser.add_argument("--acceptance", type=float, default=0.986,
-                        help="draft acceptance rate for the speculative projection (make bench's)")
+    add_projection_args(parser)
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, in seconds")
     args = parser.parse_args(argv)
     device, dtype = "cuda", torch.bfloat16

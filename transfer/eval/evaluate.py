@@ -47,7 +47,7 @@ from transfer.eval.distributed import barrier, pin_gpus_of_this_process, this_sh
 from transfer.eval.lock import output_lock
 from transfer.eval.placement import GB, describe
 from transfer.eval.report import report, summarize
-from transfer.eval.samples import Sample, SampleLog, merge_samples, sample_files, system_name
+from transfer.eval.samples import ROLES, Sample, SampleLog, merge_samples, sample_files, system_name
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ class System:
     small_base: str | None = None
     small_rl: str | None = None
     lam: float = 0.0
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
 
     @property
     def name(self) -> str:

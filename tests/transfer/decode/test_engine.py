@@ -13,7 +13,6 @@ from tests.conftest import build_random_qwen2
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
-from transfer.bench import gpu as gpu_bench
 from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
 from transfer.generate import main as generate_main
 
@@ -24,12 +23,8 @@ SHARED = 98
 STOP_IDS = [0, *range(40, 50)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead on a shared machine
-    yield
-    torch.set_num_threads(threads)
+# tiny matmuls: threads only add overhead on a shared machine
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -244,20 +239,6 @@ def test_device_and_dtype_defaults(monkeypatch):
 def test_engine_stops_on_the_tokenizer_eos_by_default(engines):
     assert engines["rast"].default_stop_ids == [0]
 
-
-def test_gpu_bench_smoke_mode_runs_end_to_end_on_cpu(tmp_path):
-
-    gpu_bench.main(["--smoke", "--output", str(tmp_path / "bench.json")])
-    report = json.loads((tmp_path / "bench.json").read_text())
-    pair = report["pairs"][0]
-    assert [row["batch"] for row in pair["batches"]] == [1, 2]
-    for row in pair["batches"]:  # on CPU: the eager loop and the static-cache loop (no graphs)
-        assert {mode: row[mode]["rast"]["tokens"] for mode in ("dynamic", "static")} == {
-            "dynamic": row["batch"] * report["new_tokens"], "static": row["batch"] * report["new_tokens"]}
-    assert 0 < pair["bound"] < 1
-    exactness = pair["exactness"]  # sampled rows stop at different steps: rebuilds mid-batch
-    assert exactness["rows_identical"] == exactness["rows"] == 8
-    assert len(set(exactness["lengths"])) > 3 and exactness["max_abs_logit_diff"] < 1e-5
 
 
 def test_generate_cli_writes_one_jsonl_row_per_sample(tiny_models, tmp_path):

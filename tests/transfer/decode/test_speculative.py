@@ -18,12 +18,8 @@ SHARED = 98
 STOP_IDS = [6, 11, 33, 52, 85]  # frequent greedy tokens: rows end at scattered steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models decode fastest on one thread (and the same on every machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def qwen2(rows: int, seed: int, hidden: int = 32) -> Qwen2ForCausalLM:
@@ -241,26 +237,6 @@ def test_sampled_speculative_tokens_follow_the_exact_rast_distribution(poor):
     assert (rate < 0.4) if poor else (rate > 0.6), rate
 
 
-def test_gpu_bench_smoke_times_speculative_rast_and_projects_it(tmp_path):
-    """The GPU script's speculative parts on CPU: end-to-end speculative RAST (static cache, as
-    cuda-graphs without capture) and its round timed part by part, verify widths 1..9."""
-    import json
-
-    from transfer.bench import gpu as gpu_bench
-
-    gpu_bench.main(["--smoke", "--modes", "cuda-graphs+speculative", "--breakdown-batches",
-                    "--output", str(tmp_path / "bench.json")])
-    report = json.loads((tmp_path / "bench.json").read_text())
-    pair = report["pairs"][0]
-    for row in pair["batches"]:
-        spec = row["static+speculative"]
-        assert spec["rast"]["tokens"] == row["batch"] * report["new_tokens"]
-        assert 0 <= spec["acceptance"] <= 1
-    (projection,) = pair["speculative_projection"]
-    assert "error" not in projection and sorted(projection["verify_ms"]) == [str(w) for w in
-                                                                            range(1, 10)]
-    assert 0 <= projection["best_k"] <= 8 and projection["projected_over_large_alone"] > 0
-
 
 def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
     import json
@@ -286,6 +262,6 @@ def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
 
     config = TransferConfig(target=names[0], small_base=names[1], small_rl=names[2],
                             speculative=True)
-    rast = load_engine(System("L+RAST", *names, lam=1.0), config)
+    rast = load_engine(System("RAST", *names, lam=1.0), config)
     alone = load_engine(System("L", names[0]), config)
     assert rast.speculative is not None and alone.speculative is None
