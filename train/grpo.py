@@ -48,7 +48,7 @@ from train.recipe import parse_recipe
 from train.rewards import correctness_reward
 from train.tiny.heldout import evaluate
 from train.tiny.task import problems
-from train.tracking import wandb_session
+from train.tracking import log_checkpoint, wandb_session
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +226,8 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
             if before is not None:
                 after = evaluate_tiny(trainer.model, tokenizer, args)
                 summary["eval"] = save_eval(output_dir, before, after, args, wandb)
+            if wandb is not None and wandb.run is not None:  # the lineage's GRPO node
+                summary["artifact"] = log_checkpoint(wandb, wandb.run, output_dir)
     return summary
 
 

@@ -17,7 +17,10 @@ TEMPLATES: dict[str, str] = {
         "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
         "<|im_start|>assistant\n"
     ),
-    # The RAST reference code's plain-text alternative.
+    # The prompt of the RAST paper's public runner (ozyyshr/RAST, vllm/tests/RAST_decode/run.py,
+    # sets use_chat = False, so this, not its ChatML branch, decoded the table): byte for byte
+    # "Question:\n{input}\nAnswer:\nLet's think step by step.\n". A base model under it often
+    # writes a second "Question:" after its answer: pair it with the runner's stop strings.
     "question-answer": "Question:\n{question}\nAnswer:\nLet's think step by step.\n",
     # The embedded tiny family's multiplication task: the question is e.g. "47*8".
     "tiny": "Q: {question}=\nA: ",

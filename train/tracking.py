@@ -13,6 +13,7 @@ restored, so one job's settings never leak into the next one in the same process
 """
 
 import contextlib
+import json
 import logging
 import netrc
 import os
@@ -61,5 +62,99 @@ def wandb_session(report_to: str | list[str] | None, output_dir: Path | str,
     finally:
         if wandb.run is not None:
             wandb.finish()
+        # wandb's process-wide setup caches the settings of its first run (WANDB_DIR above all):
+        # without a teardown the next job in this process would write into this job's directory
+        wandb.teardown()
         for key in added:
             os.environ.pop(key, None)
+
+
+ARTIFACT_FILE = "wandb_artifact.json"  # in a train.grpo output: the W&B artifact of its model
+CHECKPOINT_FILES = ("rast_pair.json", "config.json", "generation_config.json",
+                    "adapter_config.json", "eval_before_after.json")
+
+
+def log_checkpoint(wandb, run, output_dir: Path | str) -> str:
+    """Log a train.grpo output as the run's `model` artifact; return its reference.
+
+    Small on purpose: the pairing, config and evaluation files, and references to the final
+    weight files (not copied, not checksummed; checkpoint-*/ left out). Aliased with the run id, so a consumer pins this very
+    checkpoint; the reference goes to output_dir/wandb_artifact.json, where transfer and analysis
+    runs find it (declare_input). Works offline: `wandb sync` uploads it with the run.
+    """
+    output_dir = Path(output_dir).resolve()
+    name = output_dir.name
+    artifact = wandb.Artifact(name, type="model", metadata={"path": str(output_dir)})
+    for file in CHECKPOINT_FILES:
+        if (output_dir / file).is_file():
+            artifact.add_file(str(output_dir / file))
+    for weights in sorted(output_dir.glob("*.safetensors")):  # the final model, not checkpoint-*/
+        artifact.add_reference(weights.as_uri(), name=f"weights/{weights.name}", checksum=False)
+    alias = f"run-{run.id}"
+    run.log_artifact(artifact, aliases=["latest", alias])
+    reference = f"{run.project}/{name}:{alias}"
+    (output_dir / ARTIFACT_FILE).write_text(json.dumps({"artifact": reference, "type": "model",
+                                                        "run_id": run.id}, indent=2) + "\n")
+    return reference
+
+
+def declare_input(run, model_dirs: dict[str, str | None]) -> dict[str, str]:
+    """Declare the train.grpo checkpoints among `model_dirs` ({role: dir or hub id}) as inputs of
+    `run`, so base -> GRPO -> evaluation is one lineage graph; returns {role: reference}.
+
+    Online this is run.use_artifact. wandb refuses use_artifact offline, so an offline run records
+    the references in its config (`inputs`) and `python -m train.tracking link <wandb dir>`
+    declares them after `wandb sync` (README, "W&B").
+    """
+    inputs = {}
+    for role, model_dir in model_dirs.items():
+        file = Path(model_dir) / ARTIFACT_FILE if model_dir else None
+        if file is not None and file.is_file():
+            inputs[role] = json.loads(file.read_text())["artifact"]
+    if not inputs:
+        return inputs
+    run.config.update({"inputs": inputs}, allow_val_change=True)
+    if not run.offline:
+        for reference in inputs.values():
+            run.use_artifact(reference, type="model")
+    return inputs
+
+
+def link_offline_inputs(wandb_dir: Path | str) -> list[tuple[str, str]]:
+    """After `wandb sync`: declare each synced offline run's recorded inputs on the server."""
+    import subprocess
+    import sys
+
+    import wandb
+
+    api, linked = wandb.Api(), []
+    for run_dir in sorted(Path(wandb_dir).glob("offline-run-*")):
+        # an offline run's config lives in its .wandb log, which only wandb's own reader opens
+        state = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--summary",
+                                "--json", str(run_dir)], capture_output=True, text=True,
+                               check=True).stdout
+        config = json.loads(state).get("config") or {}
+        inputs, project = config.get("inputs") or {}, config.get("wandb_project")
+        run_id = run_dir.name.rsplit("-", 1)[-1]
+        if not inputs or not project:
+            continue
+        run = api.run(f"{api.default_entity}/{project}/{run_id}")
+        for reference in inputs.values():
+            run.use_artifact(api.artifact(f"{api.default_entity}/{reference}", type="model"))
+            linked.append((run_id, reference))
+    return linked
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m train.tracking link outputs/transfer-tiny/wandb (after `wandb sync`)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["link"] or len(argv) != 2:
+        sys.exit("usage: python -m train.tracking link <output_dir>/wandb  (after `wandb sync`)")
+    for run_id, reference in link_offline_inputs(argv[1]):
+        print(f"{run_id} <- {reference}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Decode a JSONL file of prompts with RAST (or the large model alone) into a JSONL of completions.
 
 Input rows are {"prompt": ..., "id": optional}; output rows are {"id", "prompt", "sample_index",
-"seed", "text", "token_ids", "finished"}, appended and fsynced batch by batch. --lam 0, or no
+"seed", "text", "token_ids", "finished", "stop"}, appended and fsynced batch by batch. --lam 0, or no
 --small_rl, decodes the large model alone through the same engine.
 
 Re-running with the same --output resumes as transfer.eval.evaluate does: rows already there are
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 # What the rows of an output were decoded with; a resume must match all of it. n and batch_size
 # fix which prompts share a batch, and padding changes the floats.
 SETTINGS = ("target", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
-            "max_new_tokens", "seed", "batch_size", "stop_ids", "dtype", "truncate_prompts",
-            "speculative")  # speculation samples other tokens (same distribution); k does not
+            "max_new_tokens", "seed", "batch_size", "stop_ids", "stop_strings", "dtype",
+            "truncate_prompts", "speculative")  # speculation samples other tokens; k does not
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Row:
     text: str
     token_ids: list[int]
     finished: bool  # False: cut at max_new_tokens
+    stop: int | str | None = None  # what ended it: a stop id or stop string; None: the length
 
     @property
     def key(self) -> tuple[str, int]:
@@ -57,7 +58,7 @@ class Row:
 
     @classmethod
     def from_json(cls, line: bytes | str, where: str) -> "Row":
-        return parse_record(cls, line, where, set(), "give another --output")
+        return parse_record(cls, line, where, {"stop"}, "give another --output")
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
@@ -106,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sequences decoded together")
     parser.add_argument("--stop_ids", "--stop-ids", type=int, nargs="*",
                         help="default: the models' eos ids")
+    parser.add_argument("--stop_strings", "--stop-strings", nargs="*", default=[],
+                        help="stop when the text contains one; the text is cut before it "
+                             "(token_ids keep the token that completed it)")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 or auto (multi-GPU large model)")
     parser.add_argument("--small_device", "--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--draft_tokens needs --speculative and a value in [0, 64], got "
                             f"{args.draft_tokens}")
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens,
+                                stop_strings=tuple(args.stop_strings),
                                 truncate_prompts=args.truncate_prompts)
         with output_lock(output.with_name(output.name + ".lock"), f"--output {args.output}"):
             check_settings(output, {key: getattr(args, key) for key in SETTINGS})
@@ -225,7 +230,7 @@ def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list
                                          seed=args.seed, keys=todo, stop_ids=args.stop_ids,
                                          batch_size=args.batch_size):
         log.append([Row(c.key, prompt_of[c.key], c.sample_index, c.seed, c.text, c.token_ids,
-                        c.finished) for c in batch if (c.key, c.sample_index) not in done])
+                        c.finished, c.stop) for c in batch if (c.key, c.sample_index) not in done])
 
 
 if __name__ == "__main__":

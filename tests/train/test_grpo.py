@@ -20,6 +20,7 @@ from train import grpo
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.pairing import resolve_pair
+from train.tracking import ARTIFACT_FILE
 
 
 def digit_share_reward(completions, **kwargs):
@@ -137,6 +138,23 @@ def test_tiny_recipe_gains_a_quarter_of_held_out_accuracy(tmp_path):
     assert evaluation["before"]["n"] == 300 * 4
     assert evaluation["after"]["accuracy"] - evaluation["before"]["accuracy"] >= 0.25
     assert evaluation["after"]["careful_share"] > 0.8
+
+
+def test_the_final_checkpoint_is_a_wandb_model_artifact_that_consumers_find(full_run):
+    output_dir, summary = full_run
+    (run_file,) = (output_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    records = [json.loads(line) for line in wandb_inspect(run_file, "--json").splitlines()]
+    (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact"
+                   and r["artifact"]["type"] == "model"]
+    run_id = run_file.stem.removeprefix("run-")
+    assert artifact["name"] == "full" and f"run-{run_id}" in artifact["aliases"]
+    entries = {e["path"]: e for e in artifact["manifest"]["contents"]}
+    weights = "weights/model.safetensors"
+    assert set(entries) == {"rast_pair.json", "config.json", "generation_config.json",
+                            "eval_before_after.json", weights}  # no checkpoint-*/, no wandb/
+    assert entries[weights]["ref"] == (output_dir / "model.safetensors").resolve().as_uri()
+    recorded = json.loads((output_dir / ARTIFACT_FILE).read_text())
+    assert recorded["artifact"] == summary["artifact"] == f"rast-grpo/full:run-{run_id}"
 
 
 def test_a_save_killed_midway_is_skipped_on_resume(tiny_models, tmp_path, monkeypatch, caplog):

@@ -15,6 +15,12 @@ def test_qwen_boxed_is_the_simplerl_zoo_prompt_with_literal_boxed_braces():
     )
 
 
+def test_question_answer_is_byte_identical_to_the_rast_runners_prompt():
+    # vllm/tests/RAST_decode/run.py of ozyyshr/RAST, its use_chat = False branch, verbatim
+    runner = "Question:\n{input}\nAnswer:\nLet's think step by step.\n"
+    assert render_prompt("question-answer", QUESTION) == runner.format(input=QUESTION)
+
+
 def test_question_answer_template():
     assert render_prompt("question-answer", QUESTION) == (
         "Question:\n" + QUESTION + "\nAnswer:\nLet's think step by step.\n"

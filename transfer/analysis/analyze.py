@@ -203,8 +203,9 @@ def read_samples(path_or_dir: str) -> list[Sample]:
 def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
 
-    The records hold text, not ids: the text is re-tokenized (exact for the tiny family's
-    character tokenizer) and the stop token is not part of the analysed positions.
+    Positions are the ids the engine sampled (Sample.token_ids, the stopping token included),
+    never a re-tokenization of the text: byte-level BPE does not round-trip text into the ids a
+    model chose, and a stop string's text is cut mid-token. A file without ids is refused.
     """
 
     problems = _problems(config)
@@ -215,12 +216,15 @@ def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -
         systems = sorted({r.system for r in records})
         raise UserError(f"no samples of system {config.system!r} (lam {config.lam:g} for RAST) "
                         f"on {label} in {config.trajectories}; systems there: {', '.join(systems)}")
+    if any(r.token_ids is None for r in chosen):
+        raise UserError(f"{config.trajectories} has samples without token_ids (written before "
+                        f"samples kept them); analysis reads ids, never re-tokenized text: "
+                        f"re-run the evaluation into a new output_dir")
     trajectories = []
     for r in sorted(chosen, key=lambda r: (r.problem_id, r.sample_index)):
         prompt = render_prompt(config.prompt_template, problems[r.problem_id]["problem"])
-        ids = r.token_ids or tokenizer(r.text, add_special_tokens=False)["input_ids"]
         trajectories.append(Trajectory(r.problem_id, r.sample_index,
-                                       tokenizer(prompt)["input_ids"], list(ids), r.text,
+                                       tokenizer(prompt)["input_ids"], list(r.token_ids), r.text,
                                        r.correct))
     return trajectories
 
@@ -244,7 +248,7 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
     lam = config.lam if config.system == "RAST" else 0.0
     records = [Sample(system_name(config.system, lam), config.system, lam, benchmark_label(config.benchmark), c.key,
                       c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
-                      len(c.token_ids), c.finished, token_ids=c.token_ids,
+                      len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
                       careful=is_careful(c.text) if config.benchmark == "tiny" else None)
                for c, g in zip(completions, grades)]
     path = Path(config.output_dir) / "samples.jsonl"

@@ -16,13 +16,18 @@ import torch
 
 from train.data import benchmark_label
 from train.tiny.task import is_careful
-from train.tracking import wandb_session
+from train.tracking import declare_input, wandb_session
 from transfer.analysis.plots import plot_all
 from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
 from transfer.eval.samples import Sample, system_name
 
 CONTEXT_CHARS = 40  # characters of text shown before a token in the example contexts
 EXAMPLES_PER_TOKEN = 3
+
+
+PAPER_COVERAGE = ("The paper (Qwen2.5 base vs SimpleRL-Zoo RL trajectories): 96.0 / 95.6 / 95.2 % "
+                  "for 7B / 14B / 32B.")
+PAPER_COSINE = "The paper: 14B vs 7B 0.528, 32B vs 14B 0.715, 32B vs 7B 0.517."
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -51,7 +56,13 @@ def summarize(config, models, trajectories, stats: list[dict],
         "entropy": {key.split("/")[1]: _mean(value) for key, value in pooled.items()
                     if key.startswith("entropy/")},
     }
-    summary["cross_scale"] = _cross_scale(trajectories, stats)
+    summary["path_coverage_definition"] = (
+        "paper: L's greedy token along the trajectories of L_RL, its same-size RL model"
+        if config.system == "L_RL" else
+        f"L's greedy token along {config.system}'s trajectories (the paper's path coverage "
+        f"uses L_RL's: system L_RL)")
+    summary["cross_scale"] = _cross_scale(trajectories, stats)  # centred log-prob deltas
+    summary["cross_scale_paper"] = _cross_scale(trajectories, stats, prefix="rawcos_")
     if evaluation is not None:
         summary["gain"] = _gain(config, evaluation, summary["cross_scale"])
     summary["behaviour"] = _behaviour(config, trajectories, evaluation)
@@ -99,7 +110,7 @@ def _context(tokenizer, trajectory, position: int) -> str:
     return f"{before[-CONTEXT_CHARS:]}[{taken}]"
 
 
-def _cross_scale(trajectories, stats) -> dict:
+def _cross_scale(trajectories, stats, prefix: str = "cos_") -> dict:
     """Per cosine series: mean over positions of each trajectory, then over trajectories of a
     problem, then over problems ("mean", as the paper averages), and the same weighted by
     KL(S_RL || S) of the series' first pair ("kl_weighted").
@@ -109,10 +120,11 @@ def _cross_scale(trajectories, stats) -> dict:
     RL moved probability, which is what RAST transfers.
     """
     result = {}
-    for key in [k for k in stats[0] if k.startswith("cos_")]:
+    for key in [k for k in stats[0] if k.startswith(prefix)]:
         kind, i = key.split("/")
-        label = f"S0 vs S{i}" if kind == "cos_pairs" else f"S{i} vs L"
-        weight_key = f"kl_rl_base/{0 if kind == 'cos_pairs' else i}"
+        pairs = kind.endswith("_pairs")
+        label = f"S0 vs S{i}" if pairs else f"S{i} vs L"
+        weight_key = f"kl_rl_base/{0 if pairs else i}"
         plain, weighted = defaultdict(list), defaultdict(lambda: [0.0, 0.0])
         for trajectory, s in zip(trajectories, stats):
             plain[trajectory.problem_id].append(_mean(s[key]))
@@ -229,8 +241,10 @@ def markdown(summary: dict, plots: list[Path]) -> str:
               f"problems, {t['positions']} positions; accuracy {_fmt(t['accuracy'])}."), "",
              "Models: " + ", ".join(f"{k} = `{v}`" for k, v in summary["models"].items()), "",
              "## Path coverage (base greedy token = trajectory token)", "",
+             f"Definition: {summary['path_coverage_definition']}.", "",
              *_table(["base", "coverage"],
                      [[k, f"{v:.4f}"] for k, v in summary["path_coverage"].items()]), "",
+             *([PAPER_COVERAGE, ""] if t["system"] == "L_RL" else []),
              f"Top-1 changed between L and RAST: {summary['top1_changed_share']:.4f}", "",
              "## Where the delta lives: KL(S_RL || S) per position", ""]
     lines += _table(
@@ -250,11 +264,15 @@ def markdown(summary: dict, plots: list[Path]) -> str:
                             [[f"`{json.dumps(e['token'])}`", e["count"], f"{e['mean_shift']:.3f}",
                               "<br>".join(f"`{json.dumps(x)}`" for x in e["examples"])]
                              for e in s[direction]])
-    lines += ["", "## Cross-scale cosine of Delta R (per problem, then mean)", ""]
-    lines += _table(["pair", "mean over problems", "mean over positions", "KL-weighted"],
-                    [[k, f"{v['mean']:.4f}", f"{v['position_mean']:.4f}", _fmt(v["kl_weighted"])]
-                     for k, v in summary["cross_scale"].items()]) if summary["cross_scale"] else [
-        "n/a: one small pair and no target_rl."]
+    lines += ["", "## Cross-scale cosine of Delta R, the paper's definition", "",
+              ("Raw logit deltas z_RL - z_base over the shared vocabulary, uncentred cosine per "
+               "position, mean over each trajectory's positions, then over problems (the paper's "
+               "analysis/similarity.py, without its context-corruption bug). " + PAPER_COSINE), ""]
+    lines += _cosine_table(summary["cross_scale_paper"])
+    lines += ["", "## Cross-scale cosine of Delta R, centred log-prob variant (not the paper's)",
+              "", ("Log-prob deltas centred per position (invariant to the constant softmax "
+                   "ignores); not comparable with the paper's cosines."), ""]
+    lines += _cosine_table(summary["cross_scale"])
     if summary["cross_scale"]:
         lines += ["", ("KL-weighted: positions weighted by KL(S_RL || S) of the first pair named; "
                        "the plain means also count positions where RL changed nothing and Delta R "
@@ -276,6 +294,14 @@ def markdown(summary: dict, plots: list[Path]) -> str:
         lines += ["", *_planted_section(summary["planted_style"])]
     lines += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots)]
     return "\n".join(lines) + "\n"
+
+
+def _cosine_table(cross_scale: dict) -> list[str]:
+    if not cross_scale:
+        return ["n/a: one small pair and no target_rl."]
+    return _table(["pair", "mean over problems", "mean over positions", "KL-weighted"],
+                  [[k, f"{v['mean']:.4f}", f"{v['position_mean']:.4f}", _fmt(v["kl_weighted"])]
+                   for k, v in cross_scale.items()])
 
 
 def _behaviour_table(behaviour: dict) -> list[str]:
@@ -330,22 +356,26 @@ def log_analysis_run(wandb, summary: dict, config, plots: list[Path], output_dir
     run = wandb.init(project=config.wandb_project, name=output_dir.name, job_type="analysis",
                      dir=str(output_dir.resolve()), config=summary["config"],
                      reinit="finish_previous")
+    declare_input(run, {**{f"small_rl/{i}": rl for i, rl in enumerate(config.small_rl)},
+                        "target_rl": config.target_rl})
     flat = {f"coverage/{k}": v for k, v in summary["path_coverage"].items()}
     flat["top1_changed_share"] = summary["top1_changed_share"]
     for pair, s in summary["shift"].items():
         flat |= {f"shift/{pair}/{k}": s[k]
                  for k in ("kl_mean", "share_holding_50", "share_holding_90")}
+    flat |= {f"cross_scale_paper/{k}": v["mean"] for k, v in summary["cross_scale_paper"].items()}
     flat |= {f"cross_scale/{k}": v["mean"] for k, v in summary["cross_scale"].items()}
     flat |= {f"cross_scale/{k}/kl_weighted": v["kl_weighted"]
              for k, v in summary["cross_scale"].items()}
     flat |= {f"rast/{k}": v for k, v in summary["rast"].items()}
     run.summary.update(flat)
-    logged = {f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}
+    # tables and images in the summary, not the history: as history rows their metadata
+    # (ncols, nrows, width, ...) would be charted as metrics
+    run.summary.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
     for pair, s in summary["shift"].items():
         for direction in ("up", "down"):
-            logged[f"tokens/{pair}_{direction}"] = wandb.Table(
+            run.summary[f"tokens/{pair}_{direction}"] = wandb.Table(
                 columns=["token", "positions", "mean_shift", "examples"],
                 data=[[e["token"], e["count"], e["mean_shift"], " | ".join(e["examples"])]
                       for e in s[direction]])
-    run.log(logged)
     run.finish()

@@ -58,6 +58,20 @@ def centered_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
+def raw_delta(base_logits: torch.Tensor, rl_logits: torch.Tensor, shared_vocab: int) -> torch.Tensor:
+    """z_RL - z_base on raw logits over the shared vocabulary, in fp32 (the paper's Delta R)."""
+    return (align_logits(rl_logits, shared_vocab).float()
+            - align_logits(base_logits, shared_vocab).float())
+
+
+def raw_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine per row of raw logit deltas, uncentred: the paper's cross-scale similarity
+    (analysis/similarity.py of its code: sklearn's cosine_similarity of the RL-minus-base raw
+    logits, per position). Unlike centered_cosine it moves when a row is shifted by a constant,
+    which softmax ignores; kept because it is the number the paper reports."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
+
+
 def position_stats(logits: PositionLogits, targets: torch.Tensor, *, lam: float,
                    shared_vocab: int) -> dict[str, torch.Tensor]:
     """One value per position (row) for each statistic; `targets` [positions] are the tokens taken.
@@ -67,6 +81,8 @@ def position_stats(logits: PositionLogits, targets: torch.Tensor, *, lam: float,
     kl_rl_base/{i} = KL(S{i}_RL || S{i}), up_token/{i}, up_shift/{i}, down_token/{i},
     down_shift/{i} (the token whose probability RL raises / lowers most, and by how much),
     cos_pairs/{i} = cos(Delta R_0, Delta R_i) for i >= 1, cos_large/{i} = cos(Delta R_i, L_RL - L),
+    both centred log-prob cosines, and rawcos_pairs/{i}, rawcos_large/{i}, the same on raw logit
+    deltas uncentred (the paper's definition),
     kl_rast_large, kl_rast_rl (vs S0_RL), kl_rast_large_rl, entropy/{L,RAST,S{i},S{i}_RL,L_RL}.
     RAST = softmax(z_L + lam * (z_S0_RL - z_S0)) over the shared vocabulary.
     """
@@ -77,8 +93,9 @@ def position_stats(logits: PositionLogits, targets: torch.Tensor, *, lam: float,
     stats = {"covered/L": _hits(large, targets), "top1_changed": _changed(large, rast),
              "kl_rast_large": kl_divergence(rast, large), "entropy/L": entropy(large),
              "entropy/RAST": entropy(rast)}
-    deltas = []
+    deltas, raw_deltas = [], []
     for i, (base_logits, rl_logits) in enumerate(logits.pairs):
+        raw_deltas.append(raw_delta(base_logits, rl_logits, shared_vocab).to(large.device))
         base = log_probs(base_logits, shared_vocab).to(large.device)
         rl = log_probs(rl_logits, shared_vocab).to(large.device)
         delta = rl - base  # log-prob Delta R: z_RL - z_base up to a per-row constant
@@ -95,12 +112,15 @@ def position_stats(logits: PositionLogits, targets: torch.Tensor, *, lam: float,
             stats["kl_rast_rl"] = kl_divergence(rast, rl)
         else:
             stats[f"cos_pairs/{i}"] = centered_cosine(deltas[0], delta)
+            stats[f"rawcos_pairs/{i}"] = raw_cosine(raw_deltas[0], raw_deltas[i])
     if logits.large_rl is not None:
         large_rl = log_probs(logits.large_rl, shared_vocab).to(large.device)
         stats["kl_rast_large_rl"] = kl_divergence(rast, large_rl)
         stats["entropy/L_RL"] = entropy(large_rl)
+        large_raw = raw_delta(logits.large, logits.large_rl.to(logits.large.device), shared_vocab)
         for i, delta in enumerate(deltas):
             stats[f"cos_large/{i}"] = centered_cosine(delta, large_rl - large)
+            stats[f"rawcos_large/{i}"] = raw_cosine(raw_deltas[i], large_raw)
     return stats
 
 

@@ -51,6 +51,7 @@ from transfer.decode.static_cache import (
     supports_static,
     verify_step,
 )
+from transfer.decode.stops import StopBy, completion_text, cut_at_stop, find_stop
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,18 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 256
+    # Stop when the decoded completion contains one of these; its text is cut before it
+    # (transfer.decode.stops). The RAST runner's list stops a plain-prompt base model that starts
+    # a second "Question:"/"user" turn. Empty: only stop ids end a completion.
+    stop_strings: tuple[str, ...] = ()
     # A prompt that does not leave max_new_tokens positions of the model's context is refused;
     # True keeps its last (context - max_new_tokens) tokens instead, with a warning.
     truncate_prompts: bool = False
 
     def __post_init__(self):
+        self.stop_strings = tuple(self.stop_strings)
+        if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
+            raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
         # NaN passes every comparison below: --lam nan --temperature 0 decoded argmax(NaN) = id 0,
         # the end token, and reported empty "finished" completions.
         for name in ("temperature", "top_p"):
@@ -89,9 +97,10 @@ class Completion:
     key: str
     sample_index: int
     seed: int
-    token_ids: list[int]  # generated ids, ending with the stop id when finished
-    text: str  # decoded token_ids without the stop id
+    token_ids: list[int]  # every sampled id, ending with the one that stopped it when finished
+    text: str  # decoded token_ids cut before the stop: without a stop id, before a stop string
     finished: bool  # False: cut at max_new_tokens
+    stop: StopBy = None  # what ended it: a stop id, a stop string, or None (max_new_tokens)
 
 
 class CachedModel:
@@ -376,9 +385,10 @@ class RastEngine:
             completions = []
             for key, key_seeds in zip(batch_keys, seeds):
                 for index, row_seed in enumerate(key_seeds):
-                    ids, finished = next(rows)
-                    text = self.tokenizer.decode(ids[:-1] if finished else ids)
-                    completions.append(Completion(key, index, row_seed, ids, text, finished))
+                    ids, stop = next(rows)
+                    text = completion_text(ids, stop, params.stop_strings, self.tokenizer.decode)
+                    completions.append(Completion(key, index, row_seed, ids, text,
+                                                  stop is not None, stop))
             bar.update(len(batch_keys))
             yield completions
         bar.close()
@@ -395,18 +405,27 @@ class RastEngine:
     def decode(self, prompt_ids: list[list[int]], seeds: list[list[int]], params: SamplingParams,
                stop_ids: list[int] | None = None,
                on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-               ) -> list[tuple[list[int], bool]]:
+               ) -> list[tuple[list[int], StopBy]]:
         """Decode token ids: len(seeds[p]) samples of prompt p, one seed each (ignored when greedy).
 
-        Returns (generated ids, finished) per row, prompt-major. on_step(rows, combined_logits)
-        sees every step's fp32 combined logits and which rows they belong to (for tests).
+        Returns (generated ids, what stopped it) per row, prompt-major: a stop id, a stop string
+        of params.stop_strings (transfer.decode.stops.find_stop), or None at max_new_tokens.
+        on_step(rows, combined_logits) sees every step's fp32 combined logits and which rows they
+        belong to (for tests).
         """
         if any(len(ids) == 0 for ids in prompt_ids):
             raise UserError("empty prompt: every prompt needs at least one token")
+        if params.stop_strings and self.tokenizer is None:
+            raise UserError("stop_strings need a tokenizer to decode text: load the engine with "
+                            "one, or drop stop_strings")
         prompt_ids = self.fit_context(prompt_ids, params)
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
+        text_of = self.tokenizer.decode if params.stop_strings else None
         if self.speculative:
-            return self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
+            # it emits several tokens a round and knows only stop ids: its rows are cut at the
+            # first stop by the same rule afterwards (the tokens before a stop do not change)
+            rows = self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
+            return [cut_at_stop(ids, stop, params.stop_strings, text_of) for ids, _ in rows]
         logits, expand = self.prefill(prompt_ids, seeds, params.max_new_tokens)
         output_device = logits[0].device
         greedy = params.temperature == 0
@@ -414,6 +433,7 @@ class RastEngine:
                                           for row_seeds in seeds for s in row_seeds]
         active = torch.arange(len(expand))  # original row index of each row still decoding
         outputs = [[] for _ in range(len(expand))]
+        stopped_by: dict[int, int | str] = {}
         for step in range(params.max_new_tokens):
             combined = combine_logits(*logits, lam=self.lam, shared_vocab=self.shared_vocab)
             if on_step is not None:
@@ -421,19 +441,24 @@ class RastEngine:
             row_generators = None if greedy else [generators[row] for row in active.tolist()]
             tokens = sample_tokens(combined, row_generators, temperature=params.temperature,
                                    top_k=params.top_k, top_p=params.top_p)
-            token_list = tokens.tolist()
-            for row, token in zip(active.tolist(), token_list):
+            keep = []
+            for i, (row, token) in enumerate(zip(active.tolist(), tokens.tolist())):
                 outputs[row].append(token)
-            keep = [i for i, token in enumerate(token_list) if token not in stop]
+                hit = find_stop(outputs[row], len(outputs[row]) - 1, stop, params.stop_strings,
+                                text_of)
+                if hit is None:
+                    keep.append(i)
+                else:
+                    stopped_by[row] = hit[1]
             if not keep or step + 1 == params.max_new_tokens:
                 break
-            if len(keep) < len(token_list):  # compaction: finished rows leave every cache
+            if len(keep) < len(tokens):  # compaction: finished rows leave every cache
                 keep_index = torch.tensor(keep)
                 for model in self.models():
                     model.keep_rows(keep_index)
                 active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
             logits = self._decode_step(tokens)
-        return [(ids, bool(ids) and ids[-1] in stop) for ids in outputs]
+        return [(ids, stopped_by.get(row)) for row, ids in enumerate(outputs)]
 
     def prefill(self, prompt_ids: list[list[int]], seeds: list[list[int]],
                 columns: int) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -76,6 +76,11 @@ class TransferConfig:
     split: str = "test"
     limit: int | None = field(default=None, metadata={"help": "first N problems of each benchmark"})
     prompt_template: str = field(default="tiny", metadata={"help": "train.prompts template name"})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "stop when a completion's text contains one; its text is cut before it (the "
+                "same rule for every system)"})
+    stop_ids: list[int] | None = field(default=None, metadata={
+        "help": "token ids that end a completion; empty = the target tokenizer's eos ids"})
     seed: int = 0
     batch_size: int = field(default=64, metadata={"help": "sequences decoded together"})
     device: str | None = field(default=None, metadata={
@@ -104,6 +109,9 @@ class TransferConfig:
         self.lam = [float(lam) for lam in self.lam]
         self.small_base = self.small_base or None
         self.target_rl = self.target_rl or None
+        self.stop_ids = [int(i) for i in self.stop_ids] if self.stop_ids else None
+        if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
+            raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
         if not self.lam or any(lam < 0 or not math.isfinite(lam) for lam in self.lam):
             raise UserError(f"lam must be a non-empty list of finite values >= 0, got {self.lam}")
         if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
@@ -216,14 +224,16 @@ def check_signatures(output_dir: Path, systems: list[System], config: TransferCo
     so is speculative: it draws RAST's samples with other random numbers (same distribution).
     """
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
-            "split", "speculative")
+            "split", "stop_strings", "stop_ids", "speculative")
     decoding = {key: getattr(config, key) for key in keys}
+    written_before = {"stop_strings": [], "stop_ids": None, "speculative": False}  # added later
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     for name, signature in signatures.items():
         old = stored.get(name)
-        changed = [key for key in signature if old and old.get(key) != signature[key]]
+        changed = [key for key in signature
+                   if old and old.get(key, written_before.get(key)) != signature[key]]
         if changed:
             changes = ", ".join(f"{key}: {old.get(key)!r} -> {signature[key]!r}" for key in changed)
             raise UserError(f"{output_dir} already holds samples of {name} with other settings "
@@ -274,7 +284,7 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
         grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
         records = [Sample(system.name, system.role, system.lam, benchmark, by_key[c.key]["id"],
                           c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
-                          len(c.token_ids), c.finished,
+                          len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
                           careful=is_careful(c.text) if benchmark == "tiny" else None)
                    for c, g in zip(new, grades)]
         log.append(records)
@@ -349,10 +359,14 @@ def decode_and_report(config: TransferConfig, systems: list[System], benchmarks:
         check_signatures(output_dir, systems, config)
         (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
     barrier(world_size)
+    # One SamplingParams and one stop list for every system: the same stop rule for all.
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
-                            max_new_tokens=config.max_new_tokens)
-    # One list for every system: the target's stop ids and any a small model's tokenizer adds.
-    stop_ids = sorted({*stop_token_ids(load_tokenizer(config.target)), *extra_stop_ids})
+                            max_new_tokens=config.max_new_tokens,
+                            stop_strings=tuple(config.stop_strings))
+    # One list for every system: the recipe's stop ids, else the target's and any a small
+    # model's tokenizer adds.
+    stop_ids = config.stop_ids or sorted({*stop_token_ids(load_tokenizer(config.target)),
+                                          *extra_stop_ids})
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
     log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
     engine, engine_models = None, None
@@ -377,7 +391,7 @@ def decode_and_report(config: TransferConfig, systems: list[System], benchmarks:
         records = merge_samples(output_dir, [s.name for s in systems], benchmarks)
     problem_ids = {label: {p["id"] for p in problems} for label, problems in benchmarks.items()}
     summary = summarize(config, systems, problem_ids, records)
-    report(summary, records, output_dir, config)
+    report(summary, records, output_dir, config, benchmarks)
     return summary
 
 

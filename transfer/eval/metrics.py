@@ -1,4 +1,5 @@
-"""Benchmark metrics from graded samples: Avg@k, unbiased pass@k, bootstrap CI, recovery rate.
+"""Benchmark metrics from graded samples: Avg@k, unbiased pass@k, bootstrap CI, recovery rate
+with a paired bootstrap CI, and the average over benchmarks.
 
 Pure functions of correctness matrices and sample records (numpy + stdlib, no models), so they can
 be tested exhaustively and recomputed from `samples.jsonl` at any time:
@@ -81,6 +82,86 @@ def recovery_rate(rast: float, base: float, rl: float | None) -> RecoveryRate:
     return RecoveryRate((rast - base) / gap, "ok")
 
 
+@dataclass(frozen=True)
+class RecoveryInterval:
+    """Paired bootstrap of RR over problems: RR's CI and the CI of the gap L_RL - L it divides by.
+
+    low/high are None when RR is undefined (gap <= 0) in more resamples than the CI's tails hold:
+    the interval is then unbounded. `warning` is set when the gap's own CI reaches 0: L_RL does not
+    beat L beyond noise, so RR divides by noise and must not be read as a recovery.
+    """
+
+    low: float | None
+    high: float | None
+    gap: float
+    gap_low: float
+    gap_high: float
+
+    @property
+    def warning(self) -> str | None:
+        if self.gap_low > 0:
+            return None
+        return (f"L_RL - L gap {self.gap:+.3f} is within its own CI [{self.gap_low:+.3f}, "
+                f"{self.gap_high:+.3f}] (it reaches 0): RR divides by noise here")
+
+
+def recovery_interval(benchmarks: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      confidence: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> RecoveryInterval:
+    """Paired percentile bootstrap of RR averaged over benchmarks (one benchmark: its RR).
+
+    benchmarks: per benchmark, the per-problem accuracies (rast, base, rl), aligned by problem.
+    Each resample draws each benchmark's problems with replacement, the SAME draw for RAST, L and
+    L_RL (their scores on one problem are correlated: pairing removes problem difficulty from the
+    noise), computes each benchmark's RR = (RAST - L) / (L_RL - L), and averages them over
+    benchmarks, as the paper's "average RR" does.
+    """
+    rng = np.random.default_rng(seed)
+    rr_sum, gap_sum = np.zeros(resamples), np.zeros(resamples)
+    for rast, base, rl in benchmarks:
+        rast, base, rl = (np.asarray(x, dtype=float) for x in (rast, base, rl))
+        if not len(rast) == len(base) == len(rl) > 0:
+            raise ValueError(f"per-problem scores of unequal lengths: {len(rast)}, {len(base)}, "
+                             f"{len(rl)}")
+        picks = rng.integers(0, len(base), size=(resamples, len(base)))
+        base_mean = base[picks].mean(axis=1)
+        gap = rl[picks].mean(axis=1) - base_mean
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rr_sum += np.where(gap > 0, (rast[picks].mean(axis=1) - base_mean) / gap, np.nan)
+        gap_sum += gap
+    rr, gap = rr_sum / len(benchmarks), gap_sum / len(benchmarks)
+    tail = (1.0 - confidence) / 2
+    gap_low, gap_high = np.percentile(gap, [100 * tail, 100 * (1 - tail)])
+    point_gap = float(np.mean([np.mean(rl) - np.mean(base) for _, base, rl in benchmarks]))
+    low = high = None
+    if np.isnan(rr).mean() <= tail:  # undefined resamples fit in one tail: the CI is bounded
+        # an undefined RR (gap <= 0) is unbounded in either direction: drop it from both tails
+        low, high = (float(x) for x in np.nanpercentile(rr, [100 * tail, 100 * (1 - tail)]))
+    return RecoveryInterval(low, high, point_gap, float(gap_low), float(gap_high))
+
+
+def average_row(rows: dict[str, dict], systems_rr: list[str]) -> dict[str, dict]:
+    """The mean over benchmarks of each system's Avg@k and pass@k, and of each RAST system's RR
+    (the paper's average RR: the mean of per-benchmark RRs; None if one is undefined).
+
+    rows: {benchmark: {system: metrics}}; systems_rr: the systems that carry an RR.
+    """
+    benchmarks = list(rows.values())
+    average = {}
+    for name in benchmarks[0]:
+        metrics = [by_system[name] for by_system in benchmarks]
+        ks = set.intersection(*(set(m["pass"]) for m in metrics))
+        average[name] = {"benchmarks": len(metrics),
+                         "avg": float(np.mean([m["avg"] for m in metrics])),
+                         "pass": {k: float(np.mean([m["pass"][k] for m in metrics]))
+                                  for k in sorted(ks, key=int)}}
+        if name in systems_rr:
+            values = [m.get("rr") for m in metrics]
+            average[name]["rr"] = (None if any(v is None for v in values)
+                                   else float(np.mean(values)))
+    return average
+
+
 def correctness_matrix(records: list[Sample], samples: int) -> tuple[list[str], np.ndarray]:
     """(problem ids, (problems, samples) bool matrix) from the records of ONE system and benchmark.
 
@@ -99,6 +180,12 @@ def correctness_matrix(records: list[Sample], samples: int) -> tuple[list[str], 
     matrix = np.array([[by_problem[pid][i] for i in range(samples)] for pid in problem_ids],
                       dtype=bool)
     return problem_ids, matrix.reshape(len(problem_ids), samples)
+
+
+def problem_scores(records: list[Sample], samples: int) -> tuple[list[str], np.ndarray]:
+    """(problem ids, per-problem accuracy over its samples), in problem-id order."""
+    ids, correct = correctness_matrix(records, samples)
+    return ids, correct.mean(axis=1)
 
 
 def system_metrics(records: list[Sample], samples: int, seed: int = 0) -> dict:

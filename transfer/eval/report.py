@@ -1,4 +1,5 @@
-"""Reports of a transfer comparison: summary.json, results.md, PNG bar charts and W&B runs.
+"""Reports of a transfer comparison: summary.json, results.md, PNG bar charts, and W&B runs
+(transfer/eval/dashboard.py).
 
 Everything is computed from the sample records (`samples.jsonl`), never from in-memory state of a
 run, so a resumed run reports exactly what an uninterrupted one would. Re-running a finished
@@ -8,33 +9,71 @@ comparison decodes nothing and rebuilds the report:
 """
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from train.tracking import wandb_session
-from transfer.eval.metrics import recovery_rate, system_metrics
+from transfer.eval.dashboard import log_evaluation_runs
+from transfer.eval.metrics import (
+    average_row,
+    problem_scores,
+    recovery_interval,
+    recovery_rate,
+    system_metrics,
+)
 from transfer.eval.samples import Sample
 
-SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "mean_tokens", "truncated_share", "careful_share")
+logger = logging.getLogger(__name__)
 
 
 def summarize(config, systems, problem_ids: dict[str, set[str]], records: list[Sample]) -> dict:
-    """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}} from the records."""
-    benchmarks = {}
+    """{"config", "systems", "benchmarks": {benchmark: {system: metrics + rr}}, "average"} from
+    the records; RR carries its paired bootstrap CI where there is an L_RL."""
+    benchmarks, scores = {}, {}
     for benchmark, ids in problem_ids.items():
         rows = {}
         for system in systems:
             own = [r for r in records if r.system == system.name and r.benchmark == benchmark
                    and r.problem_id in ids]
             rows[system.name] = system_metrics(own, config.samples, seed=config.seed)
+            scores[benchmark, system.name] = problem_scores(own, config.samples)
         rl_avg = rows["L_RL"]["avg"] if "L_RL" in rows else None
         for system in systems:
             if system.role == "RAST":
                 rr = recovery_rate(rows[system.name]["avg"], rows["L"]["avg"], rl_avg)
                 rows[system.name].update(rr=rr.value, rr_note=rr.reason)
+                if rl_avg is not None:
+                    rows[system.name].update(_rr_interval(scores, [benchmark], system.name,
+                                                          config.seed))
         benchmarks[benchmark] = rows
-    return {"config": asdict(config), "systems": [s.describe() for s in systems],
-            "benchmarks": benchmarks}
+    summary = {"config": asdict(config), "systems": [s.describe() for s in systems],
+               "benchmarks": benchmarks}
+    if len(benchmarks) > 1:
+        rast = [s.name for s in systems if s.role == "RAST"]
+        average = average_row(benchmarks, rast)
+        if any(s.role == "L_RL" for s in systems):
+            for name in rast:
+                average[name].update(_rr_interval(scores, list(benchmarks), name, config.seed))
+        summary["average"] = average
+    return summary
+
+
+def _rr_interval(scores: dict, benchmarks: list[str], rast: str, seed: int) -> dict:
+    """RR's paired bootstrap CI over these benchmarks' problems (averaged RR for several); the
+    warning, when the L_RL - L gap's CI reaches 0, is logged as well as stored."""
+    triples = []
+    for benchmark in benchmarks:
+        aligned = [scores[benchmark, name] for name in (rast, "L", "L_RL")]
+        if any(other_ids != aligned[0][0] for other_ids, _ in aligned):
+            raise ValueError(f"{benchmark}: {rast}, L and L_RL were graded on different problems")
+        triples.append(tuple(values for _, values in aligned))
+    interval = recovery_interval(triples, seed=seed)
+    if interval.warning:
+        logger.warning("%s on %s: %s", rast, " + ".join(benchmarks), interval.warning)
+    return {"rr_ci_low": interval.low, "rr_ci_high": interval.high, "gap": interval.gap,
+            "gap_ci_low": interval.gap_low, "gap_ci_high": interval.gap_high,
+            "rr_warning": interval.warning}
 
 
 def markdown_table(summary: dict) -> str:
@@ -51,16 +90,45 @@ def markdown_table(summary: dict) -> str:
         lines = [f"### {benchmark} ({first['problems']} problems x {samples} samples)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, m in rows.items():
-            rr = "" if "rr" not in m else ("n/a" if m["rr"] is None else f"{m['rr']:.2f}")
             cells = [name, f"{m['avg']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
-                     *(f"{m['pass'][k]:.3f}" for k in ks), rr, f"{m['mean_tokens']:.1f}",
+                     *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m), f"{m['mean_tokens']:.1f}",
                      f"{m['truncated_share']:.3f}"]
             cells += [f"{m['careful_share']:.3f}"] if careful else []
             lines.append("| " + " | ".join(cells) + " |")
         notes = {m["rr_note"] for m in rows.values() if m.get("rr") is None and "rr_note" in m}
         lines += [""] + [f"RR n/a: {note}." for note in sorted(notes)]
+        lines += [f"**Warning** ({name}): {m['rr_warning']}." for name, m in rows.items()
+                  if m.get("rr_warning")]
         parts.append("\n".join(lines).rstrip() + "\n")
+    if "average" in summary:
+        parts.append(average_table(summary["average"], samples))
     return "\n".join(parts)
+
+
+def average_table(average: dict, samples: int) -> str:
+    """The paper's average row: mean Avg@k and pass@k over benchmarks, mean RR with its CI."""
+    first = next(iter(average.values()))
+    ks = list(first["pass"])
+    header = ["system", f"avg@{samples}", *(f"pass@{k}" for k in ks), "RR [95% CI]"]
+    lines = [(f"### average over {first['benchmarks']} benchmarks (unweighted; RR: mean of the "
+             f"per-benchmark RRs, paired bootstrap CI)"), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, m in average.items():
+        cells = [name, f"{m['avg']:.3f}", *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"**Warning** ({name}): {m['rr_warning']}." for name, m in average.items()
+                     if m.get("rr_warning")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _rr_cell(m: dict) -> str:
+    if "rr" not in m:
+        return ""
+    if m["rr"] is None:
+        return "n/a"
+    if m.get("rr_ci_low") is None:
+        return f"{m['rr']:.2f}" + (" [unbounded]" if "rr_ci_low" in m else "")
+    return f"{m['rr']:.2f} [{m['rr_ci_low']:.2f}, {m['rr_ci_high']:.2f}]"
 
 
 def plot(summary: dict, output_dir: Path) -> list[Path]:
@@ -89,13 +157,16 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
-    rr = {(b, n): m["rr"] for b, rows in summary["benchmarks"].items() for n, m in rows.items()
+    rr = {(b, n): m for b, rows in summary["benchmarks"].items() for n, m in rows.items()
           if m.get("rr") is not None}
     if rr:
         fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rr)), 4))
-        ax.bar([f"{b}\n{n}" for b, n in rr], list(rr.values()))
+        # error bars: RR's paired bootstrap CI where it is bounded
+        err = np.array([[m["rr"] - m["rr_ci_low"], m["rr_ci_high"] - m["rr"]]
+                        if m.get("rr_ci_low") is not None else [0.0, 0.0] for m in rr.values()]).T
+        ax.bar([f"{b}\n{n}" for b, n in rr], [m["rr"] for m in rr.values()], yerr=err, capsize=3)
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-        ax.set_ylabel("recovery rate (RAST - L) / (L_RL - L)")
+        ax.set_ylabel("recovery rate (RAST - L) / (L_RL - L), 95% CI")
         paths.append(output_dir / "recovery_rate.png")
         fig.tight_layout()
         fig.savefig(paths[1], dpi=120)
@@ -103,62 +174,10 @@ def plot(summary: dict, output_dir: Path) -> list[Path]:
     return paths
 
 
-def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir: Path, project: str,
-                        group: str, images: list[Path]) -> None:
-    """One run per system (config, summary metrics, per-problem table), one comparison run
-    (table, bar charts, plots), all in one group; `wandb` from train.tracking.wandb_session."""
-    samples = summary["config"]["samples"]
-    for system in summary["systems"]:
-        name = system["name"]
-        run = wandb.init(project=project, group=group, name=f"{group}/{name}", job_type="eval",
-                         dir=str(output_dir), config={**summary["config"], "system": system},
-                         reinit="finish_previous")
-        for benchmark, rows in summary["benchmarks"].items():
-            metrics = rows[name]
-            flat = {key: metrics.get(key) for key in SUMMARY_KEYS}
-            flat.update({f"pass@{k}": value for k, value in metrics["pass"].items()})
-            run.summary.update({f"{benchmark}/{key}": value for key, value in flat.items()
-                                if value is not None})
-        columns = ["benchmark", "problem_id", "correct", "samples", "mean_tokens", "first_sample"]
-        run.log({"per_problem": wandb.Table(columns=columns,
-                                            data=_per_problem_rows(records, name, samples))})
-        run.finish()
-
-    run = wandb.init(project=project, group=group, name=f"{group}/comparison",
-                     job_type="comparison", dir=str(output_dir), config=summary["config"],
-                     reinit="finish_previous")
-    columns = ["benchmark", "system", "avg", "ci_low", "ci_high", "rr", "mean_tokens",
-               "truncated_share"]
-    rows = [[benchmark, name] + [metrics.get(column) for column in columns[2:]]
-            for benchmark, by_system in summary["benchmarks"].items()
-            for name, metrics in by_system.items()]
-    logged = {"comparison": wandb.Table(columns=columns, data=rows)}
-    logged.update({f"plots/{image.stem}": wandb.Image(str(image)) for image in images})
-    for benchmark, by_system in summary["benchmarks"].items():
-        accuracy = wandb.Table(columns=["system", "avg"],
-                               data=[[name, m["avg"]] for name, m in by_system.items()])
-        logged[f"accuracy/{benchmark}"] = wandb.plot.bar(accuracy, "system", "avg",
-                                                         title=f"avg@{samples} on {benchmark}")
-        run.summary.update({f"{benchmark}/{name}/avg": m["avg"] for name, m in by_system.items()})
-    run.log(logged)
-    run.finish()
-
-
-def _per_problem_rows(records: list[Sample], system: str, samples: int) -> list[list]:
-    by_problem: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        if r.system == system and r.sample_index < samples:
-            by_problem.setdefault((r.benchmark, r.problem_id), []).append(r)
-    rows = []
-    for (benchmark, problem_id), own in sorted(by_problem.items()):
-        own.sort(key=lambda r: r.sample_index)
-        rows.append([benchmark, problem_id, sum(r.correct for r in own), len(own),
-                     sum(r.num_tokens for r in own) / len(own), own[0].text[:2000]])
-    return rows
-
-
-def report(summary: dict, records: list[Sample], output_dir: Path, config) -> None:
-    """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled."""
+def report(summary: dict, records: list[Sample], output_dir: Path, config,
+           problems: dict[str, list[dict]] | None = None) -> None:
+    """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled
+    (transfer.eval.dashboard; `problems` per benchmark give the side-by-side tables their text)."""
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = markdown_table(summary)
     (output_dir / "results.md").write_text(table)
@@ -166,5 +185,5 @@ def report(summary: dict, records: list[Sample], output_dir: Path, config) -> No
     with wandb_session(config.report_to, output_dir, config.wandb_project) as wandb:
         if wandb is not None:
             log_evaluation_runs(wandb, summary, records, output_dir, config.wandb_project,
-                                config.wandb_group or output_dir.name, images)
+                                config.wandb_group or output_dir.name, images, problems)
     print(f"\n{table}\nsamples, summary.json, results.md, plots: {output_dir}")

@@ -44,7 +44,8 @@ class Sample:
     reason: str
     num_tokens: int
     finished: bool  # False: cut at max_new_tokens
-    token_ids: list[int] | None = None  # the completion's ids, when the writer kept them
+    token_ids: list[int] | None = None  # every sampled id, the one that stopped it included
+    stop: int | str | None = None  # what ended it: a stop id or stop string; None: max_new_tokens
     careful: bool | None = None  # tiny task only: the answer took the careful style
 
     @property
@@ -65,7 +66,7 @@ class Sample:
                             "transfer.eval, or re-run the evaluation into a new output_dir")
 
 
-OPTIONAL = {"token_ids", "careful"}
+OPTIONAL = {"token_ids", "stop", "careful"}
 
 
 def parse_record(cls, line: bytes | str, where: str, optional: set[str], fix: str):

@@ -6,19 +6,24 @@ position with its own forward over the unpadded prefix and plain formulas on raw
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wandb_inspect
 
 from train.errors import UserError
 from train.models import load_model, load_tokenizer
+from train.tracking import ARTIFACT_FILE
 from transfer.analysis.analyze import (
     AnalyzeConfig,
     Models,
     Trajectory,
     main,
     parse_config,
+    read_samples,
+    read_trajectories,
     trajectory_stats,
 )
 from transfer.analysis.token_stats import (
@@ -183,6 +188,8 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     weighted = sum(c * w for c, w in zip(cosines, weights)) / sum(weights)
     assert summary["cross_scale"]["S0 vs S1"]["kl_weighted"] == pytest.approx(weighted, abs=1e-4)
     assert "planted_style" in summary and "Path coverage" in (out / "report.md").read_text()
+    assert "uses L_RL's" in summary["path_coverage_definition"]  # S_RL's: not the paper's
+    assert "96.0 / 95.6 / 95.2" not in (out / "report.md").read_text()
 
     # Reuse those trajectories, with an evaluation file giving per-problem gains.
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -200,9 +207,64 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     assert {"L", "L+RAST(lam=1)", "analysed S_RL"} <= set(again["behaviour"])
 
 
+def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny_models,
+                                                                             tmp_path):
+    out = tmp_path / "generated"
+    small_rl = tmp_path / "s-grpo"  # as a train.grpo output that logged its W&B artifact
+    shutil.copytree(tiny_models["small_rl"], small_rl)
+    (small_rl / ARTIFACT_FILE).write_text(json.dumps({"artifact": "rast-grpo/s-grpo:run-x"}))
+    common = ["--target", tiny_models["large"], "--small_rl", str(small_rl),
+              tiny_models["large"], "--small_base", tiny_models["small_base"],
+              tiny_models["small_base"], "--limit", "3", "--max_new_tokens", "10",
+              "--report_to", "none", "--target_rl", tiny_models["small_rl"], "--system", "L_RL"]
+    summary = main(common + ["--output_dir", str(out), "--report_to", "wandb"])
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    state = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+    assert state["config"]["inputs"] == {"small_rl/0": "rast-grpo/s-grpo:run-x"}  # lineage
+    assert state["summary"]["tokens/S0_up"]["_type"] == "table-file"
+    assert state["summary"]["plots/cosine"]["_type"] == "image-file"
+    records = [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines()]
+    assert not [r for r in records if r["type"] == "history"]  # no table metadata charted
+    # the paper's path coverage: on L_RL's trajectories
+    assert summary["path_coverage_definition"].startswith("paper: L's greedy token along")
+    report_md = (out / "report.md").read_text()
+    assert "95.2 %" in report_md and "32B vs 7B 0.517" in report_md
+    assert set(summary["cross_scale_paper"]) == set(summary["cross_scale"])
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    # ids that no tokenizer would give back from the text: analysis must take them as they are
+    odd = [{**r, "token_ids": [(i + 7) % VOCAB for i in r["token_ids"]]} for r in records]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in odd))
+    config = parse_config(common + ["--trajectories", str(path), "--output_dir", str(tmp_path)])
+    read = read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
+    assert [t.token_ids for t in read] == [r["token_ids"] for r in odd]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "token_ids"}) + "\n"
+                            for r in records))
+    with pytest.raises(UserError, match="without token_ids.*re-run the evaluation"):
+        read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
+
+
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
     with pytest.raises(SystemExit):
         main(["--small_rl", "outputs/tiny-s-grpo", "outputs/tiny-m-grpo", "--report_to", "none"])
     assert "make train-small" in capsys.readouterr().err
+
+
+def test_path_coverage_and_cosines_on_a_hand_computed_example():
+    """Path coverage: L's argmax against the trajectory's token. The paper's cosine: raw logit
+    deltas, uncentred; the centred variant differs (here it is 0, the paper's is 1/sqrt(5))."""
+    large = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    targets = torch.tensor([1, 1, 2])  # L's argmax: 1, 0, 2 -> covered 1, 0, 1
+    base0, rl0 = torch.zeros(3, 3), torch.tensor([[1.0, 2.0, 0.0]] * 3)  # Delta R_0 = (1, 2, 0)
+    base1, rl1 = torch.ones(3, 3), torch.tensor([[2.0, 1.0, 1.0]] * 3)  # Delta R_1 = (1, 0, 0)
+    large_rl = large + torch.tensor([1.0, 2.0, 0.0])  # L's own raw delta = Delta R_0
+    stats = position_stats(PositionLogits(large, [(base0, rl0), (base1, rl1)], large_rl),
+                           targets, lam=1.0, shared_vocab=3)
+    assert stats["covered/L"].tolist() == [1.0, 0.0, 1.0]  # path coverage 2/3
+    assert stats["rawcos_pairs/1"].tolist() == pytest.approx([1 / math.sqrt(5)] * 3, abs=1e-6)
+    # centred: (0, 1, -1) . (2/3, -1/3, -1/3) = 0
+    assert stats["cos_pairs/1"].tolist() == pytest.approx([0.0] * 3, abs=1e-6)
+    assert stats["rawcos_large/0"].tolist() == pytest.approx([1.0] * 3, abs=1e-6)
+    assert stats["rawcos_large/1"].tolist() == pytest.approx([1 / math.sqrt(5)] * 3, abs=1e-6)

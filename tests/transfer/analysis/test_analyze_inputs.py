@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from tests.bad_inputs import outcome
+from train.tiny.tokenizer import build_tokenizer
 from transfer.analysis import analyze
 from transfer.eval.samples import Sample
 
@@ -31,8 +32,11 @@ def sample_rows() -> list[str]:
     from train.data import load_benchmark
 
     ids = [p["id"] for p in load_benchmark("tiny", "test", 2)]
+    tokenizer = build_tokenizer()  # one id per character; 0 ends a completion
     return [Sample("L", "L", 0.0, "tiny", problem_id, index, 0, TEXTS[2 * p + index], None,
-                   index == 0, "", len(TEXTS[2 * p + index]) + 1, True).to_json()
+                   index == 0, "", len(TEXTS[2 * p + index]) + 1, True,
+                   token_ids=tokenizer(TEXTS[2 * p + index], add_special_tokens=False)["input_ids"]
+                   + [tokenizer.eos_token_id]).to_json()
             for p, problem_id in enumerate(ids) for index in range(2)]
 
 

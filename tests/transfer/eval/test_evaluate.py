@@ -22,6 +22,8 @@ from conftest import wandb_inspect
 from train import pairing
 from train.errors import UserError
 from train.models import load_tokenizer
+from train.tracking import ARTIFACT_FILE
+from transfer.decode.stops import first_stop_string
 from transfer.eval.evaluate import (
     System,
     TransferConfig,
@@ -31,7 +33,7 @@ from transfer.eval.evaluate import (
     run,
     validate_models,
 )
-from transfer.eval.samples import Sample, SampleLog
+from transfer.eval.samples import Sample, SampleLog, read_records
 
 REPO = Path(__file__).resolve().parents[3]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
@@ -54,6 +56,29 @@ def test_rast_recipes_exist_for_every_make_target():
     for target in ("tiny/rast/config_cpu", "Qwen2.5-7B/rast/config_1.5B",
                    "Qwen2.5-14B/rast/config_1.5B", "Qwen2.5-32B/rast/config_1.5B"):
         assert (REPO / "recipes" / f"{target}.yaml") in RAST_RECIPES
+
+
+PAPER_RECIPES = [r for r in RAST_RECIPES if "Qwen" in str(r) and r.stem.count("_") == 1]
+RUNNER_STOPS = ["</s>", "<|im_end|>", "<|endoftext|>", "assistant", "user", "_end", "_start"]
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_qwen_recipes_decode_as_the_paper_runner_and_have_an_8_sample_variant(recipe):
+    """The RAST runner (ozyyshr/RAST vllm/tests/RAST_decode/run.py): plain prompt, its stop
+    strings and ids, temperature 1, top-p 0.95, 16384 tokens; the paper reports Avg@32."""
+    config = parse_config(["--config", str(recipe)])
+    assert config.prompt_template == "question-answer" and config.stop_strings == RUNNER_STOPS
+    assert config.stop_ids == [151645, 151643] and config.lam == [1.0]
+    assert (config.samples, config.temperature, config.top_p, config.max_new_tokens) == (
+        32, 1.0, 0.95, 16384)
+    cheap = parse_config(["--config", str(recipe.with_name(recipe.stem + "_8samples.yaml"))])
+    assert cheap.samples == 8 and cheap.output_dir == config.output_dir + "-8samples"
+    differs = {k for k, v in vars(config).items() if getattr(cheap, k) != v}
+    assert differs == {"samples", "output_dir", "wandb_group"}
+
+
+def test_there_are_four_paper_recipes():
+    assert len(PAPER_RECIPES) == 4
 
 
 def test_cli_flags_override_the_recipe_and_unknown_keys_fail(tmp_path):
@@ -174,7 +199,11 @@ def _lines(path: Path) -> list[str]:
 def uninterrupted(tiny_models, tmp_path_factory):
     """A full fake-engine run, with W&B offline on; returns its output dir."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    process = _fake_run(_write_recipe(root / "out", tiny_models, root, report_to="wandb"),
+    small_rl = root / "small_rl-grpo"  # as a train.grpo output that logged its W&B artifact
+    shutil.copytree(tiny_models["small_rl"], small_rl)
+    (small_rl / ARTIFACT_FILE).write_text(json.dumps({"artifact": GRPO_ARTIFACT}))
+    process = _fake_run(_write_recipe(root / "out", {**tiny_models, "small_rl": str(small_rl)},
+                                      root, report_to="wandb"),
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -227,9 +256,22 @@ def test_summary_report_and_plots_of_a_run(uninterrupted):
     assert set(rast["pass"]) == {"1", "2", "4"} and rast["pass"]["1"] == pytest.approx(rast["avg"])
     assert rast["ci_low"] <= rast["avg"] <= rast["ci_high"] and 0 < rast["truncated_share"] < 0.5
     assert "careful_share" not in summary["benchmarks"]["mul"]["L"]
+    # RR's paired bootstrap CI brackets it; L_RL (0.9) beats L (0.3) clearly: no warning
+    assert rast["rr_ci_low"] <= rast["rr"] <= rast["rr_ci_high"] and rast["rr_warning"] is None
+    assert rast["gap_ci_low"] > 0
+    average = summary["average"]  # the paper's average row: mean over the two benchmarks
+    mul = summary["benchmarks"]["mul"]["L+RAST(lam=1)"]
+    assert average["L+RAST(lam=1)"]["rr"] == pytest.approx((rast["rr"] + mul["rr"]) / 2)
+    assert average["L"]["avg"] == pytest.approx((avg["L"] + summary["benchmarks"]["mul"]["L"]["avg"]) / 2)
+    assert average["L+RAST(lam=1)"]["rr_ci_low"] <= average["L+RAST(lam=1)"]["rr"]
     table = (out / "results.md").read_text()
     assert "| L+RAST(lam=1) |" in table and "### mul" in table and table in stdout
+    assert "### average over 2 benchmarks" in table
+    assert f"{rast['rr']:.2f} [{rast['rr_ci_low']:.2f}, {rast['rr_ci_high']:.2f}]" in table
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "recovery_rate.png").exists()
+
+
+GRPO_ARTIFACT = "rast-grpo/small_rl-grpo:run-abc123"
 
 
 def test_wandb_offline_runs_hold_the_summary_metrics(uninterrupted):
@@ -295,6 +337,37 @@ def test_real_engine_end_to_end_on_tiny_random_models(tiny_models, tmp_path):
     assert len(_lines(tmp_path / "out/samples.jsonl")) == len(records)
 
 
+def test_stop_strings_cut_every_systems_samples_by_the_same_rule(tiny_models, tmp_path):
+    """Each system's sample with stop strings is its sample without them, cut before the first
+    stop string it wrote (one character per token here, so the token ids are cut there too)."""
+    import torch
+
+    torch.set_num_threads(1)
+    stops = ["1", "2", "3", "a", "e"]
+    runs = {}
+    for name, stop_strings in (("free", []), ("stopped", stops)):
+        recipe = _write_recipe(tmp_path / name, tiny_models, tmp_path, samples=2, limit=2,
+                               benchmarks=["tiny"], lam=[1.0], stop_strings=stop_strings,
+                               max_new_tokens=12)
+        run(parse_config(["--config", str(recipe)]))
+        runs[name] = {(r.system, r.problem_id, r.sample_index): r
+                      for r in read_records(tmp_path / name / "samples.jsonl")}
+    assert runs["free"].keys() == runs["stopped"].keys()
+    cut_systems = set()
+    for key, free in runs["free"].items():
+        stopped, hit = runs["stopped"][key], first_stop_string(free.text, stops)
+        assert free.token_ids is not None and free.num_tokens == len(free.token_ids)
+        if hit is None:
+            assert (stopped.text, stopped.token_ids, stopped.stop) == (
+                free.text, free.token_ids, free.stop)
+            continue
+        cut_systems.add(key[0])
+        index, stop = hit
+        assert stopped.text == free.text[:index] and stopped.stop == stop and stopped.finished
+        assert stopped.token_ids == free.token_ids[:index + len(stop)]
+    assert cut_systems == {"S", "S_RL", "L", "L+RAST(lam=1)", "L_RL"}
+
+
 @pytest.mark.slow
 def test_tiny_family_shows_the_paper_effect(tmp_path):
     """`make transfer` on the trained tiny family: RAST moves tiny-l to the careful style.
@@ -322,3 +395,56 @@ def test_tiny_family_shows_the_paper_effect(tmp_path):
     assert rast["rr"] is not None and rast["rr"] >= 0.7
     assert rast["careful_share"] >= 0.9
     assert wall < 600, f"make transfer took {wall:.0f} s, the budget is 10 minutes on 2 cores"
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines()]
+
+
+def test_wandb_comparison_charts_side_by_side_tables_lineage_and_no_metadata_charts(
+        uninterrupted):
+    out, _ = uninterrupted
+    summary = json.loads((out / "summary.json").read_text())
+    runs = {}
+    for run_dir in sorted((out / "wandb").glob("offline-run-*")):
+        state = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+        runs[state["config"].get("system", {}).get("name", "comparison")] = (run_dir, state)
+    for name, (run_dir, state) in runs.items():
+        history = [r["history"]["item"] for r in _records(run_dir) if r["type"] == "history"]
+        keys = {key for item in history for key in item}
+        # no table metadata as history (it would be charted): only metrics and their x axes
+        assert not {k for k in keys if "ncols" in k or "nrows" in k or "per_problem" in k}, name
+        assert all(not isinstance(v, dict) for item in history for v in item.values()), name
+        assert state["config"]["inputs"] == {"small_rl": GRPO_ARTIFACT}, name  # lineage
+    run_dir, state = runs["comparison"]
+    history = [r["history"]["item"] for r in _records(run_dir) if r["type"] == "history"]
+    by_lambda = {item["lambda"]: item for item in history if "lambda" in item}
+    assert set(by_lambda) == {0.5, 1.0}  # one point per lambda, a line per benchmark
+    for lam in (0.5, 1.0):
+        for benchmark in ("tiny", "mul"):
+            assert by_lambda[lam][f"accuracy_vs_lambda/{benchmark}"] == pytest.approx(
+                summary["benchmarks"][benchmark][f"L+RAST(lam={lam:g})"]["avg"])
+    by_k = {item["k"]: item for item in history if "k" in item}
+    assert set(by_k) == {1, 2, 4}
+    assert by_k[4]["pass_at_k/mul/L"] == pytest.approx(summary["benchmarks"]["mul"]["L"]["pass"]["4"])
+    rr = [item for item in history if "benchmark_index" in item]
+    rast = summary["benchmarks"]["tiny"]["L+RAST(lam=1)"]
+    assert rr[0]["recovery_rate/L+RAST(lam=1)/rr_ci_low"] == pytest.approx(rast["rr_ci_low"])
+    table = state["summary"]["side_by_side/tiny"]
+    assert table["_type"] == "table-file" and table["nrows"] == 10 and table["ncols"] == 3 + 3 * 6
+    content = json.loads((run_dir / "files" / table["path"]).read_text())
+    assert content["columns"][:6] == ["problem_id", "problem", "gold", "S answer", "S correct",
+                                      "S tokens"]
+    first = dict(zip(content["columns"], content["data"][0]))
+    sample = next(r for r in read_records(out / "samples.jsonl") if r.system == "L"
+                  and r.benchmark == "tiny" and r.problem_id == first["problem_id"]
+                  and r.sample_index == 0)
+    assert (first["L answer"], first["L correct"], first["L tokens"]) == (
+        sample.extracted, sample.correct, sample.num_tokens)
+    assert first["problem"] and first["gold"]
+    assert state["summary"]["plots/accuracy"]["_type"] == "image-file"
+    system_run, system_state = runs["L"]
+    assert system_state["summary"]["per_problem"]["_type"] == "table-file"
+    ks = [item["k"] for r in _records(system_run) if r["type"] == "history"
+          for item in [r["history"]["item"]]]
+    assert ks == [1, 2, 4]  # the system's pass@k curve

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from transfer.eval.metrics import (
+    average_row,
     avg_at_k,
     bootstrap_ci,
     correctness_matrix,
     k_values,
     mean_pass_at_k,
     pass_at_k,
+    recovery_interval,
     recovery_rate,
     system_metrics,
 )
@@ -97,3 +99,48 @@ def test_system_metrics_from_records_ignore_extra_samples_and_refuse_missing_one
     assert ids == ["p0", "p1"] and correct.tolist() == [[True, False, True, True], [False] * 4]
     with pytest.raises(ValueError, match="lack samples"):
         correctness_matrix(records[1:], samples=4)
+
+
+def test_recovery_interval_resamples_the_three_systems_together():
+    # RAST sits halfway between L and L_RL on EVERY problem: any paired resample gives RR 0.5
+    # exactly, while resampling the systems independently would spread it.
+    base, rl = np.array([0.0, 0.25, 0.5, 0.1]), np.array([0.5, 1.0, 0.75, 0.2])
+    rast = (base + rl) / 2
+    interval = recovery_interval([(rast, base, rl)], resamples=500)
+    assert interval.low == pytest.approx(0.5) and interval.high == pytest.approx(0.5)
+    assert interval.gap == pytest.approx(0.4)  # (0.5 + 0.75 + 0.25 + 0.1) / 4
+    assert interval.gap_low > 0 and interval.warning is None
+
+
+def test_recovery_interval_warns_when_the_gap_is_within_its_own_ci():
+    # L_RL beats L on one problem of four: a quarter of resamples miss it and have no gap at all
+    base, rl, rast = np.zeros(4), np.array([1.0, 0, 0, 0]), np.array([0.5, 0, 0, 0])
+    interval = recovery_interval([(rast, base, rl)], resamples=1000)
+    assert interval.gap == pytest.approx(0.25) and interval.gap_low == 0.0
+    assert "within its own CI" in interval.warning
+    assert interval.low is None and interval.high is None  # undefined in ~32% of resamples
+
+
+def test_average_rr_is_the_mean_of_per_benchmark_rrs_as_in_the_paper():
+    """The paper's 32B + Delta R 14B: RR per benchmark from its table, averaged = its 84.8%."""
+    table = {  # benchmark: (Qwen2.5-32B, + Delta R 14B, SimpleRL-32B), in %
+        "math500": (68.6, 80.7, 81.3), "aime24": (3.3, 18.3, 27.6), "amc23": (52.5, 65.2, 69.6),
+        "minerva": (21.0, 34.2, 33.6), "olympiad": (33.1, 43.5, 44.9), "gsm8k": (93.1, 95.3, 95.7)}
+    rows = {}
+    for benchmark, (base, rast, rl) in table.items():
+        rows[benchmark] = {name: {"avg": value / 100, "pass": {"1": value / 100}}
+                           for name, value in (("L", base), ("RAST", rast), ("L_RL", rl))}
+        rows[benchmark]["RAST"]["rr"] = recovery_rate(rast, base, rl).value
+    average = average_row(rows, ["RAST"])
+    assert round(average["RAST"]["rr"], 3) == 0.848
+    assert average["L"]["avg"] == pytest.approx(sum(v[0] for v in table.values()) / 600)
+    assert average["L"]["benchmarks"] == 6 and "rr" not in average["L"]
+    rows["gsm8k"]["RAST"]["rr"] = None  # one benchmark without RR: no average RR
+    assert average_row(rows, ["RAST"])["RAST"]["rr"] is None
+
+
+def test_averaged_interval_draws_each_benchmark_and_averages_their_rrs():
+    first = (np.array([0.5, 0.5]), np.zeros(2), np.ones(2))  # RR 0.5 in every resample
+    second = (np.array([1.0, 0.25]), np.zeros(2), np.array([1.0, 0.25]))  # RR 1.0 always
+    interval = recovery_interval([first, second], resamples=200)
+    assert interval.low == pytest.approx(0.75) and interval.high == pytest.approx(0.75)

@@ -1,0 +1,164 @@
+"""Stop strings: the pure rule (transfer.decode.stops) and the engine that applies it.
+
+The tiny tokenizer has one character per token, so no token could straddle a stop string; the
+engine tests decode through `WideText`, the same tokenizer with every id shown as two characters,
+so a stop string can start or end in the middle of a token."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from train.errors import UserError
+from transfer.decode.engine import RastEngine, SamplingParams
+from transfer.decode.stops import completion_text, find_stop, first_stop_string
+from transfer.generate import main as generate_main
+
+PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "Q: 9*9=\nA: Let's"]
+
+
+def piece(token_id: int) -> str:
+    return chr(65 + token_id % 26) + chr(97 + (7 * token_id) % 26)
+
+
+class WideText:
+    """The tiny tokenizer for prompts, two characters of text per generated id."""
+
+    def __init__(self, tokenizer):
+        self.inner, self.pad_token_id = tokenizer, tokenizer.pad_token_id
+
+    def __call__(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+    def __len__(self):
+        return len(self.inner)
+
+    def decode(self, ids):
+        return "".join(map(piece, ids))
+
+
+def chars(ids):
+    return "".join(map(chr, ids))
+
+
+def to_ids(text):
+    return [ord(c) for c in text]
+
+
+def test_first_stop_string_is_the_earliest_occurrence_of_any():
+    assert first_stop_string("x user _end", ["_end", "user"]) == (2, "user")
+    assert first_stop_string("x_start_end", ["_end", "_start"]) == (1, "_start")
+    assert first_stop_string("no stop here", ["user"]) is None
+
+
+def test_find_stop_reports_the_first_token_that_completes_a_string_or_is_a_stop_id():
+    tokens = ["The ", "answer", " is 4", ".", " us", "er:", " next"]  # "user" straddles 4..5
+    decode = lambda ids: "".join(tokens[i] for i in ids)
+    ids = list(range(len(tokens)))
+    assert find_stop(ids, 0, [], ["user"], decode) == (6, "user")
+    assert completion_text(ids[:6], "user", ["user"], decode) == "The answer is 4. "
+    assert find_stop(ids, 0, [3], ["user"], decode) == (4, 3)  # the id comes first
+    assert completion_text(ids[:4], 3, ["user"], decode) == "The answer is 4"
+    assert find_stop(ids[:5], 0, [], ["user"], decode) is None  # " us" alone is no stop
+    assert find_stop(ids, 0, [], [], decode) is None
+    # a token straddling the string's END: text cut at the string, the token kept in the ids
+    assert find_stop(ids, 0, [], ["s 4."], decode) == (4, "s 4.")
+    assert completion_text(ids[:4], "s 4.", ["s 4."], decode) == "The answer i"
+
+
+def test_a_stop_string_longer_than_many_tokens_is_still_seen():
+    ids = to_ids("a" * 50 + "<|im_end|>" + "b" * 5)
+    assert find_stop(ids, 0, [], ["<|im_end|>"], chars) == (60, "<|im_end|>")
+    assert completion_text(ids[:60], "<|im_end|>", ["<|im_end|>"], chars) == "a" * 50
+
+
+def test_sampling_params_refuse_an_empty_stop_string():
+    with pytest.raises(UserError, match="stop_strings"):
+        SamplingParams(stop_strings=("user", ""))
+
+
+@pytest.fixture(scope="module")
+def wide_engine(tiny_models):
+    torch.set_num_threads(1)
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"], lam=1.0)
+    engine.tokenizer = WideText(engine.tokenizer)
+    return engine
+
+
+def test_the_engine_cuts_a_stop_string_exactly_where_it_starts_even_mid_token(wide_engine):
+    params = SamplingParams(temperature=1.0, max_new_tokens=24)
+    free = wide_engine.generate(PROMPTS, params, n=2, stop_ids=[3])
+    longest = max(free, key=lambda c: len(c.text))
+    assert len(longest.text) >= 14
+    # one from a token's 2nd character to a token's end, one from a token's start to mid-token
+    for stops in ((longest.text[9:12],), (longest.text[6:9],)):
+        params = SamplingParams(temperature=1.0, max_new_tokens=24, stop_strings=stops)
+        stopped = wide_engine.generate(PROMPTS, params, n=2, stop_ids=[3])
+        hits = 0
+        for before, after in zip(free, stopped, strict=True):
+            hit = first_stop_string(before.text, stops)
+            if hit is None:  # never wrote one: untouched
+                assert (after.token_ids, after.text, after.stop) == (
+                    before.token_ids, before.text, before.stop)
+                continue
+            hits += 1
+            index, stop = hit
+            kept = math.ceil((index + len(stop)) / 2)  # up to the token holding the string's end
+            assert after.token_ids == before.token_ids[:kept]
+            assert after.text == before.text[:index] and after.stop == stop and after.finished
+            assert "".join(map(piece, after.token_ids)).startswith(after.text + stop)
+        assert hits >= 1
+
+
+def test_no_stop_strings_decodes_exactly_as_before(wide_engine):
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    plain = wide_engine.generate(PROMPTS, params, n=2, stop_ids=[3])
+    never = SamplingParams(temperature=1.0, max_new_tokens=12, stop_strings=("\x00never",))
+    unmatched = wide_engine.generate(PROMPTS, never, n=2, stop_ids=[3])
+    assert [(c.token_ids, c.text, c.stop) for c in plain] == [
+        (c.token_ids, c.text, c.stop) for c in unmatched]
+    for c in plain:  # the stop id: last of token_ids, not in the text
+        assert (c.stop == 3) == c.finished == (c.token_ids[-1] == 3)
+
+
+def test_generate_cli_takes_stop_strings(tiny_models, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = ["--target", tiny_models["large"], "--input", str(prompts), "--n", "2",
+            "--max_new_tokens", "16", "--stop_ids", "0"]
+    generate_main(args + ["--output", str(tmp_path / "free.jsonl")])
+    free = [json.loads(line) for line in (tmp_path / "free.jsonl").read_text().splitlines()]
+    stop = max(free, key=lambda r: len(r["text"]))["text"][3:5]
+    generate_main(args + ["--output", str(tmp_path / "cut.jsonl"), "--stop_strings", stop])
+    rows = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
+    assert any(r["stop"] == stop for r in rows)
+    for before, row in zip(free, rows, strict=True):
+        assert stop not in row["text"] and before["text"].startswith(row["text"])
+        assert row["stop"] in (stop, 0, None) and row["finished"] == (row["stop"] is not None)
+
+
+def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models):
+    """The speculative loop emits several tokens a round; its samples with stop strings are its
+    samples without them, cut before the first stop string (mid-token included)."""
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"], lam=1.0, speculative=True)
+    engine.tokenizer = WideText(engine.tokenizer)
+    free = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=24), n=2,
+                           stop_ids=[3])
+    stops = (max(free, key=lambda c: len(c.text)).text[9:12],)
+    cut = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=24,
+                                                  stop_strings=stops), n=2, stop_ids=[3])
+    hits = 0
+    for before, after in zip(free, cut, strict=True):
+        hit = first_stop_string(before.text, stops)
+        if hit is None:
+            assert (after.token_ids, after.text, after.stop) == (before.token_ids, before.text,
+                                                                 before.stop)
+            continue
+        hits += 1
+        kept = math.ceil((hit[0] + len(hit[1])) / 2)
+        assert after.token_ids == before.token_ids[:kept] and after.text == before.text[:hit[0]]
+        assert after.stop == hit[1] and after.finished
+    assert hits >= 1
