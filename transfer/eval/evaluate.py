@@ -22,7 +22,7 @@ On a GPU node each process gets an equal share of the node's GPUs (CUDA_VISIBLE_
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -226,14 +226,16 @@ def check_signatures(output_dir: Path, systems: list[System], config: TransferCo
     keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
             "split", "stop_strings", "stop_ids", "speculative")
     decoding = {key: getattr(config, key) for key in keys}
-    written_before = {"stop_strings": [], "stop_ids": None, "speculative": False}  # added later
+    # keys a systems.json of an older version lacks read as the field's default (off)
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(TransferConfig) if f.name in keys}
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     for name, signature in signatures.items():
         old = stored.get(name)
         changed = [key for key in signature
-                   if old and old.get(key, written_before.get(key)) != signature[key]]
+                   if old and old.get(key, defaults.get(key)) != signature[key]]
         if changed:
             changes = ", ".join(f"{key}: {old.get(key)!r} -> {signature[key]!r}" for key in changed)
             raise UserError(f"{output_dir} already holds samples of {name} with other settings "
