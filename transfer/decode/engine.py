@@ -51,7 +51,7 @@ from transfer.decode.static_cache import (
     supports_static,
     verify_step,
 )
-from transfer.decode.stops import StopBy, completion_text, cut_at_stop, find_stop
+from transfer.decode.stops import StopBy, completion_text, find_stop
 
 logger = logging.getLogger(__name__)
 
@@ -422,10 +422,7 @@ class RastEngine:
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
         text_of = self.tokenizer.decode if params.stop_strings else None
         if self.speculative:
-            # it emits several tokens a round and knows only stop ids: its rows are cut at the
-            # first stop by the same rule afterwards (the tokens before a stop do not change)
-            rows = self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
-            return [cut_at_stop(ids, stop, params.stop_strings, text_of) for ids, _ in rows]
+            return self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
         logits, expand = self.prefill(prompt_ids, seeds, params.max_new_tokens)
         output_device = logits[0].device
         greedy = params.temperature == 0

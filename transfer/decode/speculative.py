@@ -40,6 +40,7 @@ import time
 import torch
 
 from transfer.decode.rast import align_logits, combine_logits, warp_logits
+from transfer.decode.stops import find_stop
 
 MAX_DRAFT = 8  # most drafts per round (adaptive k), and extra cache columns a round may need
 FIRST_DRAFT = 4  # adaptive k before anything is measured
@@ -125,8 +126,10 @@ class Speculation:
 
     @torch.inference_mode()
     def decode(self, engine, prompt_ids, seeds, params, stop: set[int], on_step=None):
-        """RastEngine.decode's contract, speculatively; on_step(rows, combined) is called per
-        position of a round with the rows that emitted a token there."""
+        """RastEngine.decode's contract, speculatively: (ids, what stopped it) per row, each row
+        stopping at a stop id or stop string by the plain loop's rule (find_stop) and leaving
+        the batch there; on_step(rows, combined) is called per position of a round with the
+        rows that emitted a token there."""
         budget = params.max_new_tokens
         extra = max(MAX_DRAFT, self.draft_tokens or 0) + 1  # a round's columns beyond the budget
         logits, expand = engine.prefill(prompt_ids, seeds, budget + extra)
@@ -136,6 +139,8 @@ class Speculation:
             for row_seeds in seeds for s in row_seeds]).to(device)
         sampler = Sampler(params, engine.lam, engine.shared_vocab, uniforms)
         draft, verifiers = draft_unit(engine)
+        ends = Ends(stop, params.stop_strings,
+                    engine.tokenizer.decode if params.stop_strings else None, device)
         active = torch.arange(len(expand))  # original row index of each row still decoding
         outputs = [[] for _ in range(len(expand))]
 
@@ -151,7 +156,7 @@ class Speculation:
             begin = time.perf_counter()
             tokens, accepted = sampler.accept(target, drafts, q, u)
             kept = accepted[:, :-1].long().cumprod(dim=1).sum(dim=1)  # leading accepted drafts
-            continuing, pending, emitted = self.emit(tokens, kept, active, outputs, budget, stop)
+            continuing, pending, emitted = self.emit(tokens, kept, active, outputs, budget, ends)
             emitted = torch.tensor(emitted, device=kept.device)
             if on_step is not None:
                 for i in range(target.shape[1]):
@@ -162,7 +167,7 @@ class Speculation:
                     unit.rollback(fed, kept + 1)
                 self.measure(fed - 1, kept, accepted, emitted, times, time.perf_counter() - begin)
             if not continuing:
-                return [(ids, bool(ids) and ids[-1] in stop) for ids in outputs]
+                return [(ids, ends.stopped_by.get(row)) for row, ids in enumerate(outputs)]
             if len(continuing) < len(active):  # finished rows leave every cache
                 keep = torch.tensor(continuing)
                 for unit in [draft, *verifiers]:
@@ -172,13 +177,19 @@ class Speculation:
             k = self.schedule.choose(budget - int(start.min()) - 1)
             u = sampler.at(active, start, k + 1)
             pending = torch.tensor(pending, device=device)
-            target, drafts, q, times = self.round(engine, draft, verifiers, pending, k, sampler, u)
-            fed = k + 1
+            target, drafts, q, times = self.round(engine, draft, verifiers, pending, k, sampler, u,
+                                                  ends)
+            fed = target.shape[1]  # k + 1, or fewer where every row drafted a stop id
+            u = None if u is None else u[:, :fed]
 
-    def round(self, engine, draft, verifiers, pending, k, sampler, u):
+    def round(self, engine, draft, verifiers, pending, k, sampler, u, ends=None):
         """Feed each row's pending token and k drafts: -> (target logits [rows, k+1, vocab],
         drafts [rows, k+1] (the last drawn at the bonus position), their draft probabilities
-        [rows, k+1, vocab] or None when greedy, (seconds drafting, seconds verifying))."""
+        [rows, k+1, vocab] or None when greedy, (seconds drafting, seconds verifying)).
+
+        Drafting stops early, as if k had been smaller, once every row has drafted a stop id
+        (`ends`): each row's round ends at or before that position whether the draft is
+        accepted or not, so later drafts would only be rolled back."""
         begin = time.perf_counter()
         token, steps, drafts, q = pending, [], [], []
         for i in range(k + 1):
@@ -186,6 +197,8 @@ class Speculation:
             token, probs = sampler.draft(steps[-1][-1], None if u is None else u[:, i])
             drafts.append(token)
             q.append(probs)
+            if i < k and ends is not None and ends.all_stop_ids(token):
+                break
         draft_s = _clock(pending.device, begin)
         begin = time.perf_counter()
         fed = torch.stack([pending, *drafts[:-1]], dim=1)
@@ -200,24 +213,20 @@ class Speculation:
         self.stats["row_rounds"] += len(pending)
         return target, torch.stack(drafts, dim=1), q, (draft_s, time.perf_counter() - begin)
 
-    def emit(self, tokens, kept, active, outputs, budget, stop):
-        """Append each row's accepted drafts and its next token to its output, up to a stop id
-        or the budget. -> (indices of the rows still decoding, their last tokens, tokens each
-        row emitted)."""
+    def emit(self, tokens, kept, active, outputs, budget, ends):
+        """Append each row's accepted drafts and its next token to its output, up to its first
+        stop (`ends`) or the budget. -> (indices of the rows still decoding, their last tokens,
+        tokens each row emitted)."""
         continuing, pending, counts = [], [], []
         for index, (row, row_tokens, n) in enumerate(zip(active.tolist(), tokens.tolist(),
                                                          kept.tolist())):
-            emitted = row_tokens[:n + 1][:budget - len(outputs[row])]
-            finished = False
-            for position, token in enumerate(emitted):
-                if token in stop:
-                    emitted, finished = emitted[:position + 1], True
-                    break
-            outputs[row] += emitted
-            counts.append(len(emitted))
+            checked = len(outputs[row])
+            outputs[row] += row_tokens[:n + 1][:budget - checked]
+            finished = ends.cut(row, outputs[row], checked)
+            counts.append(len(outputs[row]) - checked)
             if not finished and len(outputs[row]) < budget:
                 continuing.append(index)
-                pending.append(emitted[-1])
+                pending.append(outputs[row][-1])
         return continuing, pending, counts
 
     def measure(self, k, kept, accepted, emitted, times, accept_s):
@@ -235,6 +244,33 @@ class Speculation:
         self.schedule.update(k, int(tested.sum() + bonus.sum()),
                              int(passed.sum() + (bonus & accepted[:, -1]).sum()),
                              draft_s, verify_s + accept_s)
+
+
+class Ends:
+    """Where rows stop: the plain loop's rule (transfer.decode.stops.find_stop) on the tokens a
+    round emits, and what stopped each row."""
+
+    def __init__(self, stop_ids: set[int], stop_strings, decode, device: torch.device):
+        self.stop_ids, self.stop_strings, self.decode = stop_ids, stop_strings, decode
+        self.stopped_by: dict[int, int | str] = {}
+        # The early end of drafting is checked on the host after every draft step: free on a
+        # CPU, but on a GPU a sync per step would cost more than the few steps it saves.
+        self.id_tensor = (torch.tensor(sorted(stop_ids), device=device)
+                          if stop_ids and device.type == "cpu" else None)
+
+    def all_stop_ids(self, tokens: torch.Tensor) -> bool:
+        """Whether every row's draft [rows] is a stop id (only checked on a CPU)."""
+        return self.id_tensor is not None and bool(torch.isin(tokens, self.id_tensor).all())
+
+    def cut(self, row: int, ids: list[int], checked: int) -> bool:
+        """Cut row's ids (ids[:checked] were checked before) after their first stop, if any;
+        -> whether the row stopped."""
+        hit = find_stop(ids, checked, self.stop_ids, self.stop_strings, self.decode)
+        if hit is None:
+            return False
+        del ids[hit[0]:]
+        self.stopped_by[row] = hit[1]
+        return True
 
 
 def draft_unit(engine):

@@ -71,14 +71,6 @@ def find_stop(ids: Sequence[int], checked: int, stop_ids, stop_strings: Sequence
     return None
 
 
-def cut_at_stop(ids: Sequence[int], stop_ids, stop_strings: Sequence[str],
-                decode: Decode | None) -> tuple[list[int], StopBy]:
-    """A completion decoded past its first stop (a loop that emits several tokens at a time), cut
-    there by the same rule: (ids kept, what stopped it)."""
-    hit = find_stop(ids, 0, stop_ids, stop_strings, decode)
-    return (list(ids), None) if hit is None else (list(ids[:hit[0]]), hit[1])
-
-
 def completion_text(ids: Sequence[int], stop: StopBy, stop_strings: Sequence[str],
                     decode: Decode) -> str:
     """The text of a completion whose ids ended on `stop`: the decoded ids without a stop id,
