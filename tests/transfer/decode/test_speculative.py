@@ -265,3 +265,23 @@ def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
     rast = load_engine(System("RAST", *names, lam=1.0), config)
     alone = load_engine(System("L", names[0]), config)
     assert rast.speculative is not None and alone.speculative is None
+
+
+def test_drafting_ends_at_a_drafted_stop_id_and_output_stays_the_plain_engines(triple):
+    """At batch 1 a round whose draft is a stop id ends there whether it is accepted or not,
+    so that draft is never fed to the draft unit (the steps after it would only be rolled
+    back); the output is unchanged."""
+    models = (triple["large"], triple["small_base"], triple["small_rl"])
+    plain = RastEngine(*models, lam=1.0, vocab_size=SHARED)
+    spec = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=6)
+    fed = []
+    decode = spec.small[0].decode
+    spec.small[0].decode = lambda tokens: fed.append(tokens.item()) or decode(tokens)
+    params = SamplingParams(temperature=0, max_new_tokens=40)
+    stopped = 0
+    for prompt in prompts(8):
+        expected = plain.decode([prompt], [[0]], params, STOP_IDS)
+        assert spec.decode([prompt], [[0]], params, STOP_IDS) == expected
+        stopped += expected[0][1] in STOP_IDS
+    assert stopped >= 4  # most rows end on a stop id
+    assert not set(fed) & set(STOP_IDS), "a drafted stop id was fed to the draft unit"

@@ -162,3 +162,27 @@ def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models)
         assert after.token_ids == before.token_ids[:kept] and after.text == before.text[:hit[0]]
         assert after.stop == hit[1] and after.finished
     assert hits >= 1
+
+
+def test_a_speculative_row_stops_at_its_stop_string_and_leaves_the_batch(tiny_models, wide_engine):
+    """Greedy: the speculative loop's completions with a stop string are the plain loop's, and a
+    row that writes the string stops decoding there (fewer rows computed than without it)."""
+    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
+                                        tiny_models["small_rl"], lam=1.0, speculative=True,
+                                        draft_tokens=3)
+    engine.tokenizer = WideText(engine.tokenizer)
+
+    def decode_rows(params):
+        before = sum(c["decode_rows"] for c in engine.forward_counts().values())
+        completions = engine.generate(PROMPTS, params, stop_ids=[3])
+        return completions, sum(c["decode_rows"] for c in engine.forward_counts().values()) - before
+
+    free, free_rows = decode_rows(SamplingParams(temperature=0, max_new_tokens=48))
+    text = max(free, key=lambda c: len(c.token_ids)).text
+    params = SamplingParams(temperature=0, max_new_tokens=48, stop_strings=(text[5:8],))
+    cut, cut_rows = decode_rows(params)
+    plain = wide_engine.generate(PROMPTS, params, stop_ids=[3])
+    assert [(c.token_ids, c.text, c.stop) for c in cut] == [
+        (c.token_ids, c.text, c.stop) for c in plain]
+    assert any(c.stop == text[5:8] for c in cut)
+    assert cut_rows < free_rows
