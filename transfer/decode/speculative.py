@@ -20,7 +20,10 @@ token y (emitted, not yet fed to any model):
    Greedy: a draft is kept while it is the target's argmax, and the emitted token is always the
    target's argmax, so greedy output is the plain loop's.
 4. Every model's cache keeps, per row, the columns of the tokens emitted and masks the rest
-   (rows accept different numbers: ragged); finished rows leave the batch.
+   (rows accept different numbers: ragged). A row finishes at its first stop id or stop string
+   among the tokens it emits (transfer.decode.stops.find_stop, the plain loop's rule) or at
+   max_new_tokens, and leaves the batch. Once every row has drafted a stop id, drafting ends for
+   the round: each row's round ends at or before that position, accepted or not.
 
 The random numbers are indexed by (row seed, position): three uniforms per generated position,
 drawn up front from the row's seed. A position's token is a function of its target p, its q and
@@ -140,7 +143,7 @@ class Speculation:
         sampler = Sampler(params, engine.lam, engine.shared_vocab, uniforms)
         draft, verifiers = draft_unit(engine)
         ends = Ends(stop, params.stop_strings,
-                    engine.tokenizer.decode if params.stop_strings else None, device)
+                    engine.tokenizer.decode if params.stop_strings else None)
         active = torch.arange(len(expand))  # original row index of each row still decoding
         outputs = [[] for _ in range(len(expand))]
 
@@ -250,17 +253,17 @@ class Ends:
     """Where rows stop: the plain loop's rule (transfer.decode.stops.find_stop) on the tokens a
     round emits, and what stopped each row."""
 
-    def __init__(self, stop_ids: set[int], stop_strings, decode, device: torch.device):
+    def __init__(self, stop_ids: set[int], stop_strings, decode):
         self.stop_ids, self.stop_strings, self.decode = stop_ids, stop_strings, decode
         self.stopped_by: dict[int, int | str] = {}
-        # The early end of drafting is checked on the host after every draft step: free on a
-        # CPU, but on a GPU a sync per step would cost more than the few steps it saves.
-        self.id_tensor = (torch.tensor(sorted(stop_ids), device=device)
-                          if stop_ids and device.type == "cpu" else None)
+        self.id_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long) if stop_ids else None
 
     def all_stop_ids(self, tokens: torch.Tensor) -> bool:
-        """Whether every row's draft [rows] is a stop id (only checked on a CPU)."""
-        return self.id_tensor is not None and bool(torch.isin(tokens, self.id_tensor).all())
+        """Whether every row's draft [rows] is a stop id. Checked on the host after each draft
+        step, so only for drafts on a CPU, where it is free: on a GPU the sync per step would
+        cost more than the few steps it saves at the end of a row."""
+        return (self.id_tensor is not None and tokens.device.type == "cpu"
+                and bool(torch.isin(tokens, self.id_tensor).all()))
 
     def cut(self, row: int, ids: list[int], checked: int) -> bool:
         """Cut row's ids (ids[:checked] were checked before) after their first stop, if any;
