@@ -212,7 +212,7 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
     for target, small_base, small_rl in dict.fromkeys(
             (s.target, s.small_base, s.small_rl if s.lam else None) for s in systems):
         _, pair_stop_ids = check_models(target,
-                                        resolve_pair(small_rl, small_base) if small_rl else None)
+                                        [resolve_pair(small_rl, small_base)] if small_rl else [])
         extra_stop_ids.update(pair_stop_ids)
     return sorted(extra_stop_ids)
 
