@@ -64,7 +64,7 @@ TORCHRUN_FLAGS = --nproc_per_node $(NPROC) $(if $(filter-out 1,$(NODES)),--nnode
 transfer: TARGET ?= tiny
 transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
-	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS=)
+	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS= RECIPE=recipes/tiny/grpo/config_cpu.yaml)
 	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.eval.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup

@@ -190,6 +190,12 @@ class System:
                                if self.small_rl else [])
         return [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
 
+    def sized_small_models(self) -> list[str]:
+        """The small models it loads as placement sizes them: each base once, and each RL model
+        by its base's name (it has that size): [base, base] for one pair."""
+        bases = self.engine_pairs()[0]
+        return [*dict.fromkeys(bases), *bases]
+
     def describe(self) -> dict:
         described = {"name": self.name, **asdict(self)}
         if not self.pairs:  # as one-pair systems were always described
@@ -368,9 +374,9 @@ def gpu_layout(system: System, config: TransferConfig):
 
 
     large = placement.model_facts(system.target)
-    small = placement.model_facts(system.small_base) if system.small_base else None
+    small = [placement.model_facts(name) for name in system.sized_small_models()]
     gpus = torch.cuda.device_count()
-    if large is None or small is None or gpus < 2:
+    if large is None or not small or None in small or gpus < 2:
         return "auto", None
     card_gb = torch.cuda.get_device_properties(0).total_memory / placement.GB
     tokens = placement.sequence_tokens(config.max_new_tokens)
@@ -457,12 +463,12 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
 
     detected = (torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GB
                 if torch.cuda.is_available() else 0.0)
-    small_base = next((s.small_base for s in systems if s.small_base), None)
+    small_models = max((s.sized_small_models() for s in systems), key=len)
     print("systems: " + ", ".join(
         f"{s.name} [{s.target}" + "".join(f" + {lam:g} x ({rl} - {base})"
                                           for base, rl, lam in zip(*s.engine_pairs()) if lam)
         + "]" for s in systems))
-    print(describe(config, small_base, config.gpus, config.gpu_memory_gb, detected))
+    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected))
     return {}
 
 

@@ -479,3 +479,16 @@ def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, t
     assert {"rr", "rr_note", "rr_ci_low"} <= summary["benchmarks"]["tiny"][both].keys()
     with pytest.raises(UserError, match=r"cannot read '1\*small_rl - base'; write each term"):
         TransferConfig(combinations=["1*small_rl - base"])
+
+
+def test_make_transfer_with_another_tiny_recipe_trains_its_prerequisites_with_their_own():
+    """RECIPE names the evaluation recipe only: the GRPO runs make transfer starts first keep
+    theirs (the combined recipe was once handed to train.grpo, which refused it)."""
+    recipe = "recipes/tiny/rast/config_cpu_combined.yaml"
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-o", "setup", "transfer",
+                             f"RECIPE={recipe}"], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    lines = result.stdout.splitlines()
+    assert any("train.grpo --config recipes/tiny/grpo/config_cpu.yaml" in line for line in lines)
+    assert not any("train.grpo" in line and recipe in line for line in lines)
+    assert lines[-1].endswith(f"transfer.eval.evaluate --config {recipe} ")
