@@ -492,3 +492,8 @@ def test_make_transfer_with_another_tiny_recipe_trains_its_prerequisites_with_th
     assert any("train.grpo --config recipes/tiny/grpo/config_cpu.yaml" in line for line in lines)
     assert not any("train.grpo" in line and recipe in line for line in lines)
     assert lines[-1].endswith(f"transfer.eval.evaluate --config {recipe} ")
+    qwen = "recipes/Qwen2.5-32B/rast/config_1.5B_7B_combined.yaml"  # no tiny training for it
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-o", "setup", "transfer",
+                             f"RECIPE={qwen}"], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    assert "train.grpo" not in result.stdout and f"--config {qwen}" in result.stdout
