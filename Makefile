@@ -60,11 +60,12 @@ TORCHRUN_FLAGS = --nproc_per_node $(NPROC) $(if $(filter-out 1,$(NODES)),--nnode
 # make transfer [TARGET=tiny|7B|14B|32B] [RECIPE=recipes/.../rast/config_x.yaml] [ARGS="--limit 20"]
 # NPROC=N shards the evaluation over N processes per node (torchrun), with NODES/NODE_RANK/
 # MAIN_ADDR/MAIN_PORT as for training across nodes; the result equals a single-process run.
-# The tiny default first trains what it compares (tiny-s and tiny-l GRPO); finished runs are skipped.
+# A tiny recipe (the default) first trains what it compares (tiny-s, tiny-m and tiny-l GRPO);
+# finished runs are skipped.
 transfer: TARGET ?= tiny
 transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.yaml,recipes/Qwen2.5-$(TARGET)/rast/config_1.5B.yaml)
 transfer: setup
-	$(if $(filter tiny,$(TARGET)),$(MAKE) --no-print-directory train-small train-family ARGS=)
+	$(if $(findstring recipes/tiny/,$(RECIPE)),$(MAKE) --no-print-directory train-small train-family ARGS= RECIPE=recipes/tiny/grpo/config_cpu.yaml)
 	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.eval.evaluate --config $(RECIPE) $(ARGS)
 
 bench: setup

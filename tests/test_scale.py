@@ -154,7 +154,7 @@ def test_dry_run_plans_32B_without_weights_or_hub(tmp_path):
 
 
 def test_plan_arithmetic_and_device_map():
-    large, small = placement.model_facts("Qwen/Qwen2.5-32B"), placement.model_facts("1.5B")
+    large, small = placement.model_facts("Qwen/Qwen2.5-32B"), [placement.model_facts("1.5B")] * 2
     assert large.kv_bytes_per_token == 64 * 8 * 128 * 2 * 2
     weights_only = placement.plan(large, small, batch=0, tokens=1, gpus=8, card_gb=141)
     assert (weights_only.large_gpus, weights_only.pair_gpu) == (1, 1)  # 64 GB on one H200

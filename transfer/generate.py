@@ -12,6 +12,8 @@ refused; <output>.lock keeps a second concurrent run out.
 
     python -m transfer.generate --target tiny-l --small_rl outputs/tiny-s-grpo --lam 1 \\
         --input prompts.jsonl --output out.jsonl --n 4 --max_new_tokens 64
+
+Several small pairs add their deltas (`--small_rl A B --lam 1 0.5`: z_L + 1 d_A + 0.5 d_B).
 """
 
 import argparse
@@ -22,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from train.errors import UserError, exit_on_user_error
-from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams, check_lam
+from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams, pair_lams
 from transfer.decode.rast import sample_seed
 from transfer.eval.lock import output_lock
 from transfer.eval.samples import SampleLog, parse_record
@@ -90,11 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", "--large", required=True,
                         help="large base model L: registry name, directory or hub id")
-    parser.add_argument("--small_base", "--small-base",
-                        help="small model before RL (default: from rast_pair.json)")
-    parser.add_argument("--small_rl", "--small-rl",
-                        help="RL checkpoint or LoRA adapter directory of small_base")
-    parser.add_argument("--lam", type=float, default=1.0, help="RL delta weight; 0 = large alone")
+    parser.add_argument("--small_base", "--small-base", nargs="+",
+                        help="small model before RL (default: from rast_pair.json); one per "
+                             "--small_rl")
+    parser.add_argument("--small_rl", "--small-rl", nargs="+",
+                        help="RL checkpoint or LoRA adapter directory of small_base; several: "
+                             "their deltas add up, z_L + sum_i lam_i (z_RL_i - z_base_i)")
+    parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
+                        help="RL delta weight, one per --small_rl or one for all; 0 = large alone")
     parser.add_argument("--input", required=True, help="JSONL of {'prompt', optional 'id'}")
     parser.add_argument("--output", required=True, help="JSONL of completions, appended per batch")
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")
@@ -180,6 +185,12 @@ def done_samples(log: SampleLog, prompt_of: dict[str, str], args: argparse.Names
     return done
 
 
+def _one_or_list(values: list | None):
+    """A flag's values: one value as itself (settings of one-pair runs read as before), several
+    as a list."""
+    return values[0] if values and len(values) == 1 else values
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -188,7 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
-        check_lam(args.lam)
+        args.small_base, args.small_rl, args.lam = (_one_or_list(args.small_base),
+                                                    _one_or_list(args.small_rl),
+                                                    _one_or_list(args.lam))
+        pair_lams(args.lam, len(args.small_rl or []))
         if args.draft_tokens is not None and not (args.speculative and 0 <= args.draft_tokens
                                                   <= 64):
             raise UserError(f"--draft_tokens needs --speculative and a value in [0, 64], got "

@@ -122,34 +122,53 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     return ok, f"{len(rast)} RAST system(s) paired {rl_id} with {base_id}; without small_base {refused}"
 
 
-def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str]) -> tuple[bool, str]:
-    """The engine combines 32B (152064 rows) with the 1.5B pair (151936 rows) on ids < 151665:
-    its first step's logits equal z_L + (z_RL - z_S) there, and ids >= 151665 are -inf."""
+PAIR_1_5B = ("Qwen/Qwen2.5-1.5B", "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo", 1.0)
+PAIR_7B = ("Qwen/Qwen2.5-7B", "hkust-nlp/Qwen-2.5-7B-SimpleRL-Zoo", 0.5)
+
+
+def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str],
+                                  pairs: tuple = (PAIR_1_5B,)) -> tuple[bool, str]:
+    """The engine combines 32B (152064 rows) with small pairs ((base, rl, lam) each: the 1.5B
+    pair has 151936 rows, the 7B pair 152064) on ids < 151665: its first step's logits equal
+    z_L + sum lam (z_RL - z_S) there, and ids >= 151665 are -inf; pairs of two sizes run as a
+    stacked unit each."""
     from transformers import AutoModelForCausalLM
 
     from train.models import load_tokenizer
     from transfer.decode.engine import RastEngine, SamplingParams
 
-    names = ("Qwen/Qwen2.5-32B", "Qwen/Qwen2.5-1.5B", "hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo")
-    large, base, rl = (AutoModelForCausalLM.from_pretrained(snapshot_dirs[n], dtype=torch.float32)
-                       for n in names)
-    tokenizer = load_tokenizer(snapshot_dirs[names[0]])
+    def load(name):
+        return AutoModelForCausalLM.from_pretrained(snapshot_dirs[name], dtype=torch.float32)
+
+    large = load("Qwen/Qwen2.5-32B")
+    models = [(load(base), load(rl), lam) for base, rl, lam in pairs]
+    tokenizer = load_tokenizer(snapshot_dirs["Qwen/Qwen2.5-32B"])
     prompt = tokenizer("<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
     with torch.no_grad():
-        by_hand = [m(torch.tensor([prompt])).logits[0, -1] for m in (large, base, rl)]
-    rows = [z.shape[-1] for z in by_hand]
-    expected = by_hand[0][:SHARED_VOCAB] + by_hand[2][:SHARED_VOCAB] - by_hand[1][:SHARED_VOCAB]
+        def last(model):
+            return model(torch.tensor([prompt])).logits[0, -1]
+
+        z_large = last(large)
+        expected, rows = z_large[:SHARED_VOCAB].clone(), [z_large.shape[-1]]
+        for base, rl, lam in models:
+            z_base, z_rl = last(base), last(rl)
+            expected += lam * (z_rl[:SHARED_VOCAB] - z_base[:SHARED_VOCAB])
+            rows += [z_base.shape[-1], z_rl.shape[-1]]
     # Built directly, not by from_pretrained: this checks the maths, not tokenizer pairing.
-    engine = RastEngine(large, base, rl, lam=1.0, tokenizer=tokenizer, cache="dynamic")
+    engine = RastEngine(large, [m[0] for m in models], [m[1] for m in models],
+                        lam=[m[2] for m in models], tokenizer=tokenizer, cache="dynamic")
     steps = []
     engine.decode([prompt], [[0]], SamplingParams(temperature=1.0, max_new_tokens=2),
                   on_step=lambda active, logits: steps.append(logits[0].clone()))
     first = steps[0]
     error = (first[:SHARED_VOCAB] - expected).abs().max().item()
     masked = bool(torch.isneginf(first[SHARED_VOCAB:]).all())
-    ok = rows == [152064, 151936, 151936] and first.shape[-1] == 152064 and error < 1e-4 and masked
-    return ok, (f"rows {rows}, combined width {first.shape[-1]}, max |engine - by hand| on "
-                f"{SHARED_VOCAB} ids {error:.1e}, ids >= {SHARED_VOCAB} all -inf: {masked}")
+    units = [unit.copies for unit in engine.small]
+    ok = (first.shape[-1] == 152064 and set(rows) == {151936, 152064} and error < 1e-4 and masked
+          and units == [2] * len(pairs))
+    return ok, (f"rows {rows}, small units {units}, combined width {first.shape[-1]}, max "
+                f"|engine - by hand| on {SHARED_VOCAB} ids {error:.1e}, ids >= {SHARED_VOCAB} "
+                f"all -inf: {masked}")
 
 
 def log_shows_all(logs: list[Path], *needles: str) -> tuple[bool, str]:
@@ -181,6 +200,10 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
          (transfer_32b, snapshot_dirs)),
         ("logits 152064 + 151936 rows on 151665 ids", logits_combined_on_shared_ids,
          (snapshot_dirs,)),
+        ("logits of the 1.5B and 7B pairs combined", logits_combined_on_shared_ids,
+         (snapshot_dirs, (PAIR_1_5B, PAIR_7B))),
+        ("transfer 32B, pairs combined: results, stops", transfer_outputs,
+         (out / "transfer-32B-combined", max_new_tokens)),
         ("analysis 32B: report written", log_shows_files, (out / "analyze-32B",)),
         ("transfer dry-run plan printed", log_shows,
          (logs["plan: make transfer TARGET=32B ARGS=--dry-run"], "systems:", "GB")),

@@ -28,6 +28,7 @@ from tests.rehearsal.standins import build_cache
 
 OUT = Path("outputs/rehearsal")
 QWEN_GRPO = "recipes/Qwen2.5-1.5B/grpo"
+COMBINED_32B = "recipes/Qwen2.5-32B/rast/config_1.5B_7B_combined.yaml"
 ANALYZE_32B = "recipes/Qwen2.5-32B/analyze/config_1.5B_7B.yaml"
 MAX_NEW_TOKENS = 24  # the stand-ins stop ~8% of the time per token: some end early, some do not
 # A few GRPO steps at a small batch: 2 optimizer steps of 4 completions (2 prompts x 2). The one
@@ -73,6 +74,9 @@ def commands() -> list[tuple[str, list[str]]]:
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
         ("make transfer TARGET=7B",
          make("transfer", "TARGET=7B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_7b}")),
+        ("make transfer (32B, 1.5B and 7B deltas combined)",
+         make("transfer", f"RECIPE={COMBINED_32B}", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
+              f"--output_dir {OUT}/transfer-32B-combined")),
         ("make analyze (32B recipe)",
          make("analyze", f"RECIPE={ANALYZE_32B}",
               f"ARGS=--limit 2 --trajectories {transfer_32b}/samples.jsonl "

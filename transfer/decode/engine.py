@@ -36,12 +36,12 @@ from train.models import (
 from train.pairing import Pair, resolve_pair
 from transfer.decode.rast import (
     check_tokenizers_compatible,
-    combine_logits,
+    combine_pairs,
     sample_seed,
     sample_tokens,
 )
 from transfer.decode.speculative import Speculation
-from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
+from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_models, unstackable
 from transfer.decode.static_cache import (
     BufferPool,
     StaticDecoder,
@@ -286,26 +286,37 @@ class RastEngine:
     the running acceptance rate and step times, down to 0 where drafting does not pay). Greedy
     output is the plain loop's; sampled tokens differ from the plain loop's but not in
     distribution. It needs a small pair: with lam = 0 the pair then only drafts.
+
+    Several small pairs: small_base and small_rl are lists (pair i = small_base[i], small_rl[i])
+    and lam a list of one lambda per pair, or one number for all; the logits are then
+    z_large + sum_i lam[i] * (z_rl_i - z_base_i) (transfer.decode.rast.combine_pairs). The small
+    models of one architecture and size run as one stacked model (2n row blocks; a model two
+    pairs share counts once), other sizes and LoRA pairs as units of their own; the first pair's
+    RL model drafts for speculation.
     """
 
-    def __init__(self, large, small_base=None, small_rl=None, *, lam: float = 1.0, tokenizer=None,
-                 vocab_size: int | None = None, stack_small: bool = True, cache: str = "auto",
-                 compile: bool = False, overlap: bool = True, extra_stop_ids=(),
-                 speculative: bool = False, draft_tokens: int | None = None):
-        if (small_base is None) != (small_rl is None):
-            raise ValueError("give both small_base and small_rl, or neither")
-        check_lam(lam)
-        self.lam, self.tokenizer = lam, tokenizer
+    def __init__(self, large, small_base=None, small_rl=None, *,
+                 lam: float | list[float] = 1.0, tokenizer=None, vocab_size: int | None = None,
+                 stack_small: bool = True, cache: str = "auto", compile: bool = False,
+                 overlap: bool = True, extra_stop_ids=(), speculative: bool = False,
+                 draft_tokens: int | None = None):
+        bases, rls = _as_list(small_base), _as_list(small_rl)
+        if len(bases) != len(rls):
+            raise ValueError(f"give as many small_base as small_rl ({len(bases)} vs {len(rls)})")
+        self.lams, self.tokenizer = pair_lams(lam, len(rls)), tokenizer
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
-        for name, model in (("large", large), ("small_base", small_base), ("small_rl", small_rl)):
-            if model is not None and not isinstance(model, str):  # str: a LoRA adapter's name
+        for name, model in (("large", large), *(("small_base", m) for m in bases),
+                            *(("small_rl", m) for m in rls)):
+            if not isinstance(model, str):  # str: a LoRA adapter's name
                 check_embedding_rows(name, model.config.vocab_size, self.shared_vocab)
         options = {"cache": cache, "compile": compile, "overlap": overlap}
         self.large = CachedModel("large", large, **options)
-        plain = small_base is None or (lam == 0 and not speculative)  # the large model alone
-        self.small = [] if plain else _small_pair(small_base, small_rl, stack_small, options)
+        plain = not rls or (not any(self.lams) and not speculative)  # the large model alone
+        # self.slots[i]: where pair i's (base, RL) logits sit among the small units' outputs
+        self.small, self.slots = (([], []) if plain else
+                                  _small_units(bases, rls, stack_small, options))
         # Speculative RAST needs S_RL as its draft; without a small pair it is plain decoding.
         self.speculative = (Speculation(draft_tokens) if speculative and self.small else None)
         own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
@@ -313,47 +324,67 @@ class RastEngine:
         self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
-    def from_pretrained(cls, target: str, small_base: str | None = None,
-                        small_rl: str | None = None, lam: float = 1.0, device=None, dtype=None,
-                        small_device=None, stack_small: bool = True, cache: str = "auto",
-                        compile: bool = False, speculative: bool = False,
+    def from_pretrained(cls, target: str, small_base: str | list | None = None,
+                        small_rl: str | list[str] | None = None, lam: float | list[float] = 1.0,
+                        device=None, dtype=None, small_device=None, stack_small: bool = True,
+                        cache: str = "auto", compile: bool = False, speculative: bool = False,
                         draft_tokens: int | None = None) -> "RastEngine":
         """Load a RAST triple by registry name, local directory or hub id.
 
         target is the large base L. small_rl may be a full model or a LoRA adapter directory of
         small_base (shared weights); with small_base None it must be a train.grpo output holding
-        rast_pair.json (train.pairing.resolve_pair). device: a device, "auto" or an accelerate
+        rast_pair.json (train.pairing.resolve_pair). Several pairs: lists of small_rl, of
+        small_base (None entries, or None for all: each one's rast_pair.json) and of lam (or one
+        lam for all); a pair at lam 0 is not loaded. device: a device, "auto" or an accelerate
         device map dict for the large model (multi-GPU); small_device defaults to the last GPU
         then, else to device. dtype: bf16 on GPU, fp32 on CPU. stack_small, cache, compile,
         speculative, draft_tokens: see RastEngine and CachedModel.
         """
-        if small_rl is None and small_base is not None:
+        rls = _as_list(small_rl)
+        bases = _as_list(small_base) or [None] * len(rls)
+        if not rls and small_base is not None:
             raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
                             f"neither to decode the large model alone")
-        check_lam(lam)
-        # with speculation S_RL drafts even at lam = 0
-        pair = (resolve_pair(small_rl, small_base)
-                if small_rl is not None and (lam != 0 or speculative) else None)
+        if len(bases) != len(rls):
+            raise UserError(f"{len(bases)} small_base for {len(rls)} small_rl: give one base per "
+                            f"RL model, or none to read each one's rast_pair.json")
+        lams = pair_lams(lam, len(rls))
+        # with speculation the first pair's S_RL drafts, even at lam = 0
+        keep = [i for i in range(len(rls)) if lams[i] != 0 or (speculative and i == 0)]
+        pairs = [resolve_pair(rls[i], bases[i]) for i in keep]
         large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
         check_device("device", large_map)
         check_device("small device", small_map)
         target = resolve_model(target)
         # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
-        tokenizer, extra_stop_ids = check_models(target, pair)
+        tokenizer, extra_stop_ids = check_models(target, pairs)
         large_model = load_model(target, dtype=dtype, device_map=large_map)
-        if pair is None:
-            logger.info("decoding %s alone (lam=%s, small pair: %s)", target, lam, small_rl)
+        if not pairs:
+            logger.info("decoding %s alone (lam=%s, small pairs: %s)", target, lam, small_rl)
             return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
-        options = {"lam": lam, "tokenizer": tokenizer, "stack_small": stack_small, "cache": cache,
-                   "compile": compile, "speculative": speculative, "draft_tokens": draft_tokens,
-                   "extra_stop_ids": extra_stop_ids}
-        small_base_model = load_model(pair.base, dtype=dtype, device_map=small_map)
-        if pair.lora:
-            logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
-            shared = PeftModel.from_pretrained(small_base_model, pair.rl, adapter_name=RL_ADAPTER)
-            return cls(large_model, shared, RL_ADAPTER, **options)
-        small_rl_model = load_model(pair.rl, dtype=dtype, device_map=small_map)
-        return cls(large_model, small_base_model, small_rl_model, **options)
+        loaded = {}  # a model several pairs name is loaded once
+
+        def load(name: str):
+            if name not in loaded:
+                loaded[name] = load_model(name, dtype=dtype, device_map=small_map)
+            return loaded[name]
+
+        small_bases, small_rls = [], []
+        for i, pair in enumerate(pairs):
+            if pair.lora:  # the adapter goes into a base of its own, loaded for it
+                logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
+                adapter = RL_ADAPTER if i == 0 else f"{RL_ADAPTER}{i}"
+                small_bases.append(PeftModel.from_pretrained(
+                    load_model(pair.base, dtype=dtype, device_map=small_map), pair.rl,
+                    adapter_name=adapter))
+                small_rls.append(adapter)
+            else:
+                small_bases.append(load(pair.base))
+                small_rls.append(load(pair.rl))
+        return cls(large_model, small_bases, small_rls, lam=[lams[i] for i in keep],
+                   tokenizer=tokenizer, stack_small=stack_small, cache=cache, compile=compile,
+                   speculative=speculative, draft_tokens=draft_tokens,
+                   extra_stop_ids=extra_stop_ids)
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -432,7 +463,7 @@ class RastEngine:
         outputs = [[] for _ in range(len(expand))]
         stopped_by: dict[int, int | str] = {}
         for step in range(params.max_new_tokens):
-            combined = combine_logits(*logits, lam=self.lam, shared_vocab=self.shared_vocab)
+            combined = self.combine(logits)
             if on_step is not None:
                 on_step(active, combined)
             row_generators = None if greedy else [generators[row] for row in active.tolist()]
@@ -456,6 +487,13 @@ class RastEngine:
                 active, tokens = active[keep_index], tokens[keep_index.to(tokens.device)]
             logits = self._decode_step(tokens)
         return [(ids, stopped_by.get(row)) for row, ids in enumerate(outputs)]
+
+    def combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """The RAST logits from [large, *every small unit's outputs] (any leading shape)."""
+        large, *small = logits
+        pairs = [(small[base], small[rl]) for base, rl in self.slots]
+        return combine_pairs(large, pairs, self.lams[:len(pairs)],
+                             shared_vocab=self.shared_vocab)
 
     def prefill(self, prompt_ids: list[list[int]], seeds: list[list[int]],
                 columns: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -542,23 +580,83 @@ class RastEngine:
         return 0
 
 
-def _small_pair(small_base, small_rl, stack: bool, options: dict) -> list[CachedModel]:
-    """The small pair's CachedModels: one stacked model (transfer.decode.stacked_pair) where it can be;
-    else peft's mixed-adapter batch when small_rl names a LoRA adapter in small_base, or two
-    models."""
-    lora = isinstance(small_rl, str)
+def _small_units(bases: list, rls: list, stack: bool, options: dict
+                 ) -> tuple[list[CachedModel], list[tuple[int, int]]]:
+    """The small models' CachedModels, and per pair the indices of its base's and its RL
+    model's logits among the units' outputs, in order.
+
+    Full-weight models (each counted once, however many pairs name it) run as one stacked model
+    per group of stackable ones (transfer.decode.stacked_pair: one pair of one size is one
+    2-block model; two pairs of one size one 4-block model); a LoRA pair (small_rl names an
+    adapter in its small_base, a peft model) is a unit of its own: stacked where it can be, else
+    peft's mixed-adapter batch. Unstackable models run as a forward each."""
+    def label(kind: str, i: int) -> str:
+        return kind if len(rls) == 1 else f"{kind}_{i + 1}"
+
+    members = {}  # id(model) -> (model, label): the distinct full-weight models
+    for i, (base, rl) in enumerate(zip(bases, rls)):
+        if not isinstance(rl, str):
+            members.setdefault(id(base), (base, label("small_base", i)))
+            members.setdefault(id(rl), (rl, label("small_rl", i)))
+    groups = []
+    for model, name in members.values():
+        group = next((g for g in groups if stack and unstackable(g[0][0], model) is None), None)
+        if group is None:
+            groups.append([(model, name)])
+        else:
+            group.append((model, name))
+    if stack and len(members) == 2 == len(groups):
+        logger.warning("the small pair runs as two forwards per token: cannot stack it, %s",
+                       unstackable(*(m for m, _ in members.values())))
+    units, index = [], {}  # id(model) -> where its logits sit among the units' outputs
+    for group in groups:
+        for model, _ in group:
+            index[id(model)] = len(index)
+        names = [name for _, name in group]
+        name = "small_base+rl" if names == ["small_base", "small_rl"] else "+".join(names)
+        units.append(CachedModel(name, stack_models([m for m, _ in group]), copies=len(group),
+                                 **options) if len(group) > 1
+                     else CachedModel(name, group[0][0], **options))
+    slots, outputs = [], len(index)
+    for i, (base, rl) in enumerate(zip(bases, rls)):
+        if isinstance(rl, str):  # after every full-weight unit: (base, adapted) outputs
+            slots.append((outputs, outputs + 1))
+            outputs += 2
+            units.append(_lora_unit(base, rl, stack, options, label("small_base+rl", i)))
+        else:
+            slots.append((index[id(base)], index[id(rl)]))
+    return units, slots
+
+
+def _lora_unit(model, adapter: str, stack: bool, options: dict, name: str) -> CachedModel:
+    """A LoRA pair as one unit: stacked (transfer.decode.stacked_pair) where it can be, else
+    peft's mixed-adapter batch."""
     if stack:
-        reason = (lora_unstackable if lora else unstackable)(small_base, small_rl)
+        reason = lora_unstackable(model, adapter)
         if reason is None:
-            stacked = (stack_lora if lora else stack_pair)(small_base, small_rl)
-            return [CachedModel("small_base+rl", stacked, copies=2, **options)]
-        logger.warning("the small pair runs %s: cannot stack it, %s", "in peft's mixed batch "
-                       "(cache=dynamic only)" if lora else "as two forwards per token", reason)
-    if lora:
-        return [CachedModel("small_base+rl", small_base, copies=2,
-                            adapters=("__base__", small_rl), **options)]
-    return [CachedModel("small_base", small_base, **options),
-            CachedModel("small_rl", small_rl, **options)]
+            return CachedModel(name, stack_lora(model, adapter), copies=2, **options)
+        logger.warning("the small pair runs in peft's mixed batch (cache=dynamic only): cannot "
+                       "stack it, %s", reason)
+    return CachedModel(name, model, copies=2, adapters=("__base__", adapter), **options)
+
+
+def _as_list(models) -> list:
+    """None -> [], a list or tuple as a list, anything else (one model or name) -> [it]."""
+    if models is None:
+        return []
+    return list(models) if isinstance(models, list | tuple) else [models]
+
+
+def pair_lams(lam: float | list[float], pairs: int) -> list[float]:
+    """One lambda per small pair: a number is shared by all pairs (as the paper's code does)."""
+    lams = ([float(value) for value in lam] if isinstance(lam, list | tuple)
+            else [float(lam)] * max(pairs, 1))
+    for value in lams:
+        check_lam(value)
+    if pairs and len(lams) != pairs:
+        raise UserError(f"{len(lams)} lambdas for {pairs} small pairs: give one per pair, or one "
+                        f"for all")
+    return lams
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -584,19 +682,19 @@ def check_embedding_rows(name: str, rows: int | None, tokenizer_length: int) -> 
                         f"tokenizer; use models of one family")
 
 
-def check_models(target: str, pair: Pair | None = None) -> tuple[object, list[int]]:
-    """What can be checked of a RAST triple without loading weights: the pair shares the
-    target's tokenizer and every embedding has a row per token. Returns the target's tokenizer
-    and the eos/pad ids only the pair's tokenizers declare (check_pair_tokenizers). Evaluation
-    runs it for every system before decoding the first one."""
+def check_models(target: str, pairs: list[Pair] = ()) -> tuple[object, list[int]]:
+    """What can be checked of a RAST triple (or of L and several small pairs) without loading
+    weights: every pair shares the target's tokenizer and every embedding has a row per token.
+    Returns the target's tokenizer and the eos/pad ids only the pairs' tokenizers declare
+    (check_pair_tokenizers). Evaluation runs it for every system before decoding the first one."""
     tokenizer = load_tokenizer(target)
     check_embedding_rows(target, embedding_rows(target), len(tokenizer))
-    extra_stop_ids = []
-    if pair is not None:
-        extra_stop_ids = check_pair_tokenizers(tokenizer, target, pair)
+    extra_stop_ids = set()
+    for pair in pairs:
+        extra_stop_ids.update(check_pair_tokenizers(tokenizer, target, pair))
         for name in (pair.base, pair.rl):
             check_embedding_rows(name, embedding_rows(name), len(tokenizer))
-    return tokenizer, extra_stop_ids
+    return tokenizer, sorted(extra_stop_ids)
 
 
 def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:

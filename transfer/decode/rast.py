@@ -5,6 +5,8 @@ RL delta and sampled once (Ouyang et al. 2025, arXiv 2506.15710):
 
     p(x_t | x_<t) = softmax(z_large + lam * (z_small_rl - z_small_base))
 
+or, with several small pairs (combine_pairs), z_large + sum_i lam_i * (z_rl_i - z_base_i).
+
 Nothing here touches a model, a cache or a file, and no function mutates its inputs; the decode
 loop in transfer/decode/engine.py calls these once per step. Try it:
 
@@ -48,6 +50,7 @@ def combine_logits(large_logits: torch.Tensor, small_base_logits: torch.Tensor |
     ids keep the large model's numbering. Inputs may be bf16 and of different widths; all
     arithmetic is fp32 (the reference code adds bf16 logits, which loses the small delta).
     Without a small pair, or with lam == 0, this is the large model's aligned logits alone.
+    One pair of `combine_pairs`.
 
     >>> large = torch.tensor([[1.0, 2.0, 3.0, 9.0]])  # 4 embedding rows, 3 real tokens
     >>> combine_logits(large, torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[2.0, 0.0, 0.0]]),
@@ -56,8 +59,27 @@ def combine_logits(large_logits: torch.Tensor, small_base_logits: torch.Tensor |
     """
     if (small_base_logits is None) != (small_rl_logits is None):
         raise ValueError("give both small_base_logits and small_rl_logits, or neither")
+    pairs = [] if small_base_logits is None else [(small_base_logits, small_rl_logits)]
+    return combine_pairs(large_logits, pairs, [lam] * len(pairs), shared_vocab=shared_vocab)
+
+
+def combine_pairs(large_logits: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                  lams: list[float], *, shared_vocab: int) -> torch.Tensor:
+    """z_large + sum_i lams[i] * (z_rl_i - z_base_i) over pairs[i] = (z_base_i, z_rl_i): the
+    deltas of several small RL models (of one size or several) steering one large model, as the
+    paper's vLLM fork combines up to three. Same rules as combine_logits, which is its one-pair
+    case; the deltas are added in the order given.
+
+    >>> zero, one = torch.zeros(1, 2), torch.ones(1, 2)
+    >>> combine_pairs(torch.zeros(1, 2), [(zero, one), (one, zero)], [1.0, 0.5], shared_vocab=2)
+    tensor([[0.5000, 0.5000]])
+    """
+    if len(lams) != len(pairs):
+        raise ValueError(f"{len(lams)} lambdas for {len(pairs)} small pairs")
     combined = align_logits(large_logits, shared_vocab).float()
-    if small_base_logits is not None and lam != 0:
+    for (small_base_logits, small_rl_logits), lam in zip(pairs, lams):
+        if lam == 0:
+            continue
         rl_delta = (align_logits(small_rl_logits, shared_vocab).float()
                     - align_logits(small_base_logits, shared_vocab).float())
         combined = combined + lam * rl_delta.to(combined.device)

@@ -12,7 +12,8 @@ token y (emitted, not yet fed to any model):
    S_base needs no verify pass. When the pair runs as two models, S_RL drafts alone and S_base
    verifies with L.
 2. Verify: L (and S_base when it is alone) is fed [y, d_1..d_k] in ONE forward: logits at
-   positions 1..k+1.
+   positions 1..k+1. With several small pairs the first pair's S_RL drafts and every unit that
+   is not the draft unit (other sizes, LoRA pairs) verifies beside L.
 3. Accept, position by position, with the standard speculative rule against the warped target:
    d ~ q (the draft's own warped distribution), kept with probability min(1, p(d) / q(d)); at
    the first rejection the token is drawn from normalize(max(0, p - q)), and the round ends.
@@ -42,7 +43,7 @@ import time
 
 import torch
 
-from transfer.decode.rast import align_logits, combine_logits, warp_logits
+from transfer.decode.rast import align_logits, warp_logits
 from transfer.decode.stops import find_stop
 
 MAX_DRAFT = 8  # most drafts per round (adaptive k), and extra cache columns a round may need
@@ -140,20 +141,18 @@ class Speculation:
         uniforms = None if params.temperature == 0 else torch.stack([
             torch.rand(budget, 3, generator=torch.Generator().manual_seed(s))
             for row_seeds in seeds for s in row_seeds]).to(device)
-        sampler = Sampler(params, engine.lam, engine.shared_vocab, uniforms)
-        draft, verifiers = draft_unit(engine)
+        sampler = Sampler(params, engine.shared_vocab, uniforms)
+        draft, draft_rl = draft_unit(engine)
         ends = Ends(stop, params.stop_strings,
                     engine.tokenizer.decode if params.stop_strings else None)
         active = torch.arange(len(expand))  # original row index of each row still decoding
         outputs = [[] for _ in range(len(expand))]
 
         # Position 1 comes from the prefill: a round with no drafts and nothing fed.
-        large, *small = logits
         u = sampler.at(active, torch.zeros(len(expand), dtype=torch.long), 1)
-        drafts, q = sampler.draft(small[-1], None if u is None else u[:, 0])
+        drafts, q = sampler.draft(logits[1 + engine.slots[0][1]], None if u is None else u[:, 0])
         drafts, q = drafts[:, None], None if q is None else q[:, None]
-        target = combine_logits(large[:, None], small[0][:, None], small[-1][:, None],
-                                lam=engine.lam, shared_vocab=engine.shared_vocab)
+        target = engine.combine([part[:, None] for part in logits])
         fed, times = 0, (0.0, 0.0)
         while True:
             begin = time.perf_counter()
@@ -166,27 +165,29 @@ class Speculation:
                     here = (kept >= i).cpu()
                     on_step(active[here], target[here.to(target.device), i])
             if fed:
-                for unit in [draft, *verifiers]:  # ragged: row i keeps its kept[i] drafts
+                for unit in engine.models():  # ragged: row i keeps its kept[i] drafts
                     unit.rollback(fed, kept + 1)
                 self.measure(fed - 1, kept, accepted, emitted, times, time.perf_counter() - begin)
             if not continuing:
                 return [(ids, ends.stopped_by.get(row)) for row, ids in enumerate(outputs)]
             if len(continuing) < len(active):  # finished rows leave every cache
                 keep = torch.tensor(continuing)
-                for unit in [draft, *verifiers]:
+                for unit in engine.models():
                     unit.keep_rows(keep)
                 active = active[keep]
             start = torch.tensor([len(outputs[row]) for row in active.tolist()])
             k = self.schedule.choose(budget - int(start.min()) - 1)
             u = sampler.at(active, start, k + 1)
             pending = torch.tensor(pending, device=device)
-            target, drafts, q, times = self.round(engine, draft, verifiers, pending, k, sampler, u,
+            target, drafts, q, times = self.round(engine, draft, draft_rl, pending, k, sampler, u,
                                                   ends)
             fed = target.shape[1]  # k + 1, or fewer where every row drafted a stop id
             u = None if u is None else u[:, :fed]
 
-    def round(self, engine, draft, verifiers, pending, k, sampler, u, ends=None):
-        """Feed each row's pending token and k drafts: -> (target logits [rows, k+1, vocab],
+    def round(self, engine, draft, draft_rl, pending, k, sampler, u, ends=None):
+        """Feed each row's pending token and k drafts to the draft unit, one step each (its
+        copy draft_rl is S_RL), then the drafts to every other unit in one verify forward:
+        -> (target logits [rows, k+1, vocab],
         drafts [rows, k+1] (the last drawn at the bonus position), their draft probabilities
         [rows, k+1, vocab] or None when greedy, (seconds drafting, seconds verifying)).
 
@@ -196,8 +197,8 @@ class Speculation:
         begin = time.perf_counter()
         token, steps, drafts, q = pending, [], [], []
         for i in range(k + 1):
-            steps.append(draft.decode(token))  # [z_base, z_rl] from a pair unit, else [z_rl]
-            token, probs = sampler.draft(steps[-1][-1], None if u is None else u[:, i])
+            steps.append(draft.decode(token))  # every copy of the unit: [z_base, z_rl] of a pair
+            token, probs = sampler.draft(steps[-1][draft_rl], None if u is None else u[:, i])
             drafts.append(token)
             q.append(probs)
             if i < k and ends is not None and ends.all_stop_ids(token):
@@ -205,12 +206,10 @@ class Speculation:
         draft_s = _clock(pending.device, begin)
         begin = time.perf_counter()
         fed = torch.stack([pending, *drafts[:-1]], dim=1)
-        z_large = engine.large.verify(fed)[0]
-        z_base = (verifiers[1].verify(fed)[0] if len(verifiers) > 1
-                  else torch.stack([step[0] for step in steps], dim=1))
-        z_rl = torch.stack([step[-1] for step in steps], dim=1)
-        target = combine_logits(z_large, z_base, z_rl, lam=engine.lam,
-                                shared_vocab=engine.shared_vocab)
+        drafted = [torch.stack(copy, dim=1) for copy in zip(*steps)]  # [rows, k+1, vocab] each
+        logits = [part for unit in engine.models()
+                  for part in (drafted if unit is draft else unit.verify(fed))]
+        target = engine.combine(logits)
         q = None if q[0] is None else torch.stack(q, dim=1)
         self.stats["rounds"] += 1
         self.stats["row_rounds"] += len(pending)
@@ -277,12 +276,16 @@ class Ends:
 
 
 def draft_unit(engine):
-    """(the unit that drafts, the units that verify): the small pair when it is one model (its
-    steps give S_base's logits with S_RL's), else S_RL, with S_base verifying beside L."""
-    if len(engine.small) == 1:
-        return engine.small[0], [engine.large]
-    small_base, small_rl = engine.small
-    return small_rl, [engine.large, small_base]
+    """(the unit that drafts, which of its copies is S_RL): the unit holding the first pair's
+    S_RL. It is the small pair when the pair is one model (its steps give S_base's logits with
+    S_RL's, and those of every other model stacked with them), else S_RL alone; every other
+    unit (L, an unstacked S_base, other pairs' units) verifies."""
+    rl, first = engine.slots[0][1], 0
+    for unit in engine.small:
+        if rl < first + unit.copies:
+            return unit, rl - first
+        first += unit.copies
+    raise ValueError("the engine has no small unit holding its first pair's RL model")
 
 
 def _clock(device: torch.device, begin: float) -> float:
@@ -294,8 +297,8 @@ def _clock(device: torch.device, begin: float) -> float:
 class Sampler:
     """Draft draws and the accept/correct rule, from each row's uniforms at each position."""
 
-    def __init__(self, params, lam: float, shared_vocab: int, uniforms: torch.Tensor | None):
-        self.params, self.lam, self.shared_vocab = params, lam, shared_vocab
+    def __init__(self, params, shared_vocab: int, uniforms: torch.Tensor | None):
+        self.params, self.shared_vocab = params, shared_vocab
         self.uniforms = uniforms  # [all rows, budget, 3]: draft, accept, correct; None = greedy
 
     def at(self, active: torch.Tensor, start: torch.Tensor, width: int) -> torch.Tensor | None:

@@ -7,11 +7,12 @@ weights (attention, rotary, KV cache, masks, the model's Python) runs once on 2B
 twice on B. At the batch sizes of decoding a small model's step costs its launches and host
 overhead, not its FLOPs, so the pair then costs about one small forward instead of two.
 
-`stack_pair` stacks two full-weight models. Stacking copies nothing: both models' parameters
-become views of the stacked tensors, so each model still works alone, with the same values. It
-applies to two models of the same class, config and parameter shapes on one device whose weights
-sit in linear layers, embeddings and RMS norms (all Qwen2/2.5/3 and Llama models); `unstackable`
-says why two other models cannot.
+`stack_pair` stacks two full-weight models, `stack_models` any number n of them (several small
+pairs of one size: n row blocks, block i with model i's weights). Stacking copies nothing: the
+models' parameters become views of the stacked tensors, so each model still works alone, with
+the same values. It applies to models of the same class, config and parameter shapes on one
+device whose weights sit in linear layers, embeddings and RMS norms (all Qwen2/2.5/3 and Llama
+models); `unstackable` says why other models cannot.
 
 `stack_lora` does the same for an RL model that is a LoRA adapter of the base: every row runs
 the base weights, and each adapted linear layer adds its low-rank update to the second half only.
@@ -52,8 +53,26 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), attribute, module)
 
 
-def unstackable(base: nn.Module, rl: nn.Module) -> str | None:
-    """Why these two models cannot be stacked, or None if they can."""
+def unstackable(*models: nn.Module) -> str | None:
+    """Why these models (two or more) cannot be stacked, or None if they can."""
+    first = models[0]
+    for other in models[1:]:
+        reason = _unlike(first, other)
+        if reason is not None:
+            return reason
+    devices = {p.device for m in models for p in m.parameters()}
+    if len(devices) != 1 or next(iter(devices)).type == "meta":
+        return f"their weights are spread over {sorted(map(str, devices))}"
+    for name, module in _leaves(first).items():
+        if not (isinstance(module, nn.Linear) or _is_rms_norm(module)
+                or (isinstance(module, nn.Embedding) and module.max_norm is None)):
+            return (f"{name} is of type {type(module).__name__} (stacking knows linear, embedding "
+                    f"and RMS norm layers)")
+    return None
+
+
+def _unlike(base: nn.Module, rl: nn.Module) -> str | None:
+    """How two models differ in what a stacked forward needs equal, or None."""
     if type(base) is not type(rl):
         return f"different classes ({type(base).__name__}, {type(rl).__name__})"
     if hasattr(base, "peft_config") or hasattr(rl, "peft_config"):
@@ -67,48 +86,41 @@ def unstackable(base: nn.Module, rl: nn.Module) -> str | None:
     shapes = [[(n, p.shape, p.dtype) for n, p in m.named_parameters()] for m in (base, rl)]
     if shapes[0] != shapes[1]:
         return "their parameters differ in names, shapes or dtypes"
-    devices = {p.device for m in (base, rl) for p in m.parameters()}
-    if len(devices) != 1 or next(iter(devices)).type == "meta":
-        return f"their weights are spread over {sorted(map(str, devices))}"
-    for name, module in _leaves(base).items():
-        if not (isinstance(module, nn.Linear) or _is_rms_norm(module)
-                or (isinstance(module, nn.Embedding) and module.max_norm is None)):
-            return (f"{name} is of type {type(module).__name__} (stacking knows linear, embedding "
-                    f"and RMS norm layers)")
     return None
 
 
 class StackedLinear(nn.Module):
-    """nn.Linear for a stacked batch: weight [2, out, in], bias [2, out]."""
+    """nn.Linear for a stacked batch of n blocks: weight [n, out, in], bias [n, out]."""
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None):
         super().__init__()
         self.weight, self.bias = weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs, weight = x.reshape(2, -1, x.shape[-1]), self.weight.transpose(1, 2)
-        out = (torch.bmm(pairs, weight) if self.bias is None
-               else torch.baddbmm(self.bias[:, None], pairs, weight))
+        blocks = x.reshape(self.weight.shape[0], -1, x.shape[-1])
+        weight = self.weight.transpose(1, 2)
+        out = (torch.bmm(blocks, weight) if self.bias is None
+               else torch.baddbmm(self.bias[:, None], blocks, weight))
         return out.view(*x.shape[:-1], -1)
 
 
 class StackedEmbedding(nn.Module):
-    """nn.Embedding for a stacked batch: one lookup in both tables, weight [2, rows, dim] (the
-    second half's ids offset by rows). A tied StackedLinear head holds the same weight."""
+    """nn.Embedding for a stacked batch: one lookup in all n tables, weight [n, rows, dim] (block
+    i's ids offset by i * rows). A tied StackedLinear head holds the same weight."""
 
     def __init__(self, weight: nn.Parameter):
         super().__init__()
         self.weight = weight
-        self.register_buffer("offsets", torch.tensor([[0], [weight.shape[1]]],
-                                                     device=weight.device), persistent=False)
+        offsets = torch.arange(weight.shape[0], device=weight.device)[:, None] * weight.shape[1]
+        self.register_buffer("offsets", offsets, persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        stacked_ids = (ids.reshape(2, -1) + self.offsets).view(ids.shape)
+        stacked_ids = (ids.reshape(self.weight.shape[0], -1) + self.offsets).view(ids.shape)
         return nn.functional.embedding(stacked_ids, self.weight.flatten(0, 1))
 
 
 class StackedNorm(nn.Module):
-    """An RMS norm for a stacked batch: the norm itself, run with its weight as [2, 1, dim]."""
+    """An RMS norm for a stacked batch: the norm itself, run with its weight as [n, 1, dim]."""
 
     def __init__(self, norm: nn.Module, weight: nn.Parameter):
         super().__init__()
@@ -116,39 +128,53 @@ class StackedNorm(nn.Module):
         self.norm.weight = nn.Parameter(weight[:, None], requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.reshape(2, -1, x.shape[-1])).view(x.shape)
+        blocks = self.norm.weight.shape[0]
+        return self.norm(x.reshape(blocks, -1, x.shape[-1])).view(x.shape)
 
 
-@torch.no_grad()
 def stack_pair(base: nn.Module, rl: nn.Module) -> nn.Module:
     """One model computing both: batch rows [0, B) with base's weights, [B, 2B) with rl's.
 
     Call it with twice the batch (the same rows twice); its outputs' first half is base's, the
     second rl's. Raises ValueError if `unstackable` gives a reason.
     """
-    reason = unstackable(base, rl)
-    if reason is not None:
-        raise ValueError(f"cannot stack the small pair: {reason}")
-    # The skeleton: a copy of base sharing its parameters, whose leaves are swapped below.
-    stacked = copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
-    rl_leaves, weights = _leaves(rl), {}  # tied parameters (embedding = head) stack once
+    return stack_models([base, rl])
 
-    def stack(param_base: nn.Parameter, param_rl: nn.Parameter) -> nn.Parameter:
-        key = (id(param_base), id(param_rl))
+
+@torch.no_grad()
+def stack_models(models: list[nn.Module]) -> nn.Module:
+    """One model computing all n: batch rows [i B, (i + 1) B) with models[i]'s weights.
+
+    Call it with n times the batch (the same rows n times); block i of its outputs is model i's.
+    Raises ValueError if `unstackable` gives a reason.
+    """
+    if len(models) < 2:
+        raise ValueError(f"stack two or more models, got {len(models)}")
+    reason = unstackable(*models)
+    if reason is not None:
+        raise ValueError(f"cannot stack the small models: {reason}")
+    # The skeleton: a copy of the first sharing its parameters, whose leaves are swapped below.
+    first = models[0]
+    stacked = copy.deepcopy(first, memo={id(p): p for p in first.parameters()})
+    leaves, weights = [_leaves(m) for m in models], {}  # tied parameters stack once
+
+    def stack(params: list[nn.Parameter]) -> nn.Parameter:
+        key = tuple(map(id, params))
         if key not in weights:
-            weights[key] = nn.Parameter(torch.stack([param_base, param_rl]), requires_grad=False)
-            param_base.data, param_rl.data = weights[key][0], weights[key][1]  # no second copy
+            weights[key] = nn.Parameter(torch.stack(params), requires_grad=False)
+            for i, param in enumerate(params):
+                param.data = weights[key][i]  # no second copy
         return weights[key]
 
     for name, leaf in _leaves(stacked).items():
-        other = rl_leaves[name]
+        same = [model_leaves[name] for model_leaves in leaves]
         if isinstance(leaf, nn.Linear):
-            bias = None if leaf.bias is None else stack(leaf.bias, other.bias)
-            new = StackedLinear(stack(leaf.weight, other.weight), bias)
+            bias = None if leaf.bias is None else stack([m.bias for m in same])
+            new = StackedLinear(stack([m.weight for m in same]), bias)
         elif isinstance(leaf, nn.Embedding):
-            new = StackedEmbedding(stack(leaf.weight, other.weight))
+            new = StackedEmbedding(stack([m.weight for m in same]))
         else:
-            new = StackedNorm(leaf, stack(leaf.weight, other.weight))
+            new = StackedNorm(leaf, stack([m.weight for m in same]))
         _replace(stacked, name, new)
     return stacked.eval()
 

@@ -73,8 +73,9 @@ def log_comparison_charts(run, summary: dict) -> None:
     run.define_metric("accuracy_vs_lambda/*", step_metric="lambda")
     run.define_metric("pass_at_k/*", step_metric="k")
     run.define_metric("recovery_rate/*", step_metric="benchmark_index")
-    if len(rast) > 1:
-        for system in sorted(rast, key=lambda s: s["lam"]):
+    swept = [s for s in rast if "pairs" not in s]  # combinations of pairs are not on the axis
+    if len(swept) > 1:
+        for system in sorted(swept, key=lambda s: s["lam"]):
             run.log({"lambda": system["lam"], **{f"accuracy_vs_lambda/{benchmark}":
                                                  rows[system["name"]]["avg"]
                                                  for benchmark, rows in benchmarks.items()}})

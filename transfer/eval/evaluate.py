@@ -22,6 +22,7 @@ On a GPU node each process gets an equal share of the node's GPUs (CUDA_VISIBLE_
 import json
 import logging
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -65,6 +66,10 @@ class TransferConfig:
         "help": "RL model of L's size (hkust-nlp/Qwen-2.5-32B-SimpleRL-Zoo), for recovery rate"})
     lam: list[float] = field(default_factory=lambda: [1.0], metadata={
         "help": "RAST strength lambda; a list sweeps it (one L+RAST system each)"})
+    combinations: list[str] = field(default_factory=list, metadata={
+        "help": "more RAST systems, each over one or several small pairs whose deltas add up, "
+                "spelled as the sum: '1*outputs/tiny-s-grpo + 0.5*outputs/tiny-m-grpo' (base "
+                "from each rast_pair.json) or '0.5*(RL - BASE) + ...'"})
     include_small_rl: bool = field(default=True, metadata={"help": "also decode small RL alone"})
     include_small_base: bool = field(default=False, metadata={"help": "also decode S alone"})
     temperature: float = 1.0
@@ -122,21 +127,52 @@ class TransferConfig:
         if self.report_to not in ("wandb", "none"):
             raise UserError(f"report_to must be 'wandb' or 'none', got {self.report_to!r}")
 
+        for text in self.combinations:
+            parse_combination(text)  # refuses a misspelt one before anything loads
         if self.cache not in CACHE_MODES:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
 
 
+# LAM*RL or LAM*(RL - BASE); names hold no spaces, so " - " and " + " separate
+COMBINATION_TERM = re.compile(r"(?P<lam>[^*()]+)\*\s*"
+                              r"(?:\((?P<rl>\S+)\s+-\s+(?P<base>\S+)\)|(?P<alone>[^\s()]+))")
+
+
+def parse_combination(text: str) -> list[tuple[str | None, str, float]]:
+    """(small_base or None, small_rl, lam) per term of a combination, "lam*RL + lam*(RL - BASE)".
+
+    >>> parse_combination("1*outputs/tiny-s-grpo + 0.5*(hub/rl-0.5B - hub/base-0.5B)")
+    [(None, 'outputs/tiny-s-grpo', 1.0), ('hub/base-0.5B', 'hub/rl-0.5B', 0.5)]
+    """
+    terms = []
+    for term in text.split(" + "):
+        match = COMBINATION_TERM.fullmatch(term.strip())
+        try:
+            lam = float(match["lam"]) if match else math.nan
+        except ValueError:
+            lam = math.nan
+        if not math.isfinite(lam):
+            raise UserError(f"combination {text!r}: cannot read {term.strip()!r}; write each term "
+                            f"as LAM*RL or LAM*(RL - BASE), terms joined by ' + '")
+        terms.append((match["base"], match["rl"] or match["alone"], lam))
+    return terms
+
+
 @dataclass(frozen=True)
 class System:
-    """One decoding setup: `target` alone, or `target` + lam * (small_rl - small_base).
+    """One decoding setup: `target` alone, or `target` + lam * (small_rl - small_base), or with
+    several small pairs `target` + sum_i lam_i * (rl_i - base_i) (`pairs`, the first of which is
+    also in small_base, small_rl and lam).
 
-    role (samples.ROLES) and lam say what it is; `name` is derived, for display and keys."""
+    role (samples.ROLES) and lam say what it is; `name` is derived, for display and keys: a
+    system over `pairs` spells its sum out ("L+RAST(1*tiny-s-grpo+0.5*tiny-m-grpo)")."""
 
     role: str
     target: str
     small_base: str | None = None
     small_rl: str | None = None
     lam: float = 0.0
+    pairs: tuple[tuple[str, str, float], ...] = ()  # (small_base, small_rl, lam) each
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -144,10 +180,27 @@ class System:
 
     @property
     def name(self) -> str:
-        return system_name(self.role, self.lam)
+        if not self.pairs:
+            return system_name(self.role, self.lam)
+        return "L+RAST(" + "+".join(f"{lam:g}*{Path(rl).name}" for _, rl, lam in self.pairs) + ")"
+
+    def engine_pairs(self) -> tuple[list, list, list]:
+        """(small bases, small RL models, lambdas) as RastEngine.from_pretrained takes them."""
+        pairs = self.pairs or ([(self.small_base, self.small_rl, self.lam)]
+                               if self.small_rl else [])
+        return [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+
+    def sized_small_models(self) -> list[str]:
+        """The small models it loads as placement sizes them: each base once, and each RL model
+        by its base's name (it has that size): [base, base] for one pair."""
+        bases = self.engine_pairs()[0]
+        return [*dict.fromkeys(bases), *bases]
 
     def describe(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        described = {"name": self.name, **asdict(self)}
+        if not self.pairs:  # as one-pair systems were always described
+            del described["pairs"]
+        return described
 
 
 def parse_config(argv: list[str] | None = None) -> TransferConfig:
@@ -169,6 +222,10 @@ def build_systems(config: TransferConfig) -> list[System]:
         systems.append(System("S_RL", pair.rl))
     systems.append(System("L", config.target))
     systems += [System("RAST", config.target, pair.base, pair.rl, lam) for lam in config.lam]
+    for text in config.combinations:
+        pairs = tuple((resolved.base, resolved.rl, lam) for resolved, lam in
+                      ((resolve_pair(rl, base), lam) for base, rl, lam in parse_combination(text)))
+        systems.append(System("RAST", config.target, *pairs[0], pairs=pairs))
     if config.target_rl:
         systems.append(System("L_RL", config.target_rl))
     return systems
@@ -192,7 +249,8 @@ def validate_models(systems: list[System]) -> None:
     """Fail in one line, before loading anything, when a model is neither local nor cached."""
     from huggingface_hub import constants
 
-    names = dict.fromkeys(n for s in systems for n in (s.target, s.small_base, s.small_rl) if n)
+    names = dict.fromkeys(n for s in systems
+                          for n in (s.target, *(m for ms in s.engine_pairs()[:2] for m in ms)) if n)
     missing = [m for m in map(_missing_locally, names) if m]
     if not missing:
         return
@@ -209,10 +267,9 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
     eos/pad ids that only a small model's tokenizer declares (a hub RL checkpoint's <|im_end|>)."""
     check_device("device", config.device)
     extra_stop_ids = set()
-    for target, small_base, small_rl in dict.fromkeys(
-            (s.target, s.small_base, s.small_rl if s.lam else None) for s in systems):
-        _, pair_stop_ids = check_models(target,
-                                        resolve_pair(small_rl, small_base) if small_rl else None)
+    for target, pairs in dict.fromkeys((s.target, tuple(zip(*s.engine_pairs()))) for s in systems):
+        _, pair_stop_ids = check_models(target, [resolve_pair(rl, base)
+                                                 for base, rl, lam in pairs if lam])
         extra_stop_ids.update(pair_stop_ids)
     return sorted(extra_stop_ids)
 
@@ -302,8 +359,9 @@ def load_engine(system: System, config: TransferConfig):
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)
-    return RastEngine.from_pretrained(system.target, small_base=system.small_base,
-                                      small_rl=system.small_rl, lam=system.lam,
+    small_base, small_rl, lam = system.engine_pairs()
+    return RastEngine.from_pretrained(system.target, small_base=small_base or None,
+                                      small_rl=small_rl or None, lam=lam or 0.0,
                                       device=device, small_device=small_device,
                                       cache=config.cache, compile=config.compile,
                                       speculative=config.speculative)
@@ -316,9 +374,9 @@ def gpu_layout(system: System, config: TransferConfig):
 
 
     large = placement.model_facts(system.target)
-    small = placement.model_facts(system.small_base) if system.small_base else None
+    small = [placement.model_facts(name) for name in system.sized_small_models()]
     gpus = torch.cuda.device_count()
-    if large is None or small is None or gpus < 2:
+    if large is None or not small or None in small or gpus < 2:
         return "auto", None
     card_gb = torch.cuda.get_device_properties(0).total_memory / placement.GB
     tokens = placement.sequence_tokens(config.max_new_tokens)
@@ -376,9 +434,10 @@ def decode_and_report(config: TransferConfig, systems: list[System], benchmarks:
         if not any(chunks_to_do(system, label, problems, config, log, shard)[0]
                    for label, problems in benchmarks.items()):
             continue  # finished in an earlier run: do not even load its models
-        models = (system.target, system.small_base, system.small_rl)
-        if engine is not None and models == engine_models and system.lam and engine.lam:
-            engine.lam = system.lam  # lambda sweep: same three models, another strength
+        bases, rls, lams = system.engine_pairs()
+        models = (system.target, bases, rls)
+        if engine is not None and models == engine_models and rls and all(lams + engine.lams):
+            engine.lams = lams  # lambda sweep: same models, other strengths
         else:
             engine = None  # free them first: L and L_RL may not fit in memory together
             engine, engine_models = make_engine(system, config), models
@@ -404,11 +463,12 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
 
     detected = (torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory / GB
                 if torch.cuda.is_available() else 0.0)
-    small_base = next((s.small_base for s in systems if s.small_base), None)
-    print("systems: " + ", ".join(f"{s.name} [{s.target}" + (f" + {s.lam:g} x ({s.small_rl} - "
-                                                            f"{s.small_base})" if s.lam else "")
-                                  + "]" for s in systems))
-    print(describe(config, small_base, config.gpus, config.gpu_memory_gb, detected))
+    small_models = max((s.sized_small_models() for s in systems), key=len)
+    print("systems: " + ", ".join(
+        f"{s.name} [{s.target}" + "".join(f" + {lam:g} x ({rl} - {base})"
+                                          for base, rl, lam in zip(*s.engine_pairs()) if lam)
+        + "]" for s in systems))
+    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected))
     return {}
 
 

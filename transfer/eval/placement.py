@@ -1,7 +1,7 @@
 """Memory arithmetic and a GPU plan for RAST evaluation, computed from registry facts alone.
 
-Decoding holds, per evaluation process: the weights of L and of the small pair (S_base, S_RL),
-and a KV cache per model of layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16) per
+Decoding holds, per evaluation process: the weights of L and of the small pair (S_base, S_RL;
+with several pairs every small model, a base two pairs share once), and a KV cache per model of layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16) per
 token per sequence. The engine's DynamicCache grows with the tokens actually decoded and drops
 finished rows, so `batch x (prompt + max_new_tokens)` is the worst case, and the plan sizes for
 it. Sizes come from train.models.MODELS (parameters, bf16 weight GB) and the published Qwen2.5
@@ -14,6 +14,7 @@ architectures in the same registry (layers, heads); nothing is loaded, the hub i
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class Plan:
     """One evaluation process: GPUs it needs and where each model goes (GPU indices 0..)."""
 
     large_gb: float  # weights + worst-case KV of L
-    pair_gb: float  # weights + worst-case KV of S_base and S_RL (0 without a pair)
+    pair_gb: float  # weights + worst-case KV of every small model (0 without a pair)
     large_gpus: int  # L's layers are spread evenly over GPUs 0..large_gpus-1
     pair_gpu: int | None  # the small pair's GPU: its own one, or L's last; None without a pair
     gpus_per_process: int
@@ -83,29 +84,28 @@ def sequence_tokens(max_new_tokens: int, prompt_tokens: int = PROMPT_TOKENS) -> 
     return prompt_tokens + max_new_tokens
 
 
-def plan(large: ModelFacts, small: ModelFacts | None, batch: int, tokens: int, gpus: int,
+def plan(large: ModelFacts, small: list[ModelFacts], batch: int, tokens: int, gpus: int,
          card_gb: float) -> Plan:
-    """GPUs for L (+ pair) at `batch` sequences of `tokens` each: the pair gets its own GPU when
-    it fits on one and a GPU is left; otherwise everything is spread and the pair shares L's
-    last GPU (the engine's default)."""
+    """GPUs for L (+ its small models: [base, RL] for one pair, each RL sized as its base) at
+    `batch` sequences of `tokens` each: the small models get a GPU of their own when they fit on
+    one and a GPU is left; otherwise everything is spread and they share L's last GPU (the
+    engine's default)."""
     usable = card_gb * USABLE_SHARE
     large_gb = large.weight_gb + batch * tokens * large.kv_bytes_per_token / GB
-    pair_gb = 0.0 if small is None else 2 * (
-        small.weight_gb + batch * tokens * small.kv_bytes_per_token / GB)
+    pair_gb = sum(m.weight_gb + batch * tokens * m.kv_bytes_per_token / GB for m in small)
     large_gpus = math.ceil(large_gb / usable)
-    if small is not None and pair_gb <= usable and large_gpus + 1 <= gpus:
+    if small and pair_gb <= usable and large_gpus + 1 <= gpus:
         return Plan(large_gb, pair_gb, large_gpus, large_gpus, large_gpus + 1, True)
     spread = math.ceil((large_gb + pair_gb) / usable)
-    return Plan(large_gb, pair_gb, spread, None if small is None else spread - 1, spread,
-                spread <= gpus)
+    return Plan(large_gb, pair_gb, spread, spread - 1 if small else None, spread, spread <= gpus)
 
 
-def max_batch(large: ModelFacts, small: ModelFacts | None, tokens: int, gpus: int,
+def max_batch(large: ModelFacts, small: list[ModelFacts], tokens: int, gpus: int,
               card_gb: float) -> int:
     """Largest batch whose worst-case KV cache fits next to the weights on `gpus` cards."""
-    weights = large.weight_gb + (2 * small.weight_gb if small else 0)
+    weights = large.weight_gb + sum(m.weight_gb for m in small)
     per_sequence = tokens * (large.kv_bytes_per_token +
-                             (2 * small.kv_bytes_per_token if small else 0)) / GB
+                             sum(m.kv_bytes_per_token for m in small)) / GB
     return max(0, math.floor((gpus * card_gb * USABLE_SHARE - weights) / per_sequence))
 
 
@@ -139,9 +139,9 @@ def memory_table(batch: int = 16, max_new_tokens: int = 16384) -> str:
              + " | ".join(f"{c} GB GPUs" for c in CARDS_GB) + " |",
              "|---|---|---|---|" + "---|" * len(CARDS_GB)]
     for small_name in (None, "1.5B", "7B", "14B"):
-        small = model_facts(small_name) if small_name else None
+        small = [model_facts(small_name)] * 2 if small_name else []
         plans = [plan(large, small, batch, tokens, 64, card) for card in CARDS_GB]
-        weights = large.weight_gb + (2 * small.weight_gb if small else 0)
+        weights = large.weight_gb + sum(m.weight_gb for m in small)
         name = f"32B + Delta R {small_name}" if small else "32B alone"
         lines.append(f"| {name} | {weights:.1f} | {plans[0].total_gb - weights:.1f} | "
                      f"{plans[0].total_gb:.1f} | "
@@ -156,11 +156,14 @@ def memory_table(batch: int = 16, max_new_tokens: int = 16384) -> str:
     return "\n".join(lines)
 
 
-def describe(config, small_base: str | None, gpus: int | None, card_gb: float | None,
+def describe(config, small_models: list[str], gpus: int | None, card_gb: float | None,
              detected: tuple[int, float]) -> str:
-    """The dry-run report of a TransferConfig: models, memory per process, GPU plan, launch."""
+    """The dry-run report of a TransferConfig: models, memory per process, GPU plan, launch.
+    small_models: the small models of its largest system, each RL model named by its base
+    (whose size it has): [base, base] for one pair."""
     large = model_facts(config.target)
-    small = model_facts(small_base) if small_base else None
+    facts = {name: model_facts(name) for name in small_models}
+    small = [] if None in facts.values() else [facts[name] for name in small_models]
     tokens = sequence_tokens(config.max_new_tokens)
     if gpus is None or card_gb is None:
         found_gpus, found_gb = detected
@@ -176,9 +179,9 @@ def describe(config, small_base: str | None, gpus: int | None, card_gb: float | 
                    f"config.json): no memory plan")
         return "\n".join(out)
     out.append(_facts_line("target L", config.target, large))
-    if small_base:
-        out.append(_facts_line("small pair (x2)", small_base, small) if small else
-                   f"small pair {small_base}: size unknown, planned as L alone")
+    for name, count in Counter(small_models).items():
+        out.append(_facts_line(f"small pair (x{count})", name, facts[name]) if small else
+                   f"small pair {name}: size unknown, planned as L alone")
     out.append(f"decoding: batch_size {config.batch_size} sequences x ({PROMPT_TOKENS} prompt + "
                f"{config.max_new_tokens} new) tokens, worst case (every sequence at full length)")
     p = plan(large, small, config.batch_size, tokens, gpus, card_gb)

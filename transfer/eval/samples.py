@@ -33,7 +33,8 @@ class Sample:
 
     system: str  # display name, unique within a run: "L", "L+RAST(lam=0.5)", ...
     role: str  # one of ROLES; with lam, what analysis and reports select on
-    lam: float  # RAST strength; 0 for a model decoded alone (S_RL of a LoRA pair decodes at 1)
+    lam: float  # RAST strength (of the first pair when several); 0 for a model decoded alone
+    # (S_RL of a LoRA pair decodes at 1)
     benchmark: str
     problem_id: str
     sample_index: int
@@ -53,8 +54,10 @@ class Sample:
         return self.system, self.benchmark, self.problem_id, self.sample_index
 
     def of(self, role: str, lam: float) -> bool:
-        """Whether this sample was decoded by the system with this role (and, for RAST, lam)."""
-        return self.role == role and (role != "RAST" or self.lam == lam)
+        """Whether this sample was decoded by the system with this role (and, for RAST, lam:
+        the swept pair's system, not a combination of several pairs whose first lam is lam)."""
+        return self.role == role and (role != "RAST" or (
+            self.lam == lam and self.system == system_name(role, lam)))
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items()

@@ -9,7 +9,13 @@ from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from transfer.bench.ops import decode_step_ops
 from transfer.decode.engine import CachedModel
-from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_pair, unstackable
+from transfer.decode.stacked_pair import (
+    lora_unstackable,
+    stack_lora,
+    stack_models,
+    stack_pair,
+    unstackable,
+)
 
 
 def qwen2(seed: int, tie: bool = True, **overrides) -> Qwen2ForCausalLM:
@@ -59,6 +65,22 @@ def test_stacked_forward_gives_each_models_logits_and_shares_their_memory(tie):
             close(step[3 * half:3 * half + 3], alone)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_four_models_stacked_give_four_blocks_of_logits_from_one_forward(tie):
+    """Two small pairs of one size (the paper's multi-delta decoding): 2n row blocks."""
+    models = [qwen2(seed, tie) for seed in range(4)]
+    ids = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        expected = [m(ids).logits for m in models]
+        stacked = stack_models(models)
+        assert storages(*models) == storages(stacked)
+        logits = stacked(torch.cat([ids] * 4)).logits
+        for block, alone in enumerate(expected):
+            close(logits[2 * block:2 * block + 2], alone)
+    with pytest.raises(ValueError, match="stack two or more models"):
+        stack_models(models[:1])
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_a_stacked_decode_step_launches_the_ops_of_one_model_not_two(cache):
     """What makes the pair cheap on a GPU, where a small step costs its kernel launches: counted
@@ -97,7 +119,7 @@ def test_unstackable_pairs_are_named_with_their_reason():
     base.model.norm, other.model.norm = nn.LayerNorm(32), nn.LayerNorm(32)
     assert unstackable(base, other) == ("model.norm is of type LayerNorm (stacking knows linear, "
                                         "embedding and RMS norm layers)")
-    with pytest.raises(ValueError, match="cannot stack the small pair: model.norm is of type"):
+    with pytest.raises(ValueError, match="cannot stack the small models: model.norm is of type"):
         stack_pair(base, other)
 
 

@@ -18,12 +18,12 @@ ACCURACY = {"S": 0.1, "S_RL": 0.6, "L": 0.3, "L_RL": 0.9}
 
 class FakeEngine:
     def __init__(self, system, delay: float = 0.0):
-        self.system, self.delay, self.lam = system, delay, system.lam
+        self.system, self.delay, self.lams = system, delay, system.engine_pairs()[2] or [0.0]
         self.generated = 0
 
     def accuracy(self) -> float:
         if self.system.role == "RAST":
-            return min(0.95, 0.3 + 0.4 * self.lam)  # self.lam: the evaluator may change it
+            return min(0.95, 0.3 + 0.4 * sum(self.lams))  # the evaluator may change lams
         return ACCURACY[self.system.name]
 
     def generate_batches(self, prompts, params, n=1, seed=0, keys=None, stop_ids=None,
@@ -36,7 +36,7 @@ class FakeEngine:
                 a, b = map(int, re.search(r"(\d+)\*(\d+)", prompt).groups())
                 for index in range(n):
                     seed_i = sample_seed(seed, key, index)
-                    rng = random.Random(f"{self.system.name}|{self.lam}|{seed_i}")
+                    rng = random.Random(f"{self.system.name}|{self.lams[0]}|{seed_i}")
                     good = rng.random() < self.accuracy()
                     text = f"Let's think \\boxed{{{a * b}}}" if good else f"\\boxed{{{a * b + 1}}}"
                     finished = rng.random() < 0.9

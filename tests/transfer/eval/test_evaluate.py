@@ -448,3 +448,52 @@ def test_wandb_comparison_charts_side_by_side_tables_lineage_and_no_metadata_cha
     ks = [item["k"] for r in _records(system_run) if r["type"] == "history"
           for item in [r["history"]["item"]]]
     assert ks == [1, 2, 4]  # the system's pass@k curve
+
+
+def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, tmp_path):
+    """A combination system reaches the engine with every pair and its lambda: its one-term
+    spelling of the swept pair decodes the swept system's samples exactly; the two-pair sum
+    decodes others; each gets its own name, signature and RR."""
+    from tests.conftest import build_random_qwen2
+
+    torch.set_num_threads(1)
+    base_2 = build_random_qwen2(tmp_path / "base_2", hidden=48, ffn=96, seed=21)
+    rl_2 = build_random_qwen2(tmp_path / "rl_2", hidden=48, ffn=96, seed=22, perturb_from=base_2)
+    first = f"({tiny_models['small_rl']} - {tiny_models['small_base']})"
+    combinations = [f"1*{first}", f"1*{first} + 0.5*({rl_2} - {base_2})"]
+    recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
+                           benchmarks=["tiny"], lam=[1.0], include_small_rl=False,
+                           include_small_base=False, combinations=combinations)
+    summary = run(parse_config(["--config", str(recipe)]))
+    one, both = "L+RAST(1*small_rl)", "L+RAST(1*small_rl+0.5*rl_2)"
+    assert list(summary["benchmarks"]["tiny"]) == ["L", "L+RAST(lam=1)", one, both, "L_RL"]
+    texts = {}
+    for record in read_records(tmp_path / "out/samples.jsonl"):
+        texts.setdefault(record.system, []).append(record.text)
+        assert record.of("RAST", 1.0) == (record.system == "L+RAST(lam=1)")
+    assert texts[one] == texts["L+RAST(lam=1)"] != texts[both]
+    signatures = json.loads((tmp_path / "out/systems.json").read_text())
+    assert signatures[both]["pairs"] == [[tiny_models["small_base"], tiny_models["small_rl"], 1.0],
+                                         [base_2, rl_2, 0.5]]
+    assert "pairs" not in signatures["L+RAST(lam=1)"]  # as one-pair systems were always signed
+    assert {"rr", "rr_note", "rr_ci_low"} <= summary["benchmarks"]["tiny"][both].keys()
+    with pytest.raises(UserError, match=r"cannot read '1\*small_rl - base'; write each term"):
+        TransferConfig(combinations=["1*small_rl - base"])
+
+
+def test_make_transfer_with_another_tiny_recipe_trains_its_prerequisites_with_their_own():
+    """RECIPE names the evaluation recipe only: the GRPO runs make transfer starts first keep
+    theirs (the combined recipe was once handed to train.grpo, which refused it)."""
+    recipe = "recipes/tiny/rast/config_cpu_combined.yaml"
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-o", "setup", "transfer",
+                             f"RECIPE={recipe}"], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    lines = result.stdout.splitlines()
+    assert any("train.grpo --config recipes/tiny/grpo/config_cpu.yaml" in line for line in lines)
+    assert not any("train.grpo" in line and recipe in line for line in lines)
+    assert lines[-1].endswith(f"transfer.eval.evaluate --config {recipe} ")
+    qwen = "recipes/Qwen2.5-32B/rast/config_1.5B_7B_combined.yaml"  # no tiny training for it
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-o", "setup", "transfer",
+                             f"RECIPE={qwen}"], cwd=REPO, capture_output=True, text=True,
+                            check=True)
+    assert "train.grpo" not in result.stdout and f"--config {qwen}" in result.stdout
