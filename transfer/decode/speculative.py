@@ -233,7 +233,7 @@ class Speculation:
 
     def measure(self, k, kept, accepted, emitted, times, accept_s):
         """Count a round's drafts, and feed its acceptance and times to the schedule. A row's
-        drafts count up to its first rejection, and not past a stop id or its budget."""
+        drafts count up to its first rejection, and not past its stop or its budget."""
         self.stats["emitted"] += int(emitted.sum())
         self.stats["ragged_rounds"] += int(kept.min() != kept.max())
         tested = torch.minimum(torch.minimum(kept + 1, emitted), torch.full_like(kept, k))
