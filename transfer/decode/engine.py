@@ -6,7 +6,9 @@ Finished rows leave the batch (their cache rows are dropped), so they stop costi
 base and RL small logits come from ONE forward of the pair stacked (transfer.decode.stacked_pair): of
 the two models' weights batched together when the RL model has full weights, of one set of
 weights when it is a LoRA adapter of the small base. lam = 0, or no small pair, is plain decoding
-of the large model through this same loop, so baselines and RAST share every line.
+of the large model through this same loop, so baselines and RAST share every line. Several small
+pairs add their deltas (lists of small_base / small_rl / lam; small models of one size share one
+stacked forward).
 
     from transfer.decode.engine import RastEngine, SamplingParams
     engine = RastEngine.from_pretrained("tiny-l", small_rl="outputs/tiny-s-grpo", lam=1.0)

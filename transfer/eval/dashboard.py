@@ -28,6 +28,9 @@ def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir:
     train.tracking.wandb_session."""
     config = summary["config"]
     models = {"small_rl": config["small_rl"], "target_rl": config.get("target_rl")}
+    for system in summary["systems"]:  # the other RL checkpoints of combinations of pairs
+        models.update({f"small_rl/{Path(rl).name}": rl for _, rl, _ in system.get("pairs", ())
+                       if rl not in models.values()})
     run = wandb.init(project=project, group=group, name=f"{group}/comparison",
                      job_type="comparison", dir=str(output_dir), config=config,
                      reinit="finish_previous")

@@ -459,12 +459,18 @@ def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, t
     torch.set_num_threads(1)
     base_2 = build_random_qwen2(tmp_path / "base_2", hidden=48, ffn=96, seed=21)
     rl_2 = build_random_qwen2(tmp_path / "rl_2", hidden=48, ffn=96, seed=22, perturb_from=base_2)
+    (Path(rl_2) / ARTIFACT_FILE).write_text(json.dumps({"artifact": GRPO_ARTIFACT}))
     first = f"({tiny_models['small_rl']} - {tiny_models['small_base']})"
     combinations = [f"1*{first}", f"1*{first} + 0.5*({rl_2} - {base_2})"]
     recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
                            benchmarks=["tiny"], lam=[1.0], include_small_rl=False,
-                           include_small_base=False, combinations=combinations)
+                           include_small_base=False, combinations=combinations,
+                           report_to="wandb")
     summary = run(parse_config(["--config", str(recipe)]))
+    comparison = next(run_dir for run_dir in (tmp_path / "out/wandb").glob("offline-run-*")
+                      if "system" not in json.loads(wandb_inspect(run_dir, "--summary", "--json"))["config"])
+    config = json.loads(wandb_inspect(comparison, "--summary", "--json"))["config"]
+    assert config["inputs"] == {"small_rl/rl_2": GRPO_ARTIFACT}  # the combination's checkpoint
     one, both = "L+RAST(1*small_rl)", "L+RAST(1*small_rl+0.5*rl_2)"
     assert list(summary["benchmarks"]["tiny"]) == ["L", "L+RAST(lam=1)", one, both, "L_RL"]
     texts = {}
