@@ -23,8 +23,8 @@ token y (emitted, not yet fed to any model):
 4. Every model's cache keeps, per row, the columns of the tokens emitted and masks the rest
    (rows accept different numbers: ragged). A row finishes at its first stop id or stop string
    among the tokens it emits (transfer.decode.stops.find_stop, the plain loop's rule) or at
-   max_new_tokens, and leaves the batch. Once every row has drafted a stop id, drafting ends for
-   the round: each row's round ends at or before that position, accepted or not.
+   max_new_tokens, and leaves the batch. Once every row has drafted a stop id or reached its
+   budget, drafting ends for the round: each row's round ends there, accepted or not.
 
 The random numbers are indexed by (row seed, position): three uniforms per generated position,
 drawn up front from the row's seed. A position's token is a function of its target p, its q and
@@ -178,10 +178,11 @@ class Speculation:
             start = torch.tensor([len(outputs[row]) for row in active.tolist()])
             k = self.schedule.choose(budget - int(start.min()) - 1)
             u = sampler.at(active, start, k + 1)
+            ends.start_round(budget - start)
             pending = torch.tensor(pending, device=device)
             target, drafts, q, times = self.round(engine, draft, draft_rl, pending, k, sampler, u,
                                                   ends)
-            fed = target.shape[1]  # k + 1, or fewer where every row drafted a stop id
+            fed = target.shape[1]  # k + 1, or fewer where every row's round ended sooner
             u = None if u is None else u[:, :fed]
 
     def round(self, engine, draft, draft_rl, pending, k, sampler, u, ends=None):
@@ -191,9 +192,9 @@ class Speculation:
         drafts [rows, k+1] (the last drawn at the bonus position), their draft probabilities
         [rows, k+1, vocab] or None when greedy, (seconds drafting, seconds verifying)).
 
-        Drafting stops early, as if k had been smaller, once every row has drafted a stop id
-        (`ends`): each row's round ends at or before that position whether the draft is
-        accepted or not, so later drafts would only be rolled back."""
+        Drafting stops early, as if k had been smaller, once every row has drafted a stop id or
+        reached its budget (`ends`): its round ends at or before that position whether its
+        drafts are accepted or not, so later drafts would only be rolled back."""
         begin = time.perf_counter()
         token, steps, drafts, q = pending, [], [], []
         for i in range(k + 1):
@@ -201,7 +202,7 @@ class Speculation:
             token, probs = sampler.draft(steps[-1][draft_rl], None if u is None else u[:, i])
             drafts.append(token)
             q.append(probs)
-            if i < k and ends is not None and ends.all_stop_ids(token):
+            if i < k and ends is not None and ends.all_ended(token, i):
                 break
         draft_s = _clock(pending.device, begin)
         begin = time.perf_counter()
@@ -257,12 +258,22 @@ class Ends:
         self.stopped_by: dict[int, int | str] = {}
         self.id_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long) if stop_ids else None
 
-    def all_stop_ids(self, tokens: torch.Tensor) -> bool:
-        """Whether every row's draft [rows] is a stop id. Checked on the host after each draft
-        step, so only for drafts on a CPU, where it is free: on a GPU the sync per step would
-        cost more than the few steps it saves at the end of a row."""
-        return (self.id_tensor is not None and tokens.device.type == "cpu"
-                and bool(torch.isin(tokens, self.id_tensor).all()))
+    def start_round(self, room: torch.Tensor) -> None:
+        """A round begins; room [rows]: tokens each row may still emit (its budget left)."""
+        self.room, self.ended = room, torch.zeros(len(room), dtype=torch.bool)
+
+    def all_ended(self, drafts: torch.Tensor, step: int) -> bool:
+        """After draft step `step` (0-based; its drafts [rows] sit at round position step + 1):
+        whether every row's round now ends at or before this position, accepted or not,
+        because the row drafted a stop id here or earlier, or has no budget past it. Checked on
+        the host after each step, so only for drafts on a CPU, where it is free: on a GPU the
+        sync per step would cost more than the few steps it saves at the end of a row."""
+        if drafts.device.type != "cpu":
+            return False
+        self.ended |= self.room <= step + 1
+        if self.id_tensor is not None:
+            self.ended |= torch.isin(drafts, self.id_tensor)
+        return bool(self.ended.all())
 
     def cut(self, row: int, ids: list[int], checked: int) -> bool:
         """Cut row's ids (ids[:checked] were checked before) after their first stop, if any;

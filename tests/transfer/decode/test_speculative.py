@@ -12,7 +12,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from transfer.decode.engine import RL_ADAPTER, RastEngine, SamplingParams
 from transfer.decode.rast import combine_logits, warp_logits
-from transfer.decode.speculative import DraftSchedule, inverse_cdf
+from transfer.decode.speculative import DraftSchedule, Ends, inverse_cdf
 
 SHARED = 98
 STOP_IDS = [6, 11, 33, 52, 85]  # frequent greedy tokens: rows end at scattered steps
@@ -285,3 +285,18 @@ def test_drafting_ends_at_a_drafted_stop_id_and_output_stays_the_plain_engines(t
         stopped += expected[0][1] in STOP_IDS
     assert stopped >= 4  # most rows end on a stop id
     assert not set(fed) & set(STOP_IDS), "a drafted stop id was fed to the draft unit"
+
+
+def test_a_round_ends_once_every_row_has_drafted_a_stop_id_or_reached_its_budget():
+    """Rows end at different draft steps: a row that drafted a stop id (or whose budget ends)
+    emits nothing past that position, so drafting ends once every row got there, not only when
+    all rows draft a stop id at the same step."""
+    ends = Ends({6, 11}, (), None)
+    ends.start_round(torch.tensor([9, 9, 9]))
+    assert not ends.all_ended(torch.tensor([6, 2, 3]), 0)
+    assert not ends.all_ended(torch.tensor([4, 11, 3]), 1)  # row 0 drafted a stop at step 0
+    assert ends.all_ended(torch.tensor([4, 5, 6]), 2)
+    ends.start_round(torch.tensor([9, 2, 3]))  # rows 1 and 2 may emit 2 and 3 more tokens
+    assert not ends.all_ended(torch.tensor([11, 2, 3]), 0)
+    assert not ends.all_ended(torch.tensor([1, 2, 3]), 1)  # row 2 may still emit position 3
+    assert ends.all_ended(torch.tensor([1, 2, 3]), 2)
