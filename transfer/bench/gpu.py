@@ -241,7 +241,7 @@ def speculative_projection(large, stacked_pair, batch: int, prompt_len: int, voc
     except Exception as err:  # noqa: BLE001 - recorded in the report
         return {**report, "error": f"{type(err).__name__}: {err}"}
     rows = large.config.vocab_size
-    sampler = Sampler(SamplingParams(top_p=0.95), 1.0, vocab, uniforms=None)
+    sampler = Sampler(SamplingParams(top_p=0.95), vocab, uniforms=None)
     report["accept_ms"] = {}
     for width in (1, 5, 9):
         target = torch.randn(batch, width, rows, device=device)
