@@ -104,12 +104,16 @@ def decode_step(model, buffers: StaticBuffers) -> torch.Tensor:
     return output.logits[:, -1]
 
 
-def verify_step(model, buffers: StaticBuffers, width: int) -> torch.Tensor:
-    """One forward over `width` new tokens per row (buffers.wide_tokens[width]), logits at every
-    one [rows, width, vocab]: speculative decoding's verify pass, capturable like decode_step.
+def verify_step(model, buffers: StaticBuffers, tokens: torch.Tensor) -> torch.Tensor:
+    """One forward over the `width` new tokens per row of tokens [rows, width] (one of
+    buffers.wide_tokens), logits at every one [rows, width, vocab]: speculative decoding's verify
+    pass, capturable like decode_step. The width is read from the tensor, not passed as a
+    number: compiled, it is then a dynamic size, and every width shares one graph instead of
+    recompiling per width until dynamo's recompile limit (8) sends the rest back to eager.
 
     The row mask says which columns a row may attend to (holes where rejected drafts were rolled
     back); the new columns add causality among themselves: query i sees new columns <= i."""
+    width = tokens.shape[1]
     start = buffers.cache.layers[0].cumulative_length
     offsets = torch.arange(width, device=buffers.mask.device)
     new_columns = start + offsets
@@ -117,7 +121,7 @@ def verify_step(model, buffers: StaticBuffers, width: int) -> torch.Tensor:
     columns = torch.arange(buffers.mask.shape[-1], device=buffers.mask.device)
     causal = columns[None, :] <= new_columns[:, None]  # [width, capacity]
     mask = buffers.mask & causal[None, None]  # [rows, 1, width, capacity]
-    output = model(input_ids=buffers.wide_tokens[width], position_ids=buffers.positions + offsets,
+    output = model(input_ids=tokens, position_ids=buffers.positions + offsets,
                    attention_mask={"full_attention": mask}, past_key_values=buffers.cache,
                    use_cache=True, logits_to_keep=0)
     buffers.positions.add_(width)
@@ -202,7 +206,7 @@ class StaticDecoder:
             tokens.copy_(token_ids)
         else:
             tokens.index_copy_(0, self.live, token_ids)
-        verify = functools.partial(self.verify_fn, width=width)
+        verify = functools.partial(self.verify_fn, tokens=tokens)
         logits = (self._replay(width, verify) if self.cuda_graphs
                   else verify(self.model, self.buffers))
         self.length += width

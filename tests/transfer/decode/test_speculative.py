@@ -300,3 +300,25 @@ def test_a_round_ends_once_every_row_has_drafted_a_stop_id_or_reached_its_budget
     assert not ends.all_ended(torch.tensor([11, 2, 3]), 0)
     assert not ends.all_ended(torch.tensor([1, 2, 3]), 1)  # row 2 may still emit position 3
     assert ends.all_ended(torch.tensor([1, 2, 3]), 2)
+
+
+@pytest.mark.slow
+def test_compiled_verify_runs_every_width_in_one_graph(triple):
+    """compile=True: verify forwards of widths 1..9 share a dynamic-shape graph (the width is
+    read from the tokens tensor). Passed as a number, it recompiled per width until dynamo's
+    recompile limit (8) sent the other widths back to eager, slower than not speculating.
+    Greedy output stays the plain eager loop's."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from transfer.decode.static_cache import verify_step
+
+    models = (triple["large"], triple["small_base"], triple["small_rl"])
+    params = SamplingParams(temperature=0, max_new_tokens=30)
+    ids = prompts(8)
+    expected = RastEngine(*models, lam=1.0, vocab_size=SHARED).decode(ids, [[0]] * 8, params,
+                                                                      STOP_IDS)
+    for k in range(9):
+        spec = RastEngine(*models, lam=1.0, vocab_size=SHARED, compile=True, speculative=True,
+                          draft_tokens=k)
+        assert spec.decode(ids, [[0]] * 8, params, STOP_IDS) == expected, k
+    assert len(_debug_get_cache_entry_list(verify_step.__code__)) <= 4
