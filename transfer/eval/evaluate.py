@@ -134,8 +134,8 @@ class TransferConfig:
 
 
 # LAM*RL or LAM*(RL - BASE); names hold no spaces, so " - " and " + " separate
-COMBINATION_TERM = re.compile(r"(?P<lam>[^*()]+)\*\s*"
-                              r"(?:\((?P<rl>\S+)\s+-\s+(?P<base>\S+)\)|(?P<alone>[^\s()]+))")
+COMBINATION_TERM = re.compile(r"(?P<lam>[^*()]+)\*\s*(?:\((?P<rl>[^\s()*]+)\s+-\s+"
+                              r"(?P<base>[^\s()*]+)\)|(?P<alone>[^\s()*]+))")
 
 
 def parse_combination(text: str) -> list[tuple[str | None, str, float]]:

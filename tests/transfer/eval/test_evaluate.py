@@ -485,6 +485,8 @@ def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, t
     assert {"rr", "rr_note", "rr_ci_low"} <= summary["benchmarks"]["tiny"][both].keys()
     with pytest.raises(UserError, match=r"cannot read '1\*small_rl - base'; write each term"):
         TransferConfig(combinations=["1*small_rl - base"])
+    with pytest.raises(UserError, match=r"cannot read '1\*a\+1\*b'"):  # ' + ' joins terms
+        TransferConfig(combinations=["1*a+1*b"])
 
 
 def test_make_transfer_with_another_tiny_recipe_trains_its_prerequisites_with_their_own():
