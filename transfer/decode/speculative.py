@@ -185,7 +185,7 @@ class Speculation:
             fed = target.shape[1]  # k + 1, or fewer where every row's round ended sooner
             u = None if u is None else u[:, :fed]
 
-    def round(self, engine, draft, draft_rl, pending, k, sampler, u, ends=None):
+    def round(self, engine, draft, draft_rl, pending, k, sampler, u, ends):
         """Feed each row's pending token and k drafts to the draft unit, one step each (its
         copy draft_rl is S_RL), then the drafts to every other unit in one verify forward:
         -> (target logits [rows, k+1, vocab],
@@ -202,7 +202,7 @@ class Speculation:
             token, probs = sampler.draft(steps[-1][draft_rl], None if u is None else u[:, i])
             drafts.append(token)
             q.append(probs)
-            if i < k and ends is not None and ends.all_ended(token, i):
+            if i < k and ends.all_ended(token, i):
                 break
         draft_s = _clock(pending.device, begin)
         begin = time.perf_counter()
