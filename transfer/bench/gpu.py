@@ -145,6 +145,7 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
             "speculative_projection": projection}
 
 
+@torch.inference_mode()  # as the engine decodes: no autograd bookkeeping in the timings
 def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes, device: str,
                    steps: int = 20) -> dict:
     """Milliseconds per decode step of each part alone: one model's step (models: name ->
@@ -202,6 +203,7 @@ def step_breakdown(models: dict, batch: int, prompt_len: int, vocab: int, modes,
     return report
 
 
+@torch.inference_mode()
 def speculative_projection(large, stacked_pair, batch: int, prompt_len: int, vocab: int,
                            mode: str, device: str, acceptance: float, steps: int = 10) -> dict:
     """Speculative RAST's round, timed part by part on these weights: a draft step of the stacked
@@ -233,7 +235,7 @@ def speculative_projection(large, stacked_pair, batch: int, prompt_len: int, voc
         verifier = CachedModel("large", large, cache=mode)
         verifier.prefill(prompts, mask, max_new_tokens=40 * steps + 64)
         report["large_step_ms"] = timed(lambda: verifier.decode(tokens))
-        keep = torch.ones(batch, dtype=torch.long)
+        keep = torch.zeros(batch, dtype=torch.long)  # every verify rolled back: same columns
         for width in range(1, 10):
             fed = torch.zeros(batch, width, dtype=torch.long, device=device)
             report["verify_ms"][width] = timed(

@@ -4,6 +4,8 @@ a bug a CPU could have shown."""
 
 import json
 
+import torch
+
 from transfer.bench import check as gpu_check
 from transfer.bench import gpu as gpu_bench
 
@@ -51,3 +53,21 @@ def test_gpu_check_smoke_runs_the_whole_path_on_cpu(tmp_path):
     assert report["grpo"]["steps"] == 2
     assert report["grpo"]["parameters_changed"] == report["grpo"]["parameters"]
     assert report["train_step_memory"][0]["fits"]
+
+
+def test_gpu_bench_times_every_forward_in_inference_mode(tmp_path, monkeypatch):
+    """The part timings (step_breakdown, speculative_projection) call CachedModel directly, not
+    through the engine's decode: with autograd recording, an eager CPU step of the large model
+    measured 2.5 ms against the engine's 1.7 ms, and the projection's ratios were wrong."""
+    modes = []
+    for method in ("decode", "verify"):
+        original = getattr(gpu_bench.CachedModel, method)
+
+        def spy(self, *args, original=original, **kwargs):
+            modes.append(torch.is_inference_mode_enabled())
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(gpu_bench.CachedModel, method, spy)
+    gpu_bench.main(["--smoke", "--modes", "dynamic", "--batches", "1",
+                    "--output", str(tmp_path / "bench.json")])
+    assert len(modes) > 100 and all(modes)
