@@ -5,11 +5,15 @@ Same prompts, seeds and sampling as the rest of transfer.bench.cpu; interleaved 
 kept. Per mode: tokens/s, its ratio to the eager RAST engine and to L alone, the draft acceptance
 rate and mean tokens emitted per round, and forward calls per generated token per model unit
 (calls x batch / tokens: 1.00 means one forward per token, as the plain loop; a stacked pair is
-one unit).
+one unit). Then the same arithmetic as the GPU script's projection (transfer.bench.gpu:
+speculative_projection), from this run's own step costs and acceptance: the ratio to L alone
+that a round of these forwards and this accept rule could reach with no other overhead, which
+says how much of the gap to L alone is the models' step costs and how much the loop.
 """
 
 import time
 
+from transfer.bench.gpu import speculative_projection
 from transfer.decode.engine import RastEngine
 
 ALONE, RAST = "L alone", "RAST (today's engine)"
@@ -63,4 +67,16 @@ def compare(models: dict, tokenizer, prompt_ids, seeds, params, batches, repeats
             print(f"{name:30} {speed[name]:7.0f} {speed[name] / speed[RAST]:6.2f} "
                   f"{speed[name] / speed[ALONE]:6.2f} {accept} {per_round}  {calls}")
         results[batch] = speed
+        spec, pair = modes[SPEC].speculative, modes[SPEC].small[0].model
+        prompt_len = round(sum(map(len, prompt_ids)) / len(prompt_ids))
+        parts = speculative_projection(models["large"], pair, batch, prompt_len, len(tokenizer),
+                                       "dynamic", "cpu", spec.acceptance_rate(), steps=50)
+        if "error" not in parts:
+            print(f"projected from this run's step costs (the round's forwards and accept rule, "
+                  f"nothing else): draft step {parts['draft_step_ms']:.2f} ms = "
+                  f"{parts['draft_step_ms'] / parts['large_step_ms']:.2f} of L's step "
+                  f"{parts['large_step_ms']:.2f} ms, verify of 9 positions "
+                  f"{parts['verify_ms'][9]:.2f} ms; best k {parts['best_k']} at acceptance "
+                  f"{parts['acceptance']:.3f}: speculative / L alone "
+                  f"{parts['projected_over_large_alone']:.2f}")
     return results
