@@ -322,3 +322,61 @@ def test_compiled_verify_runs_every_width_in_one_graph(triple):
                           draft_tokens=k)
         assert spec.decode(ids, [[0]] * 8, params, STOP_IDS) == expected, k
     assert len(_debug_get_cache_entry_list(verify_step.__code__)) <= 4
+
+
+@pytest.fixture(scope="module")
+def qwen_shaped(qwen_tokenizer):
+    """The Qwen path's shapes with the real tokenizer: a 1.5B-shaped pair (151936 rows, tied)
+    and a 32B-shaped L (152064 rows, untied head) made from the RL model plus noise, so that
+    drafts are accepted often but not always (hidden 32 and 2 layers, as the hub stand-ins)."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from tests.rehearsal.standins import shrunk_architecture
+    from train.models import qwen2_config
+
+    def build(size: str, seed: int, hidden: int = 32):
+        torch.manual_seed(seed)
+        architecture = replace(shrunk_architecture(size), hidden=hidden, ffn=2 * hidden)
+        return Qwen2ForCausalLM(qwen2_config(architecture)).eval()
+
+    base = build("1.5B", seed=0)
+    rl = perturbed(base, 0.3, seed=1)
+    large = build("32B", seed=2)
+    sources = dict(rl.named_parameters())
+    sources["lm_head.weight"] = rl.lm_head.weight  # the pair's head is its tied embedding
+    with torch.no_grad():
+        for name, param in large.named_parameters():
+            param[:sources[name].shape[0]] = sources[name]
+            param.add_(0.4 * sources[name].std() * torch.randn_like(param))
+    assert (base.config.vocab_size, large.config.vocab_size) == (151936, 152064)
+    assert base.config.tie_word_embeddings and not large.config.tie_word_embeddings
+    return (large, base, rl), AutoTokenizer.from_pretrained(qwen_tokenizer)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_speculative_on_the_qwen_path_is_the_plain_engines(qwen_shaped, cache):
+    """152064- against 151936-row models on the 151665 shared ids, byte-level BPE text, chat and
+    plain prompts, the Qwen recipes' stop ids and stop strings, and two strings these random
+    models write, one inside a token and one across two: the plain loop's completions, token
+    for token, whether the stacked pair or S_RL alone drafts."""
+    models, tokenizer = qwen_shaped
+    chat = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    texts = [chat.format("What is 12*7?"), "Question:\nFind x if 2x+3=11.\nAnswer:\n",
+             chat.format("How many primes are below 20?"), "Question:\nWhat is $\\frac{1}{2}$?\nAnswer:\n"]
+    stops = ("</s>", "<|im_end|>", "<|endoftext|>", "assistant", "user", "_end", "_start",
+             "sso", "rollc")  # greedy random models repeat "asso" / "croll": mid-token, across two
+    params = SamplingParams(temperature=0, max_new_tokens=24, stop_strings=stops)
+    plain = RastEngine(*models, lam=1.0, tokenizer=tokenizer)
+    expected = plain.generate(texts, params, stop_ids=[151645, 151643], progress=False)
+    for stack in (True, False):
+        spec = RastEngine(*models, lam=1.0, tokenizer=tokenizer, cache=cache, speculative=True,
+                          draft_tokens=4, stack_small=stack)
+        completions = spec.generate(texts, params, stop_ids=[151645, 151643], progress=False)
+        assert [(c.token_ids, c.text, c.stop) for c in completions] == [
+            (c.token_ids, c.text, c.stop) for c in expected]
+        assert 0 < spec.speculative.acceptance_rate() < 1
+    assert spec.shared_vocab == 151665
+    assert [c.stop for c in expected] == [None, "sso", None, "rollc"]
+    assert expected[1].text.endswith(":\na") and expected[3].text == ":\nc"  # cut mid-token
