@@ -120,13 +120,19 @@ class Speculation:
         self.stats = {"rounds": 0, "row_rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0,
                       "ragged_rounds": 0}
 
-    def acceptance_rate(self) -> float:
-        """Share of the drafted tokens accepted (bonus positions not counted)."""
-        return self.stats["accepted"] / max(self.stats["drafted"], 1)
+    def acceptance_rate(self, since: dict | None = None) -> float:
+        """Share of the drafted tokens accepted (bonus positions not counted); since: an earlier
+        copy of `stats`, to count only what came after it."""
+        now = self._counted_since(since)
+        return now["accepted"] / max(now["drafted"], 1)
 
-    def mean_emitted(self) -> float:
+    def mean_emitted(self, since: dict | None = None) -> float:
         """Tokens a row emits per round: its accepted drafts + one corrected or bonus token."""
-        return self.stats["emitted"] / max(self.stats["row_rounds"], 1)
+        now = self._counted_since(since)
+        return now["emitted"] / max(now["row_rounds"], 1)
+
+    def _counted_since(self, since: dict | None) -> dict:
+        return {key: value - (since or {}).get(key, 0) for key, value in self.stats.items()}
 
     @torch.inference_mode()
     def decode(self, engine, prompt_ids, seeds, params, stop: set[int], on_step=None):

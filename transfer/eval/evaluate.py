@@ -332,6 +332,8 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
     correct, graded = sum(r.correct for r in own), len(own)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
                unit="batch")
+    speculation = getattr(engine, "speculative", None)
+    before = dict(speculation.stats) if speculation else None
     by_key = {f"{benchmark}/{p['id']}": p for chunk in todo for p in chunk}
     prompts = [render_prompt(config.prompt_template, p["problem"]) for p in by_key.values()]
     # The engine batches batch_size // samples consecutive prompts, so its batches are exactly
@@ -350,8 +352,14 @@ def evaluate_system(engine, system: System, benchmark: str, problems: list[dict]
         done.update((r.problem_id, r.sample_index) for r in records)
         correct, graded = correct + sum(r.correct for r in records), graded + len(records)
         bar.update(1)
-        bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}")
+        bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}", **(
+            {"draft_acceptance": f"{speculation.acceptance_rate(before):.3f}",
+             "tokens_per_round": f"{speculation.mean_emitted(before):.2f}"} if speculation else {}))
     bar.close()
+    if speculation and todo:  # whether speculation pays on this pair (else it turns itself off)
+        logger.info("%s on %s, speculative: draft acceptance %.3f, %.2f tokens per round",
+                    system.name, benchmark, speculation.acceptance_rate(before),
+                    speculation.mean_emitted(before))
 
 
 def load_engine(system: System, config: TransferConfig):

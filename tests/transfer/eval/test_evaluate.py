@@ -368,6 +368,29 @@ def test_stop_strings_cut_every_systems_samples_by_the_same_rule(tiny_models, tm
     assert cut_systems == {"S", "S_RL", "L", "L+RAST(lam=1)", "L_RL"}
 
 
+def test_a_speculative_run_logs_each_rast_systems_draft_acceptance(tiny_models, tmp_path, caplog):
+    """With speculation on, each RAST system says how often its drafts were accepted and how
+    many tokens a round gave (on a Qwen pair nobody knows that in advance); the other systems
+    decode as without it."""
+    torch.set_num_threads(1)
+    logged, samples = {}, {}
+    for name, speculative in (("plain", False), ("spec", True)):
+        recipe = _write_recipe(tmp_path / name, tiny_models, tmp_path, samples=2, limit=2,
+                               benchmarks=["tiny"], lam=[0.5, 1.0], speculative=speculative)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="transfer.eval.evaluate"):
+            run(parse_config(["--config", str(recipe)]))
+        logged[name] = [r.getMessage() for r in caplog.records if "speculative:" in r.getMessage()]
+        samples[name] = {(r.system, r.problem_id, r.sample_index): r.token_ids
+                         for r in read_records(tmp_path / name / "samples.jsonl")}
+    assert logged["plain"] == []
+    assert [line.split(", speculative: draft acceptance ")[0] for line in logged["spec"]] == [
+        "L+RAST(lam=0.5) on tiny", "L+RAST(lam=1) on tiny"]
+    assert all(line.endswith(" tokens per round") for line in logged["spec"])
+    assert {key: ids for key, ids in samples["spec"].items() if "RAST" not in key[0]} == {
+        key: ids for key, ids in samples["plain"].items() if "RAST" not in key[0]}
+
+
 @pytest.mark.slow
 def test_tiny_family_shows_the_paper_effect(tmp_path):
     """`make transfer` on the trained tiny family: RAST moves tiny-l to the careful style.
