@@ -101,6 +101,29 @@ def transfer_outputs(output_dir: Path, max_new_tokens: int) -> tuple[bool, str]:
                 f"a stop, {len(too_long)} over {max_new_tokens} tokens")
 
 
+def speculative_transfer(output_dir: Path, plain_dir: Path, max_new_tokens: int) -> tuple[bool, str]:
+    """`speculative: true` on the Qwen path: its outputs pass transfer_outputs; the systems it
+    does not touch (L, S_RL, L_RL) have the plain run's samples exactly, and every RAST sample
+    of the plain run on these problems has a speculative counterpart."""
+    ok, detail = transfer_outputs(output_dir, max_new_tokens)
+
+    def samples(directory: Path) -> dict:
+        records = [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines()]
+        return {(r["system"], r["benchmark"], r["problem_id"], r["sample_index"]):
+                (r["token_ids"], r["text"]) for r in records}
+
+    if not ok or not (plain_dir / "samples.jsonl").is_file():
+        return False, f"{detail}; plain run at {plain_dir}: {(plain_dir / 'samples.jsonl').is_file()}"
+    spec, plain = samples(output_dir), samples(plain_dir)
+    plain = {key: value for key, value in plain.items() if key[1] in {k[1] for k in spec}}
+    untouched = [key for key in spec if "RAST" not in key[0]]
+    same = sum(spec[key] == plain.get(key) for key in untouched)
+    rast = {key for key in spec if "RAST" in key[0]}
+    ok = bool(untouched) and same == len(untouched) and rast == {k for k in plain if "RAST" in k[0]}
+    return ok, (f"{detail}; {same} of {len(untouched)} L/S_RL/L_RL samples as the plain run's, "
+                f"{len(rast)} RAST samples")
+
+
 def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, str]) -> tuple[bool, str]:
     """The hub RL stand-in has no rast_pair.json, so transfer pairs it through the recipe's
     explicit small_base, and refuses in one line without one."""
@@ -194,6 +217,8 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("GRPO LoRA: stops at 151643/151645", grpo_stops, (out / "grpo-lora",)),
         ("GRPO: W&B offline runs", wandb_offline, (out / "grpo-full", 1)),
         ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
+        ("transfer 32B speculative: stops, plain run's L samples", speculative_transfer,
+         (out / "transfer-32B-speculative", transfer_32b, max_new_tokens)),
         ("transfer 7B: results, stops", transfer_outputs, (out / "transfer-7B-1.5B", max_new_tokens)),
         ("transfer 32B: W&B offline runs", wandb_offline, (transfer_32b, 5)),
         ("hub RL paired without rast_pair.json", hub_rl_pairs_without_pair_file,

@@ -72,6 +72,9 @@ def commands() -> list[tuple[str, list[str]]]:
               f"ARGS={GRPO_SIZES} --output_dir {OUT}/grpo-lora")),
         ("make transfer TARGET=32B",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
+        ("make transfer TARGET=32B, speculative",
+         make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
+              f"--speculative true --output_dir {OUT}/transfer-32B-speculative")),
         ("make transfer TARGET=7B",
          make("transfer", "TARGET=7B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_7b}")),
         ("make transfer (32B, 1.5B and 7B deltas combined)",
