@@ -176,3 +176,23 @@ def test_plan_arithmetic_and_device_map():
     for name in names:  # every tensor is placed, and by exactly one entry
         assert sum(name.startswith(prefix + ".") for prefix in device_map) == 1, name
     assert [device_map[f"model.layers.{i}"] for i in range(5)] == [0, 0, 0, 1, 1]
+
+
+def test_dry_run_plan_counts_the_transient_logits_of_speculative_rounds():
+    """12 fp32 [batch, positions, 152064] tensors at the peak (measured on CPU): the 32B recipe's
+    batch 64 holds 0.5 GB per plain step and 4.2 GB per speculative round of 9 positions, inside
+    the 7 GB an 80 GB card keeps free; at batch 128 on 40 GB cards it would not be."""
+    def line(batch, card_gb, speculative):
+        config = TransferConfig(target="Qwen/Qwen2.5-32B", batch_size=batch,
+                                speculative=speculative)
+        text = placement.describe(config, ["1.5B", "1.5B"], 64, card_gb, (0, 0.0))
+        return next(row for row in text.splitlines() if row.startswith("transient logits"))
+
+    assert placement.logits_gb(64, 152064, 9) == pytest.approx(12 * 64 * 9 * 152064 * 4 / 1e9)
+    assert line(64, 80, False) == ("transient logits on L's last GPU (1 position per step): 0.5 "
+                                   "GB, within the 7.0 GB each card keeps free beside its CUDA "
+                                   "context")
+    assert line(64, 80, True).startswith("transient logits on L's last GPU (speculative, 9 "
+                                         "positions per step): 4.2 GB, within")
+    assert line(128, 40, True).endswith("more than the 3.0 GB each card keeps free beside its "
+                                        "CUDA context: lower batch_size")

@@ -27,6 +27,13 @@ CARDS_GB = (40, 80, 141)  # A100-40G, A100/H100-80G, H200
 # Full-parameter GRPO with Adam in bf16 mixed precision: bf16 weights 2 + grads 2 + fp32 master
 # 4 + Adam moments 8 bytes per parameter, plus a bf16 reference model (beta > 0) 2 bytes.
 TRAIN_BYTES_PER_PARAM = 18
+# Decoding also holds transient fp32 logits where they are combined (L's last GPU): at the peak
+# about this many [batch, positions, vocab] fp32 tensors (the models' logits, the combination,
+# top-p's sorted copy and its int64 indices, probabilities, the draft's q). Measured on CPU at
+# Qwen's 152064 rows, batch 16, top-p 0.95: peak RSS grew by 954 MB in a speculative round of 9
+# positions (11.4 such tensors) and by 117 MB in the plain loop's steps (12.6 at 1 position).
+LOGITS_TENSORS = 12
+CUDA_CONTEXT_GB = 1.0  # per card, outside what torch allocates
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,12 @@ def max_batch(large: ModelFacts, small: list[ModelFacts], tokens: int, gpus: int
     per_sequence = tokens * (large.kv_bytes_per_token +
                              sum(m.kv_bytes_per_token for m in small)) / GB
     return max(0, math.floor((gpus * card_gb * USABLE_SHARE - weights) / per_sequence))
+
+
+def logits_gb(batch: int, vocab: int, positions: int = 1) -> float:
+    """Peak transient logits memory of one decode step (positions 1) or speculative round
+    (positions: drafts + 1), on the GPU where the logits are combined."""
+    return LOGITS_TENSORS * batch * positions * vocab * 4 / GB
 
 
 def large_device_map(layers: int, gpus: int) -> dict[str, int]:
@@ -199,6 +212,16 @@ def describe(config, small_models: list[str], gpus: int | None, card_gb: float |
                    f"{config.batch_size}; largest batch_size that fits: "
                    f"{max_batch(large, small, tokens, gpus, card_gb)} (--batch_size)")
         return "\n".join(out)
+    from transfer.decode.speculative import MAX_DRAFT
+
+    room = card_gb * (1 - USABLE_SHARE) - CUDA_CONTEXT_GB  # what the plan leaves free per card
+    positions = MAX_DRAFT + 1 if config.speculative else 1
+    transient = logits_gb(config.batch_size, large.architecture.embedding_rows, positions)
+    out.append(f"transient logits on L's last GPU ({'speculative, ' if positions > 1 else ''}"
+               f"{positions} position{'s' if positions > 1 else ''} per step): {transient:.1f} GB"
+               + (f", within the {room:.1f} GB each card keeps free beside its CUDA context"
+                  if transient <= room else f", more than the {room:.1f} GB each card keeps free "
+                                            f"beside its CUDA context: lower batch_size"))
     last = p.large_gpus - 1
     out.append(f"plan: L layers over GPU 0..{last}" if last else "plan: L on GPU 0")
     if p.pair_gpu is not None:
