@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.rehearsal.standins import MARKER
 from train.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID
+from transfer.eval.samples import read_records
 
 STOP_TEXTS = ("<|endoftext|>", "<|im_end|>")
 SHARED_VOCAB = 151665
@@ -106,16 +107,16 @@ def speculative_transfer(output_dir: Path, plain_dir: Path, max_new_tokens: int)
     does not touch (L, S_RL, L_RL) have the plain run's samples exactly, and every RAST sample
     of the plain run on these problems has a speculative counterpart."""
     ok, detail = transfer_outputs(output_dir, max_new_tokens)
+    if not ok:
+        return False, detail
 
     def samples(directory: Path) -> dict:
-        records = [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines()]
-        return {(r["system"], r["benchmark"], r["problem_id"], r["sample_index"]):
-                (r["token_ids"], r["text"]) for r in records}
+        return {(r.system, r.benchmark, r.problem_id, r.sample_index): (r.token_ids, r.text)
+                for r in read_records(directory / "samples.jsonl")}
 
-    if not ok or not (plain_dir / "samples.jsonl").is_file():
-        return False, f"{detail}; plain run at {plain_dir}: {(plain_dir / 'samples.jsonl').is_file()}"
     spec, plain = samples(output_dir), samples(plain_dir)
-    plain = {key: value for key, value in plain.items() if key[1] in {k[1] for k in spec}}
+    benchmarks = {key[1] for key in spec}
+    plain = {key: value for key, value in plain.items() if key[1] in benchmarks}
     untouched = [key for key in spec if "RAST" not in key[0]]
     same = sum(spec[key] == plain.get(key) for key in untouched)
     rast = {key for key in spec if "RAST" in key[0]}

@@ -132,7 +132,8 @@ class Speculation:
         return now["emitted"] / max(now["row_rounds"], 1)
 
     def _counted_since(self, since: dict | None) -> dict:
-        return {key: value - (since or {}).get(key, 0) for key, value in self.stats.items()}
+        since = since or {}
+        return {key: value - since.get(key, 0) for key, value in self.stats.items()}
 
     @torch.inference_mode()
     def decode(self, engine, prompt_ids, seeds, params, stop: set[int], on_step=None):
