@@ -93,3 +93,47 @@ def test_simplerl_zoo_batch_mapping(path):
     assert model_args.dtype == "bfloat16" and not training_args.use_vllm
     if model_args.use_peft:
         assert training_args.output_dir.endswith("lora")
+
+
+# A recipe value of the wrong type is one line naming the key, before anything is resolved; a
+# string where a list is meant was split into characters (stop_strings: "box" stopped every
+# answer at its first "b"), a scalar list was a traceback.
+BAD_VALUES = [
+    ('stop_strings: "box"', "stop_strings: 'box' is not a list of strings"),
+    ("benchmarks: tiny", "benchmarks: 'tiny' is not a list of strings"),
+    ('combinations: "1*outputs/x"', "combinations: '1*outputs/x' is not a list of strings"),
+    ("lam: 1.0", "lam: 1.0 is not a list of numbers"),
+    ("lam: [.nan]", "lam: [nan] is not a list of numbers"),
+    ("stop_ids: 5", "stop_ids: 5 is not a list of integers"),
+    ("stop_ids: [true]", "stop_ids: [True] is not a list of integers"),
+    ("limit: 2.5", "limit: 2.5 is not an integer or null"),
+    ("samples: '4'", "samples: '4' is not an integer"),
+    ("target: [tiny-l", "is not valid YAML at line 3, column 1"),
+    ("- a list", "must be a YAML mapping"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_VALUES, ids=[line for line, _ in BAD_VALUES])
+def test_a_recipe_value_of_the_wrong_type_is_one_line(tmp_path, capsys, line, message):
+    from tests.bad_inputs import outcome
+    from transfer.eval.evaluate import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(line + "\n" if line.startswith("-") else f"target: tiny-l\n{line}\n")
+    code, error, changed = outcome(main, f"--config {recipe} --dry-run", capsys, tmp_path)
+    assert code == 2 and error.startswith(f"error: transfer recipe {recipe}") and message in error
+    assert not changed
+
+
+def test_an_analysis_or_grpo_recipe_is_checked_the_same_way(tmp_path, capsys):
+    from tests.bad_inputs import outcome
+    from train.grpo import main as grpo_main
+    from transfer.analysis.analyze import main as analyze_main
+
+    (tmp_path / "analyze.yaml").write_text("small_rl: outputs/tiny-s-grpo\n")
+    code, error, _ = outcome(analyze_main, f"--config {tmp_path / 'analyze.yaml'}", capsys,
+                             tmp_path)
+    assert code == 2 and "small_rl: 'outputs/tiny-s-grpo' is not a list of strings" in error
+    (tmp_path / "grpo.yaml").write_text("model_name_or_path: tiny-s\ndataset_limit: ten\n")
+    code, error, _ = outcome(grpo_main, f"--config {tmp_path / 'grpo.yaml'}", capsys, tmp_path)
+    assert code == 2 and "dataset_limit: 'ten' is not an integer" in error
