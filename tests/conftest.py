@@ -91,3 +91,22 @@ def wandb_inspect(path, *flags: str) -> str:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def load_engine(target, small_base=None, small_rl=None, lam=1.0, **options):
+    """RastEngine.from_deltas for the tests' spelling of a triple: (target, base, rl, lam), or
+    lists of bases and RL models with a list of lambdas, one per pair; no small_rl: the target
+    alone. Pairs are resolved as every entry point resolves them (transfer.deltas); options are
+    transfer.decode.decoder.LoadOptions fields."""
+    from transfer.decode.decoder import LoadOptions
+    from transfer.decode.engine import RastEngine
+    from transfer.deltas import deltas_per_pair, resolve_delta
+
+    if small_rl is None:
+        deltas = ()
+    elif isinstance(small_rl, list):
+        assert isinstance(lam, list), "several pairs: give one lambda per pair"
+        deltas = deltas_per_pair(small_rl, small_base, lam)
+    else:
+        deltas = (resolve_delta(small_rl, small_base, lam),)
+    return RastEngine.from_deltas(target, deltas, LoadOptions(**options))

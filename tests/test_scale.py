@@ -18,8 +18,9 @@ import yaml
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from transfer.eval import placement
-from transfer.eval.evaluate import System, TransferConfig, chunks_to_do, parse_config, run
-from transfer.eval.samples import SampleLog
+from transfer.eval.evaluate import System, TransferConfig, parse_config, problems_to_do, run
+from transfer.eval.samples import Sample
+from transfer.runlog import SampleLog
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -105,9 +106,11 @@ def _recipe(path: Path, tiny_models: dict, **overrides) -> Path:
 def test_shards_are_whole_disjoint_chunks_covering_everything(tmp_path):
     problems = [{"id": str(i)} for i in range(7)]
     config = TransferConfig(samples=2, batch_size=4)  # 2 problems a chunk -> 4 chunks
-    log = SampleLog(tmp_path / "none.jsonl")
+    log = SampleLog(tmp_path / "none.jsonl", Sample)
     system = System("L", "x")
-    shards = [chunks_to_do(system, "b", problems, config, log, (rank, 3))[0] for rank in range(3)]
+    shards = [problems_to_do(system, "b", problems, config, log, (rank, 3)) for rank in range(3)]
+    assert [total for _, total in shards] == [2, 1, 1]  # chunks each rank owns
+    shards = [chunks for chunks, _ in shards]
     assert [[[p["id"] for p in chunk] for chunk in shard] for shard in shards] == [
         [["0", "1"], ["6"]], [["2", "3"]], [["4", "5"]]]
 

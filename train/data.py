@@ -107,16 +107,31 @@ def from_hub_row(source: BenchmarkSource, row: dict) -> dict:
     return mapped
 
 
-def _read_file(path: Path) -> list[tuple[int, Any]]:
-    """(row number as a person would count it, raw row) for every row of a local file."""
+def read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number as a person would count it, raw row) for every row of a local JSONL, JSON array
+    or parquet file: the one reader of user files (benchmarks, prompts). Anything it cannot read
+    is one UserError naming the file and what to fix."""
     if path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet
 
-        return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1))
-    text = path.read_text(encoding="utf-8")
+        try:
+            return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1))
+        except (pyarrow.ArrowException, OSError) as err:
+            raise UserError(f"{path} is not a readable parquet file ({str(err)[:120]}): "
+                            f"re-export it") from None
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark is not JSON
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
     if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
-        return list(enumerate(rows, start=1))
+        try:
+            return list(enumerate(json.loads(text), start=1))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is not a valid JSON array (line {err.lineno}: {err.msg}); "
+                            f"fix it, or write one JSON object per line") from None
     numbered = []
     # split on "\n" only: str.splitlines also breaks at U+2028, which GSM8K's text contains
     for line_number, line in enumerate(text.split("\n"), start=1):
@@ -241,14 +256,14 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         data_root = data_dir or os.environ.get("RAST_DATA_DIR")
         local = Path(data_root, name_or_path, f"{split}.jsonl") if data_root else None
         if local is not None and local.is_file():
-            rows, origin = _read_file(local), str(local)
+            rows, origin = read_rows(local), str(local)
         else:
             rows = _read_hub(name_or_path, source, split, data_root)
             origin = f"{source.hub_id} ({source.hub_splits[split]} split)"
         name = name_or_path
     else:
         path = _resolve_path(name_or_path, split)
-        rows, origin = _read_file(path), str(path)
+        rows, origin = read_rows(path), str(path)
         # "<name>/test.jsonl" -> ids "<name>-<index>"; "probs.jsonl" -> "probs-<index>"
         name = path.parent.name if path.stem in ("train", "test", "validation") else path.stem
     if limit is not None:

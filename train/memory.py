@@ -9,7 +9,7 @@ memory of the configured path. A run whose plan does not fit refuses in one line
     make train-small RECIPE=recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml ARGS=--dry-run
     make train-small RECIPE=... ACCELERATE=zero2 ARGS="--dry-run --gpu_memory_gb 80"
     python -m train.grpo --config ... --dry-run --launcher zero3 --processes 32
-    python -m train.memory      # the table of recipes/README.md: every Qwen recipe and launch
+    python -m train.launches    # the table of recipes/README.md: every Qwen recipe and launch
 
 Generation, TRL 1.16 (one process, G = per_device_train_batch_size x steps_per_generation rows):
 - transformers generate(): one call for all G rows, so its KV cache holds G x (prompt + max
@@ -37,6 +37,10 @@ CB_MEMORY_SHARE = 0.5  # TRL 1.16 gives continuous batching 50% of the free memo
 # TRL 1.16 scores log-probs with a fused LM head in tiles of 4096 tokens x 32768 vocabulary
 # entries, never the whole (tokens x vocab) logits; forward and backward each hold one fp32 tile.
 LOGIT_TILE = 4096 * 32768
+# Bytes per trained parameter under DeepSpeed ZeRO (bf16 mixed precision), before sharding; with
+# beta > 0 a bf16 reference model adds 2 bytes per parameter of the model.
+ZERO_STATE_BYTES = {"weights": 2, "master weights": 4, "gradients": 2 + 4, "optimizer states": 8}
+REFERENCE_BYTES = 2
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate_configs"
 
 
@@ -140,19 +144,21 @@ def _states(plan: Plan, arch: Architecture, training_args, model_args, n: int, s
     else:
         trained, what = params, f"{params / 1e9:.2f}B trained parameters"
     if stage:
-        plan.resident["weights"] = (trained * 2 / (n if stage == 3 else 1) / GB,
-                                    f"bf16 ({what}; DeepSpeed casts the module)")
-        plan.resident["master weights"] = (trained * 4 / shard / GB, f"fp32{sharded}")
-        plan.resident["gradients"] = (trained * (2 + 4) / shard / GB,
+        plan.resident["weights"] = (trained * ZERO_STATE_BYTES["weights"] / (n if stage == 3 else 1)
+                                    / GB, f"bf16 ({what}; DeepSpeed casts the module)")
+        plan.resident["master weights"] = (trained * ZERO_STATE_BYTES["master weights"] / shard
+                                           / GB, f"fp32{sharded}")
+        plan.resident["gradients"] = (trained * ZERO_STATE_BYTES["gradients"] / shard / GB,
                                       f"bf16 partition + its fp32 copy for the step{sharded}")
     else:
         plan.resident["weights"] = (trained * 4 / GB, f"fp32, they are the master weights ({what})")
         plan.resident["master weights"] = (0.0, "none beyond the fp32 weights")
         grads = 4 * (2 if n > 1 else 1)  # DDP keeps its own fp32 bucket copy of the gradients
         plan.resident["gradients"] = (trained * grads / GB, "fp32" + (" + DDP buckets" if n > 1 else ""))
-    plan.resident["optimizer states"] = (trained * 8 / shard / GB, f"Adam m and v, fp32{sharded}")
+    plan.resident["optimizer states"] = (trained * ZERO_STATE_BYTES["optimizer states"] / shard
+                                         / GB, f"Adam m and v, fp32{sharded}")
     if training_args.beta > 0 and not model_args.use_peft:
-        plan.resident["reference model"] = (params * 2 / (n if stage == 3 else 1) / GB,
+        plan.resident["reference model"] = (params * REFERENCE_BYTES / (n if stage == 3 else 1) / GB,
                                             f"bf16 (beta {training_args.beta:g})")
     elif training_args.beta > 0:
         plan.resident["reference model"] = (0.0, "the base with the adapter off (no copy)")
@@ -281,63 +287,7 @@ def describe(plan: Plan, model: str, arch: Architecture, launcher: Launcher, car
     return "\n".join(out)
 
 
-# The launches recipes/README.md plans: (recipe, launcher, processes, extra flags, what it is).
-QWEN_GRPO = "recipes/Qwen2.5-{}/grpo/config_{}.yaml"
-VLLM_COLOCATE = ("--use_vllm", "true", "--vllm_mode", "colocate",
-                 "--use_transformers_continuous_batching", "false")
-VLLM_SERVER = ("--use_vllm", "true", "--vllm_mode", "server",
-               "--use_transformers_continuous_batching", "false")
-PLAIN_GENERATE = ("--use_transformers_continuous_batching", "false")
-README_LAUNCHES = [
-    *[(QWEN_GRPO.format(size, variant), launcher, None, (), "as written")
-      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))
-      for launcher in ("plain", "ddp", "zero2", "zero3")],
-    (QWEN_GRPO.format("1.5B", "lora"), "plain", None,
-     ("--gradient_accumulation_steps", "256", "--steps_per_generation", "1024"),
-     "README: 1 GPU, SimpleRL batch"),
-    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero3", 32,
-     ("--gradient_accumulation_steps", "8", "--steps_per_generation", "32"),
-     "README: 4 nodes x 8 GPUs"),
-    *[(QWEN_GRPO.format(size, variant), "zero2", None, VLLM_COLOCATE, "vLLM colocate")
-      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))],
-    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", 7, VLLM_SERVER,
-     "README: vLLM server on GPU 7"),
-    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", None, PLAIN_GENERATE,
-     "before: one generate() call"),
-    (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "plain", None, PLAIN_GENERATE,
-     "before: one generate() call"),
-]
-
-
-def launch_table(card_gb: float = 80.0) -> str:
-    """Markdown: the plan of every Qwen GRPO recipe under each launch the READMEs name."""
-    from train.grpo import parse_args
-    from train.models import architecture_of
-
-    header = ("| recipe | launch | flags | generation | peak GB per GPU | rows generated at once | "
-              f"{card_gb:g} GB GPUs |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
-    for recipe, name, processes, flags, what in README_LAUNCHES:
-        args, training_args, model_args = parse_args(["--config", recipe, "--use_cpu", "true", *flags])
-        launcher = launcher_from_config(name, processes)
-        arch = architecture_of(model_args.model_name_or_path)
-        plan = plan_training(arch, args, training_args, model_args, launcher, card_gb)
-        generation = ("vLLM server" if training_args.use_vllm and training_args.vllm_mode == "server"
-                      else "vLLM colocate" if training_args.use_vllm
-                      else "continuous batching" if training_args.use_transformers_continuous_batching
-                      else "generate()")
-        at_once = plan.rows if "generation KV" in plan.generation else plan.concurrent_rows
-        at_once = "-" if at_once is None else f"{at_once} of {plan.rows}"
-        shown = " ".join(f for f in flags if f not in VLLM_COLOCATE + VLLM_SERVER + PLAIN_GENERATE)
-        lines.append(f"| `{recipe.removeprefix('recipes/')}` | {name} x {launcher.processes} "
-                     f"({what}) | {f'`{shown}`' if shown else ''} | {generation} | "
-                     f"{plan.peak_gb:.1f} | {at_once} | {'fits' if plan.fits else 'does NOT fit'} |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    print(launch_table())
-
-
-if __name__ == "__main__":
-    main()
+def full_training_gb(params: float) -> float:
+    """GB of the training states of full-parameter GRPO under ZeRO with a reference model, all
+    processes together (no activations): what direct RL of a model costs at the least."""
+    return params * (sum(ZERO_STATE_BYTES.values()) + REFERENCE_BYTES) / GB

@@ -8,6 +8,7 @@ wrong, so pairing refuses it.
     python -c "from train.pairing import resolve_pair; print(resolve_pair('outputs/tiny-s-grpo'))"
 """
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,11 +24,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def weights_fingerprint(name_or_path: str) -> str | None:
-    """sha256 over a local model directory's weight files; None for a hub id (pinned by the hub)."""
+    """sha256 over a local model directory's weight files; None for a hub id (pinned by the hub).
+
+    Hashed once per process for as long as the files keep their size and mtime: a 32B base's
+    64 GB would otherwise be read again for every system and every check that resolves its pair.
+    """
     path = Path(resolve_model(name_or_path))
     files = sorted(p for p in path.glob("*") if p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
     if not files:
         return None
+    stamps = tuple((str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns)
+                   for file in files)
+    return _sha256(stamps)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    files = [Path(name) for name, _, _ in stamps]
     digest = hashlib.sha256()
     for file in files:
         with file.open("rb") as handle:

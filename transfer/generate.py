@@ -23,11 +23,21 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from train.data import read_rows
 from train.errors import UserError, exit_on_user_error
-from transfer.decode.engine import CACHE_MODES, RastEngine, SamplingParams, pair_lams
+from transfer.decode.backends import open_decoder
+from transfer.decode.cached_model import CACHE_MODES
+from transfer.decode.decoder import LoadOptions, SamplingParams
 from transfer.decode.rast import sample_seed
-from transfer.eval.lock import output_lock
-from transfer.eval.samples import SampleLog, parse_record
+from transfer.deltas import Delta, check_lam, deltas_per_pair
+from transfer.runlog import (
+    SampleLog,
+    changed_settings,
+    chunks_to_do,
+    output_lock,
+    parse_record,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,26 +74,29 @@ class Row:
 
 
 def read_prompts(path: str) -> tuple[list[str], list[str]]:
-    """(ids, prompts) of a JSONL file; a row without "id" gets its line number."""
-    if not Path(path).is_file():
+    """(ids, prompts) of a JSONL file (train.data.read_rows: any UTF-8 JSON line, a byte order
+    mark, U+2028 inside strings); a row without "id" gets its line number. Empty prompts,
+    duplicate ids and an input without rows are refused up front, naming the rows."""
+    if not Path(path).exists():
         raise UserError(f"input file {path} does not exist")
     ids, prompts = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt = row["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{number}: expected a JSON object with a \"prompt\" field"
-                            ) from None
+    for number, row in read_rows(Path(path)):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if prompt is None:
+            raise UserError(f"{path}:{number}: expected a JSON object with a \"prompt\" field")
         if not isinstance(prompt, str):
             raise UserError(f"{path}:{number}: \"prompt\" is a {type(prompt).__name__}, not a "
                             f"string")
+        if not prompt:
+            raise UserError(f"{path}:{number}: \"prompt\" is empty: every prompt needs text")
         prompts.append(prompt)
         ids.append(str(row.get("id", number)))
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{path}: duplicate ids; give every row its own id (seeds derive from it)")
+    if not ids:
+        raise UserError(f"input file {path} has no rows: write one {{\"prompt\": ...}} per line")
+    repeated = sorted({key for key in ids if ids.count(key) > 1})
+    if repeated:
+        raise UserError(f"{path}: duplicate ids {', '.join(map(repr, repeated[:5]))}; give every "
+                        f"row its own id (seeds derive from it)")
     return ids, prompts
 
 
@@ -99,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="RL checkpoint or LoRA adapter directory of small_base; several: "
                              "their deltas add up, z_L + sum_i lam_i (z_RL_i - z_base_i)")
     parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
-                        help="RL delta weight, one per --small_rl or one for all; 0 = large alone")
+                        help="RL delta weight, one per --small_rl (a single value applies to "
+                             "every pair); 0 = large alone")
     parser.add_argument("--input", required=True, help="JSONL of {'prompt', optional 'id'}")
     parser.add_argument("--output", required=True, help="JSONL of completions, appended per batch")
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")
@@ -158,17 +172,14 @@ def check_settings(output: Path, settings: dict) -> None:
     path = output.with_name(output.name + ".settings.json")
     has_rows = output.exists() and output.stat().st_size > 0
     if path.is_file():
-        stored = json.loads(path.read_text())
-        changed = [key for key in settings if stored.get(key) != settings[key]]
-        if has_rows and changed:
-            changes = ", ".join(f"{key}: {stored.get(key)!r} -> {settings[key]!r}"
-                                for key in changed)
+        changes = changed_settings(json.loads(path.read_text()), settings)
+        if has_rows and changes:
             raise UserError(f"--output {output} holds completions decoded with other settings "
                             f"({changes}); give another --output or the old settings")
     elif has_rows:
         raise UserError(f"--output {output} already holds rows that this command did not "
                         f"record settings for ({path.name} is missing): give another --output")
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json_atomic(path, settings)
 
 
 def done_samples(log: SampleLog, prompt_of: dict[str, str], args: argparse.Namespace) -> set:
@@ -199,10 +210,16 @@ def main(argv: list[str] | None = None) -> None:
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
+        for lam in args.lam:
+            check_lam(lam)
+        if args.small_base and not args.small_rl:
+            raise UserError("--small_base given without --small_rl: pass both, or neither to "
+                            "decode the large model alone")
+        deltas = deltas_per_pair(args.small_rl or [], args.small_base, args.lam)
+        # as the settings of one-pair runs were always recorded: a single value as itself
         args.small_base, args.small_rl, args.lam = (_one_or_list(args.small_base),
                                                     _one_or_list(args.small_rl),
                                                     _one_or_list(args.lam))
-        pair_lams(args.lam, len(args.small_rl or []))
         if args.draft_tokens is not None and not (args.speculative and 0 <= args.draft_tokens
                                                   <= 64):
             raise UserError(f"--draft_tokens needs --speculative and a value in [0, 64], got "
@@ -212,35 +229,28 @@ def main(argv: list[str] | None = None) -> None:
                                 truncate_prompts=args.truncate_prompts)
         with output_lock(output.with_name(output.name + ".lock"), f"--output {args.output}"):
             check_settings(output, {key: getattr(args, key) for key in SETTINGS})
-            decode(args, output, ids, prompts, params)
+            decode(args, deltas, output, ids, prompts, params)
 
 
-def decode(args: argparse.Namespace, output: Path, ids: list[str], prompts: list[str],
-           params: SamplingParams) -> None:
+def decode(args: argparse.Namespace, deltas: tuple[Delta, ...], output: Path, ids: list[str],
+           prompts: list[str], params: SamplingParams) -> None:
     """Decode the batches that still miss a sample and append those samples."""
     prompt_of = dict(zip(ids, prompts))
-    log = SampleLog(output, record=Row)  # cuts a torn last line a kill left
+    log = SampleLog(output, Row)  # cuts a torn last line a kill left
     done = done_samples(log, prompt_of, args)
-    # The engine batches batch_size // n consecutive prompts; decoding whole batches of the
-    # full input (only the last may be short, and it stays last) gives every prompt the same
-    # batch mates, hence the same floats, as an uninterrupted run.
-    per_batch = max(1, args.batch_size // args.n)
-    todo = []
-    for start in range(0, len(ids), per_batch):
-        batch = ids[start:start + per_batch]
-        if any((key, i) not in done for key in batch for i in range(args.n)):
-            todo += batch
+    # Whole chunks of the full input, as the decoder batches them: every prompt gets the same
+    # batch mates, hence the same floats, as in an uninterrupted run.
+    todo = [key for chunk in chunks_to_do(ids, args.n, args.batch_size, done)[0]
+            for key in chunk]
     if done:
         logger.info("%s holds %d of %d samples: decoding the %d prompts of the batches that miss "
                     "one", output, len(done), len(ids) * args.n, len(todo))
     if not todo:
         return
-    engine = RastEngine.from_pretrained(args.target, args.small_base, args.small_rl,
-                                        lam=args.lam, device=args.device, dtype=args.dtype,
-                                        small_device=args.small_device, cache=args.cache,
-                                        compile=args.compile, speculative=args.speculative,
-                                        draft_tokens=args.draft_tokens)
-    for batch in engine.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
+    decoder = open_decoder(args.target, deltas, LoadOptions(
+        device=args.device, small_device=args.small_device, dtype=args.dtype, cache=args.cache,
+        compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens))
+    for batch in decoder.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
                                          seed=args.seed, keys=todo, stop_ids=args.stop_ids,
                                          batch_size=args.batch_size):
         log.append([Row(c.key, prompt_of[c.key], c.sample_index, c.seed, c.text, c.token_ids,

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from tests.rehearsal.standins import MARKER
 from train.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID
-from transfer.eval.samples import read_records
+from transfer.eval.samples import Sample
+from transfer.runlog import read_records
 
 STOP_TEXTS = ("<|endoftext|>", "<|im_end|>")
 SHARED_VOCAB = 151665
@@ -112,7 +113,7 @@ def speculative_transfer(output_dir: Path, plain_dir: Path, max_new_tokens: int)
 
     def samples(directory: Path) -> dict:
         return {(r.system, r.benchmark, r.problem_id, r.sample_index): (r.token_ids, r.text)
-                for r in read_records(directory / "samples.jsonl")}
+                for r in read_records(directory / "samples.jsonl", Sample)}
 
     spec, plain = samples(output_dir), samples(plain_dir)
     benchmarks = {key[1] for key in spec}
@@ -135,8 +136,11 @@ def hub_rl_pairs_without_pair_file(output_dir: Path, snapshot_dirs: dict[str, st
     if (Path(snapshot_dirs[rl_id]) / PAIR_FILE).exists():
         return False, f"the {rl_id} stand-in has a {PAIR_FILE}"
     systems = json.loads((output_dir / "systems.json").read_text())
-    rast = [s for s in systems.values() if s["lam"] and s["small_rl"] == rl_id]
-    paired = bool(rast) and all(s["small_base"] == base_id for s in rast)
+    # each system's deltas (transfer.deltas): the resolved pair and its lambda
+    deltas = [d for s in systems.values() for d in s["deltas"] if d["lam"] and d["rl"] == rl_id]
+    rast = [s for s in systems.values() if s["role"] == "RAST"
+            and any(d["rl"] == rl_id for d in s["deltas"])]
+    paired = bool(rast) and bool(deltas) and all(d["base"] == base_id for d in deltas)
     try:
         resolve_pair(rl_id)
         refused = "not refused"
@@ -159,7 +163,8 @@ def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str],
     from transformers import AutoModelForCausalLM
 
     from train.models import load_tokenizer
-    from transfer.decode.engine import RastEngine, SamplingParams
+    from transfer.decode.decoder import SamplingParams
+    from transfer.decode.engine import RastEngine
 
     def load(name):
         return AutoModelForCausalLM.from_pretrained(snapshot_dirs[name], dtype=torch.float32)
@@ -178,9 +183,9 @@ def logits_combined_on_shared_ids(snapshot_dirs: dict[str, str],
             z_base, z_rl = last(base), last(rl)
             expected += lam * (z_rl[:SHARED_VOCAB] - z_base[:SHARED_VOCAB])
             rows += [z_base.shape[-1], z_rl.shape[-1]]
-    # Built directly, not by from_pretrained: this checks the maths, not tokenizer pairing.
-    engine = RastEngine(large, [m[0] for m in models], [m[1] for m in models],
-                        lam=[m[2] for m in models], tokenizer=tokenizer, cache="dynamic")
+    # Built directly, not by from_deltas: this checks the maths, not tokenizer pairing.
+    engine = RastEngine(large, [(m[0], m[1]) for m in models], [m[2] for m in models],
+                        tokenizer=tokenizer, cache="dynamic")
     steps = []
     engine.decode([prompt], [[0]], SamplingParams(temperature=1.0, max_new_tokens=2),
                   on_step=lambda active, logits: steps.append(logits[0].clone()))

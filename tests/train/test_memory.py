@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from train import grpo
-from train.memory import launch_table, launcher_from_config, launcher_from_env, plan_training
+from train.launches import launch_table
+from train.memory import launcher_from_config, launcher_from_env, plan_training
 from train.models import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_make_dry_run_with_a_launcher_runs_one_plain_process():
 
 def test_the_recipes_readme_shows_the_plan_of_every_launch():
     readme = (REPO / "recipes" / "README.md").read_text()
-    assert launch_table() in readme  # regenerate with `python -m train.memory`
+    assert launch_table() in readme  # regenerate with `python -m train.launches`
 
 
 @pytest.mark.parametrize("flags, knob", [

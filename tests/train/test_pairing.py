@@ -65,3 +65,43 @@ def test_hub_bases_have_no_fingerprint(tmp_path):
     pair = resolve_pair(str(tmp_path))
     assert pair.base == "Qwen/Qwen2.5-1.5B" and not pair.lora
     assert weights_fingerprint("Qwen/Qwen2.5-1.5B") is None
+
+
+def test_the_weights_fingerprint_is_hashed_once_per_path_and_follows_a_rewrite(tmp_path,
+                                                                                monkeypatch):
+    """Every system and every check resolves its pair (issue 22): a 32B base's 64 GB must be
+    read once per process, yet a rewritten weight file must give its new fingerprint."""
+    import hashlib
+    import os
+
+    from train import pairing
+
+    model = tmp_path / "base"
+    rl_output(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"first weights")
+    digests, real_sha256 = [], hashlib.sha256
+
+    def counting_sha256(*args):
+        digests.append(args)
+        return real_sha256(*args)
+
+    monkeypatch.setattr(pairing.hashlib, "sha256", counting_sha256)
+    pairing._sha256.cache_clear()
+    first = weights_fingerprint(str(model))
+    assert first == real_sha256(b"first weights").hexdigest()
+    rl = tmp_path / "rl"
+    rl_output(rl)
+    write_pair(str(rl), str(model))  # records the fingerprint: from the cache
+    for _ in range(3):
+        assert weights_fingerprint(str(model)) == first
+        resolve_pair(str(rl))  # checks the base's weights against rast_pair.json
+    assert len(digests) == 1  # hashed once for all of them
+
+    stat = weights.stat()
+    weights.write_bytes(b"other weights")  # same size: only the mtime tells them apart
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert weights_fingerprint(str(model)) == real_sha256(b"other weights").hexdigest()
+    assert len(digests) == 2
+    with pytest.raises(UserError, match="changed since"):
+        resolve_pair(str(rl))

@@ -44,8 +44,16 @@ def user_dir(tmp_path):
 MODELS = "--large {large} --small-base {small_base} --small-rl {small_rl}"
 IO = "--input {d}/prompts.jsonl --output {d}/out.jsonl"
 BAD_INPUTS = [
-    (f"{MODELS} {IO} --lam nan --temperature 0", "error: lambda must be a finite number, got nan"),
-    (f"{MODELS} {IO} --lam inf", "error: lambda must be a finite number, got inf"),
+    (f"{MODELS} {IO} --lam nan --temperature 0",
+     "error: lambda must be a finite number >= 0, got nan"),
+    (f"{MODELS} {IO} --lam inf", "error: lambda must be a finite number >= 0, got inf"),
+    # one rule for lambda everywhere: a negative one is refused here as in a recipe
+    (f"{MODELS} {IO} --lam -0.5", "error: lambda must be a finite number >= 0, got -0.5"),
+    (f"{MODELS} {IO} --lam 1 0.5",
+     "error: 2 lambdas for 1 small RL model(s): give one per --small_rl, or one for all"),
+    (f"--large {{large}} --small-base {{small_base}} {{small_base}} --small-rl {{small_rl}} {IO}",
+     ("error: 2 small_base for 1 small_rl: give one base per RL model, or none to read each "
+      "one's rast_pair.json")),
     (f"{MODELS} {IO} --temperature nan", "error: temperature must be a finite number, got nan"),
     (f"{MODELS} {IO} --temperature inf", "error: temperature must be a finite number, got inf"),
     (f"{MODELS} {IO} --top-p nan", "error: top_p must be a finite number, got nan"),

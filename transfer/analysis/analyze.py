@@ -14,35 +14,35 @@ positions.jsonl into output_dir, and W&B behind report_to (offline without crede
         --evaluation outputs/transfer-tiny/samples.jsonl --report_to none
 """
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
 
 from train.data import benchmark_label, load_benchmark
 from train.errors import UserError, exit_on_user_error
 from train.grader import grade_batch
 from train.models import load_model, load_tokenizer, resolve_model
-from train.pairing import Pair, resolve_pair
+from train.pairing import resolve_pair
 from train.prompts import render_prompt
 from train.recipe import parse_recipe
 from train.tiny.task import is_careful
 from transfer.analysis.report import report, summarize
 from transfer.analysis.token_stats import PositionLogits, position_stats
-from transfer.decode.engine import (
-    RastEngine,
-    SamplingParams,
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
+from transfer.decode.loading import (
     check_device,
-    check_lam,
     check_pair_tokenizers,
     device_and_dtype,
+    load_pairs,
 )
-from transfer.eval.samples import ROLES, Sample, read_records, system_name
+from transfer.deltas import Delta, check_lam, resolve_delta
+from transfer.eval.samples import ROLES, Sample, system_name
+from transfer.runlog import claim_output_dir, read_records, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,11 @@ class Models:
     pairs: list[tuple[object, object]]  # (small_base, small_rl) per config.small_rl
     large_rl: object | None
     names: dict[str, str]  # "L", "L_RL", "S0", "S0_RL", ... -> what was loaded
+    rast: tuple[Delta, ...]  # the RAST system analysed: the first pair at config.lam
+
+    def deltas_of(self, role: str) -> tuple[Delta, ...]:
+        """The deltas of the system with this role that the analysis reads or decodes."""
+        return self.rast if role == "RAST" else ()
 
 
 def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
@@ -156,33 +161,26 @@ def parse_config(argv: list[str] | None = None) -> AnalyzeConfig:
 
 def load_models(config: AnalyzeConfig) -> Models:
     """Every model in eval mode; tokenizers checked compatible (Delta R adds logits id by id)."""
-    # resolve_pair also refuses a base whose weights changed since its RL model was trained
-    pairs = [resolve_pair(rl, base) for rl, base in
-             zip(config.small_rl, config.small_base or [None] * len(config.small_rl))]
+    # resolve_delta also refuses a base whose weights changed since its RL model was trained
+    deltas = [resolve_delta(rl, base, config.lam) for rl, base in
+              zip(config.small_rl, config.small_base or [None] * len(config.small_rl))]
     large_rl = resolve_pair(config.target_rl, config.target) if config.target_rl else None
     # "auto": accelerate spreads each model over the GPUs' memory still free when it loads
     device, _, dtype = device_and_dtype(config.device, config.dtype)
     check_device("device", device)
     target = resolve_model(config.target)
     tokenizer = load_tokenizer(target)
-    for pair in pairs + ([large_rl] if large_rl else []):
+    for pair in [delta.pair for delta in deltas] + ([large_rl] if large_rl else []):
         check_pair_tokenizers(tokenizer, target, pair)
-
-    def load(name: str):
-        return load_model(name, dtype=dtype, device_map=device).eval()
-
-    def load_rl(pair: Pair):  # a LoRA output of train.grpo gets a base copy of its own
-        return (PeftModel.from_pretrained(load(pair.base), pair.rl).eval() if pair.lora
-                else load(pair.rl))
-
+    loaded = {target: load_model(target, dtype=dtype, device_map=device).eval()}
+    pairs = load_pairs([delta.pair for delta in deltas], dtype, device, loaded, shared_lora=False)
     names = {"L": config.target}
-    loaded = []
-    for i, (pair, rl) in enumerate(zip(pairs, config.small_rl)):
-        loaded.append((load(pair.base), load_rl(pair)))
-        names |= {f"S{i}": pair.base, f"S{i}_RL": rl}
+    for i, (delta, rl) in enumerate(zip(deltas, config.small_rl)):
+        names |= {f"S{i}": delta.pair.base, f"S{i}_RL": rl}
     if large_rl is not None:
         names["L_RL"] = config.target_rl
-    return Models(tokenizer, load(target), loaded, load_rl(large_rl) if large_rl else None, names)
+        large_rl = load_pairs([large_rl], dtype, device, loaded, shared_lora=False)[0][1]
+    return Models(tokenizer, loaded[target], pairs, large_rl, names, (deltas[0],))
 
 
 def _problems(config: AnalyzeConfig) -> dict[str, dict]:
@@ -197,10 +195,11 @@ def read_samples(path_or_dir: str) -> list[Sample]:
     if not path.is_file():
         raise UserError(f"{path_or_dir}: no samples.jsonl there; run `make transfer` first or "
                         f"leave trajectories empty to generate them")
-    return read_records(path)
+    return read_records(path, Sample)
 
 
-def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -> list[Trajectory]:
+def read_trajectories(config: AnalyzeConfig, models: Models, records: list[Sample]
+                      ) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
 
     Positions are the ids the engine sampled (Sample.token_ids, the stopping token included),
@@ -210,12 +209,18 @@ def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -
 
     problems = _problems(config)
     label = benchmark_label(config.benchmark)
-    chosen = [r for r in records if r.of(config.system, config.lam) and r.benchmark == label
-              and r.problem_id in problems and r.sample_index < config.samples]
+    chosen = [r for r in records if r.of(config.system, models.deltas_of(config.system))
+              and r.benchmark == label and r.problem_id in problems
+              and r.sample_index < config.samples]
+    if not chosen and config.system == "RAST" and any(r.deltas is None for r in records):
+        raise UserError(f"{config.trajectories} was written before samples recorded their "
+                        f"deltas, so its RAST system cannot be told from a combination: re-run "
+                        f"the evaluation into a new output_dir")
     if not chosen:
         systems = sorted({r.system for r in records})
-        raise UserError(f"no samples of system {config.system!r} (lam {config.lam:g} for RAST) "
-                        f"on {label} in {config.trajectories}; systems there: {', '.join(systems)}")
+        raise UserError(f"no samples of system {config.system!r} (for RAST: the first small_rl "
+                        f"at lam {config.lam:g}) on {label} in {config.trajectories}; systems "
+                        f"there: {', '.join(systems)}")
     if any(r.token_ids is None for r in chosen):
         raise UserError(f"{config.trajectories} has samples without token_ids (written before "
                         f"samples kept them); analysis reads ids, never re-tokenized text: "
@@ -224,8 +229,8 @@ def read_trajectories(config: AnalyzeConfig, tokenizer, records: list[Sample]) -
     for r in sorted(chosen, key=lambda r: (r.problem_id, r.sample_index)):
         prompt = render_prompt(config.prompt_template, problems[r.problem_id]["problem"])
         trajectories.append(Trajectory(r.problem_id, r.sample_index,
-                                       tokenizer(prompt)["input_ids"], list(r.token_ids), r.text,
-                                       r.correct))
+                                       models.tokenizer(prompt)["input_ids"], list(r.token_ids),
+                                       r.text, r.correct))
     return trajectories
 
 
@@ -234,9 +239,11 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
     in transfer.eval.evaluate's format (plus token_ids), so --trajectories can reuse them."""
 
     tokenizer, (base, rl) = models.tokenizer, models.pairs[0]
-    steered = {"S_RL": (rl,), "S": (base,), "L": (models.large,), "L_RL": (models.large_rl,),
-               "RAST": (models.large, base, rl)}[config.system]
-    engine = RastEngine(*steered, lam=config.lam, tokenizer=tokenizer)
+    large = {"S_RL": rl, "S": base, "L": models.large, "L_RL": models.large_rl,
+             "RAST": models.large}[config.system]
+    deltas = models.deltas_of(config.system)
+    engine = RastEngine(large, [(base, rl)] if deltas else [], [d.lam for d in deltas],
+                        tokenizer=tokenizer, deltas=deltas)
     problems = list(_problems(config).values())
     prompts = [render_prompt(config.prompt_template, p["problem"]) for p in problems]
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
@@ -245,14 +252,15 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
                                   keys=[p["id"] for p in problems], batch_size=config.batch_size)
     answers = {p["id"]: p["answer"] for p in problems}
     grades = grade_batch([answers[c.key] for c in completions], [c.text for c in completions])
-    lam = config.lam if config.system == "RAST" else 0.0
-    records = [Sample(system_name(config.system, lam), config.system, lam, benchmark_label(config.benchmark), c.key,
+    records = [Sample(system_name(config.system, config.lam), config.system, benchmark_label(config.benchmark), c.key,
                       c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
                       len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
-                      careful=is_careful(c.text) if config.benchmark == "tiny" else None)
+                      careful=is_careful(c.text) if config.benchmark == "tiny" else None,
+                      deltas=deltas)
                for c, g in zip(completions, grades)]
-    path = Path(config.output_dir) / "samples.jsonl"
-    path.write_text("".join(record.to_json() + "\n" for record in records))
+    partial = Path(config.output_dir) / "samples.jsonl.partial"  # a kill leaves the old file
+    partial.write_text("".join(record.to_json() + "\n" for record in records))
+    os.replace(partial, partial.with_suffix(""))
     prompt_ids = {p["id"]: tokenizer(prompt)["input_ids"] for p, prompt in zip(problems, prompts)}
     return [Trajectory(c.key, c.sample_index, prompt_ids[c.key], c.token_ids, c.text, g.correct)
             for c, g in zip(completions, grades)]
@@ -310,25 +318,25 @@ def run(config: AnalyzeConfig) -> dict:
     """Load, get trajectories, one teacher-forced pass, summarize, report; returns the summary."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     evaluation = read_samples(config.evaluation) if config.evaluation else None
     records = read_samples(config.trajectories) if config.trajectories else None  # before loading
-    models = load_models(config)
-    if records is not None:
-        trajectories = read_trajectories(config, models.tokenizer, records)
-    else:
-        trajectories = generate_trajectories(config, models)
-    dropped = sum(not t.token_ids for t in trajectories)
-    trajectories = [t for t in trajectories if t.token_ids]
-    if not trajectories:
-        raise UserError("every trajectory is empty: nothing to analyse")
-    if dropped:
-        logger.warning("skipping %d empty trajectories", dropped)
-    stats = trajectory_stats(models, trajectories, config.lam, config.batch_size)
-    summary = summarize(config, models, trajectories, stats, evaluation)
-    report(summary, config, models.tokenizer, trajectories, stats, output_dir)
-    (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    output_dir = Path(config.output_dir)
+    with claim_output_dir(output_dir, "analysis"):
+        models = load_models(config)
+        if records is not None:
+            trajectories = read_trajectories(config, models, records)
+        else:
+            trajectories = generate_trajectories(config, models)
+        dropped = sum(not t.token_ids for t in trajectories)
+        trajectories = [t for t in trajectories if t.token_ids]
+        if not trajectories:
+            raise UserError("every trajectory is empty: nothing to analyse")
+        if dropped:
+            logger.warning("skipping %d empty trajectories", dropped)
+        stats = trajectory_stats(models, trajectories, config.lam, config.batch_size)
+        summary = summarize(config, models, trajectories, stats, evaluation)
+        report(summary, config, models.tokenizer, trajectories, stats, output_dir)
+        write_json_atomic(output_dir / "config.json", asdict(config))
     return summary
 
 

@@ -20,6 +20,7 @@ from train.tracking import declare_input, wandb_session
 from transfer.analysis.plots import plot_all
 from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
 from transfer.eval.samples import Sample, system_name
+from transfer.runlog import write_json_atomic
 
 CONTEXT_CHARS = 40  # characters of text shown before a token in the example contexts
 EXAMPLES_PER_TOKEN = 3
@@ -64,7 +65,7 @@ def summarize(config, models, trajectories, stats: list[dict],
     summary["cross_scale"] = _cross_scale(trajectories, stats)  # centred log-prob deltas
     summary["cross_scale_paper"] = _cross_scale(trajectories, stats, prefix="rawcos_")
     if evaluation is not None:
-        summary["gain"] = _gain(config, evaluation, summary["cross_scale"])
+        summary["gain"] = _gain(config, models.rast, evaluation, summary["cross_scale"])
     summary["behaviour"] = _behaviour(config, trajectories, evaluation)
     if config.benchmark == "tiny":
         summary["planted_style"] = _planted_style(models.tokenizer, trajectories, stats, pairs)
@@ -143,15 +144,15 @@ def _cross_scale(trajectories, stats, prefix: str = "cos_") -> dict:
     return result
 
 
-def _gain(config, evaluation: list[Sample], cross_scale: dict) -> dict:
-    """Per-problem accuracy gain of RAST (at config.lam) over L, and its correlation with each
-    per-problem cosine."""
+def _gain(config, rast_deltas: tuple, evaluation: list[Sample], cross_scale: dict) -> dict:
+    """Per-problem accuracy gain of RAST (the system over rast_deltas: the first pair at
+    config.lam) over L, and its correlation with each per-problem cosine."""
 
     label = benchmark_label(config.benchmark)
     accuracy = {"L": defaultdict(list), "RAST": defaultdict(list)}
     for r in evaluation:
         for role, by_problem in accuracy.items():
-            if r.benchmark == label and r.of(role, config.lam):
+            if r.benchmark == label and r.of(role, rast_deltas if role == "RAST" else ()):
                 by_problem[r.problem_id].append(float(r.correct))
     missing = [f"{role} (lam {config.lam:g})" if role == "RAST" else role
                for role, by_problem in accuracy.items() if not by_problem]
@@ -334,7 +335,7 @@ def _fmt(value) -> str:
 def report(summary: dict, config, tokenizer, trajectories, stats, output_dir: Path) -> None:
     """summary.json, positions.jsonl, plots, report.md; W&B unless report_to is none."""
 
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(output_dir / "summary.json", summary)
     with open(output_dir / "positions.jsonl", "w") as file:
         for trajectory, s in zip(trajectories, stats):
             row = {"problem_id": trajectory.problem_id, "sample_index": trajectory.sample_index,

@@ -38,7 +38,10 @@ from train.tiny.family import MEMBERS, qwen2_config
 from train.tiny.task import problems, prompt
 from train.tiny.tokenizer import build_tokenizer
 from transfer.bench.ops import decode_step_ops
-from transfer.decode.engine import RL_ADAPTER, RastEngine, SamplingParams, left_pad
+from transfer.decode.cached_model import left_pad
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
+from transfer.decode.loading import RL_ADAPTER
 from transfer.decode.rast import combine_logits, sample_seed, sample_tokens
 
 RAST, UNSTACKED = "(b) RAST, engine", "(b2) RAST, small pair unstacked"
@@ -156,12 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [sample_seed(0, text, 0) for text in prompt_texts]
     params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens)
     ordered = [models["large"], models["small_base"], models["small_rl"]]
-    engines = {"(a) L alone, engine": RastEngine(models["large"], lam=0.0, tokenizer=tokenizer),
-               RAST: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer),
-               UNSTACKED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, stack_small=False),
-               COMPILED: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, compile=True),
-               **{name: RastEngine(models["large"], random_lora(models["small_base"]),
-                                   RL_ADAPTER, lam=1.0, tokenizer=tokenizer, stack_small=stack)
+    large, pair = models["large"], [(models["small_base"], models["small_rl"])]
+    engines = {"(a) L alone, engine": RastEngine(large, tokenizer=tokenizer),
+               RAST: RastEngine(large, pair, [1.0], tokenizer=tokenizer),
+               UNSTACKED: RastEngine(large, pair, [1.0], tokenizer=tokenizer, stack_small=False),
+               COMPILED: RastEngine(large, pair, [1.0], tokenizer=tokenizer, compile=True),
+               **{name: RastEngine(large, [(random_lora(models["small_base"]), RL_ADAPTER)],
+                                   [1.0], tokenizer=tokenizer, stack_small=stack)
                   for name, stack in ((LORA, True), (LORA_MIXED, False))}}
     stop_ids = engines[RAST].default_stop_ids
 

@@ -20,7 +20,9 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from train.models import MODELS, QWEN_TOKENIZER_LENGTH, Architecture, qwen2_config
-from transfer.decode.engine import CachedModel, RastEngine, SamplingParams
+from transfer.decode.cached_model import CachedModel
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
 from transfer.decode.rast import combine_logits, sample_tokens
 from transfer.decode.stacked_pair import stack_pair
 
@@ -96,8 +98,8 @@ def bench_pair(large_size, small_size, batches, prompt_len, new_tokens, device, 
             options = {"cache": cache, "compile": "compile" in flags,
                        "overlap": "serial" not in flags, "stack_small": "unstacked" not in flags}
             try:  # one failing mode must not cost the numbers of the others
-                engines = {"large_alone": RastEngine(large, lam=0.0, vocab_size=vocab, **options),
-                           "rast": RastEngine(large, small_base, small_rl, lam=1.0,
+                engines = {"large_alone": RastEngine(large, vocab_size=vocab, **options),
+                           "rast": RastEngine(large, [(small_base, small_rl)], [1.0],
                                               vocab_size=vocab, **options,
                                               speculative="speculative" in flags)}
                 result = {}
@@ -281,7 +283,8 @@ def modes_agree(large, small_base, small_rl, vocab, reference: str, mode: str) -
     runs = {}
     try:
         for name in (reference, mode):
-            engine = RastEngine(large, small_base, small_rl, lam=1.0, vocab_size=vocab, cache=name)
+            engine = RastEngine(large, [(small_base, small_rl)], [1.0], vocab_size=vocab,
+                                cache=name)
             steps = []
             rows = engine.decode(prompts, seeds, params, stop_ids, on_step=lambda active, z,
                                  steps=steps: steps.append((active.clone(), z.clone())))

@@ -8,7 +8,7 @@ launch, and at batch <= 16 launches, not bytes, set a small model's step time.
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from transfer.decode.engine import CachedModel, left_pad
+from transfer.decode.cached_model import CachedModel, left_pad
 
 
 class OpCounter(TorchDispatchMode):

@@ -24,11 +24,11 @@ SHORT = {"large": "L", "small_base": "S", "small_rl": "S_RL", "small_base+rl": "
 def engines(models: dict, tokenizer) -> dict[str, RastEngine]:
     """The four modes: L alone, RAST, and speculative RAST (adaptive k) drafting with the
     stacked pair (its steps give S_base's logits too) or with S_RL alone (S_base verifies)."""
-    ordered = (models["large"], models["small_base"], models["small_rl"])
-    return {ALONE: RastEngine(models["large"], lam=0.0, tokenizer=tokenizer),
-            RAST: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer),
-            SPEC: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, speculative=True),
-            SPEC_SPLIT: RastEngine(*ordered, lam=1.0, tokenizer=tokenizer, speculative=True,
+    large, pair = models["large"], [(models["small_base"], models["small_rl"])]
+    return {ALONE: RastEngine(large, tokenizer=tokenizer),
+            RAST: RastEngine(large, pair, [1.0], tokenizer=tokenizer),
+            SPEC: RastEngine(large, pair, [1.0], tokenizer=tokenizer, speculative=True),
+            SPEC_SPLIT: RastEngine(large, pair, [1.0], tokenizer=tokenizer, speculative=True,
                                    stack_small=False)}
 
 

@@ -1,276 +1,58 @@
-"""RAST decoding engine: a large base model steered by a small RL model pair, exact and cached.
+"""RAST decoding engine: a large base model steered by small RL model pairs, exact and cached.
 
-Every model keeps its own KV cache; each prompt is prefilled once per model (n samples share the
-prefill), then every generated token costs exactly one forward per model fed only that token.
-Finished rows leave the batch (their cache rows are dropped), so they stop costing compute. The
-base and RL small logits come from ONE forward of the pair stacked (transfer.decode.stacked_pair): of
-the two models' weights batched together when the RL model has full weights, of one set of
-weights when it is a LoRA adapter of the small base. lam = 0, or no small pair, is plain decoding
-of the large model through this same loop, so baselines and RAST share every line. Several small
-pairs add their deltas (lists of small_base / small_rl / lam; small models of one size share one
-stacked forward).
+Every model keeps its own KV cache (transfer.decode.cached_model); each prompt is prefilled
+once per model (n samples share the prefill), then every generated token costs exactly one
+forward per model fed only that token. Finished rows leave the batch (their cache rows are
+dropped), so they stop costing compute. The base and RL small logits come from ONE forward of
+the pair stacked (transfer.decode.stacked_pair): of the two models' weights batched together
+when the RL model has full weights, of one set of weights when it is a LoRA adapter of the small
+base. No delta, or lam = 0, is plain decoding of the large model through this same loop, so
+baselines and RAST share every line. Several small pairs add their deltas (small models of one
+size share one stacked forward). It is the reference implementation of the decoder seam
+(transfer.decode.decoder); loading and its checks live in transfer.decode.loading.
 
-    from transfer.decode.engine import RastEngine, SamplingParams
-    engine = RastEngine.from_pretrained("tiny-l", small_rl="outputs/tiny-s-grpo", lam=1.0)
+    from transfer.decode.decoder import SamplingParams
+    from transfer.decode.engine import RastEngine
+    from transfer.deltas import resolve_delta
+    engine = RastEngine.from_deltas("tiny-l", (resolve_delta("outputs/tiny-s-grpo", lam=1.0),))
     completions = engine.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
 
 The command-line front end is `python -m transfer.generate --help`.
 """
 
+import copy
 import logging
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from train.errors import UserError
-from train.models import (
-    embedding_rows,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-    stop_token_ids,
+from train.models import load_model, resolve_model, stop_token_ids
+from transfer.decode.cached_model import CachedModel, left_pad
+from transfer.decode.decoder import Completion, LoadOptions, SamplingParams
+from transfer.decode.loading import (
+    check_device,
+    check_embedding_rows,
+    check_models,
+    device_and_dtype,
+    load_pairs,
 )
-from train.pairing import Pair, resolve_pair
-from transfer.decode.rast import (
-    check_tokenizers_compatible,
-    combine_pairs,
-    sample_seed,
-    sample_tokens,
-)
+from transfer.decode.rast import combine_pairs, sample_seed, sample_tokens
 from transfer.decode.speculative import Speculation
 from transfer.decode.stacked_pair import lora_unstackable, stack_lora, stack_models, unstackable
-from transfer.decode.static_cache import (
-    BufferPool,
-    StaticDecoder,
-    compiled_decode_step,
-    compiled_verify_step,
-    decode_step,
-    supports_static,
-    verify_step,
-)
 from transfer.decode.stops import StopBy, completion_text, find_stop
+from transfer.deltas import Delta, check_lam
 
 logger = logging.getLogger(__name__)
 
-RL_ADAPTER = "rl"  # name the LoRA adapter is loaded under for shared-weight mode
-POOL_BUDGET_BYTES = 2 * 2**30  # KV bytes of idle static buffers (and graphs) kept per model
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    max_new_tokens: int = 256
-    # Stop when the decoded completion contains one of these; its text is cut before it
-    # (transfer.decode.stops). The RAST runner's list stops a plain-prompt base model that starts
-    # a second "Question:"/"user" turn. Empty: only stop ids end a completion.
-    stop_strings: tuple[str, ...] = ()
-    # A prompt that does not leave max_new_tokens positions of the model's context is refused;
-    # True keeps its last (context - max_new_tokens) tokens instead, with a warning.
-    truncate_prompts: bool = False
-
-    def __post_init__(self):
-        self.stop_strings = tuple(self.stop_strings)
-        if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
-            raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
-        # NaN passes every comparison below: --lam nan --temperature 0 decoded argmax(NaN) = id 0,
-        # the end token, and reported empty "finished" completions.
-        for name in ("temperature", "top_p"):
-            if not math.isfinite(getattr(self, name)):
-                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class Completion:
-    key: str
-    sample_index: int
-    seed: int
-    token_ids: list[int]  # every sampled id, ending with the one that stopped it when finished
-    text: str  # decoded token_ids cut before the stop: without a stop id, before a stop string
-    finished: bool  # False: cut at max_new_tokens
-    stop: StopBy = None  # what ended it: a stop id, a stop string, or None (max_new_tokens)
-
-
-class CachedModel:
-    """One model of the decode loop: its KV cache, attention mask and next positions, plus counters.
-
-    copies > 1: every call runs the batch that many times in ONE forward and returns one logits
-    tensor per copy. For a stacked pair (transfer.decode.stacked_pair) the copies meet different
-    weights; with `adapters` = ("__base__", "rl") the model is a peft LoRA model and copy i runs
-    adapter i (peft mixed-adapter batch, which needs eval mode).
-
-    cache: "dynamic" (a DynamicCache that grows and drops finished rows at once), "static" (fixed
-    buffers after prefill, transfer.decode.static_cache) or "cuda-graphs" (static, each step replayed as
-    a CUDA graph); "auto" takes cuda-graphs for a model on one GPU, else dynamic (static when
-    compiling). compile: torch.compile the fixed-shape step (fuses kernels; costs tens of seconds
-    once per model and process, so it pays on long runs). overlap: with cuda-graphs, replay on a
-    stream of this model's own, so RastEngine can run the three models' steps concurrently.
-    """
-
-    def __init__(self, name: str, model, copies: int = 1, adapters: tuple[str, ...] | None = None,
-                 cache: str = "auto", compile: bool = False, overlap: bool = True):
-        if adapters is not None and len(adapters) != copies:
-            raise ValueError(f"{len(adapters)} adapters for {copies} copies")
-        self.name, self.model = name, model.eval()
-        self.adapters, self.copies = adapters, copies
-        self.input_device = model.get_input_embeddings().weight.device
-        self.cache_mode = _cache_mode(name, model, adapters, cache, compile)
-        self.static, self.pool = None, BufferPool(POOL_BUDGET_BYTES)
-        self.step_fn = compiled_decode_step() if compile else decode_step
-        self.verify_fn = compiled_verify_step() if compile else verify_step
-        self.stream = (torch.cuda.Stream(self.input_device)
-                       if overlap and self.cache_mode == "cuda-graphs" else None)
-        self.prefill_calls = self.prefill_rows = self.decode_calls = self.decode_rows = 0
-
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                max_new_tokens: int) -> list[torch.Tensor]:
-        """Start a fresh cache with left-padded prompts; last-position logits per copy."""
-        if self.static is not None:
-            self.static.close()  # its buffers (and CUDA graph) wait in the pool for reuse
-        self.cache, self.static = DynamicCache(config=self.model.config), None
-        self.max_columns = input_ids.shape[1] + max_new_tokens
-        self.batch = input_ids.shape[0]  # rows of the caller's batch (each run `copies` times)
-        self.attention_mask = self._tile(attention_mask.to(self.input_device))
-        # Left padding: a row's positions count its real tokens only, as generate() does;
-        # without this every padded row would be shifted and differ from decoding it alone.
-        positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        self.next_position = positions[:, -1:] + 1
-        self.prefill_calls += 1
-        input_ids = self._tile(input_ids.to(self.input_device))
-        self.prefill_rows += input_ids.shape[0]
-        return self._forward(input_ids, positions)
-
-    def decode(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Feed one new token per row [rows]; next-token logits per copy."""
-        self.decode_calls += 1
-        tokens = self._tile(token_ids.to(self.input_device))
-        if self.cache_mode != "dynamic":
-            self.decode_rows += self._fixed_buffers().rows
-            return list(self.static.step(tokens).chunk(self.copies))
-        tokens = tokens[:, None]
-        self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(tokens)], dim=-1)
-        positions, self.next_position = self.next_position, self.next_position + 1
-        self.decode_rows += tokens.shape[0]
-        return self._forward(tokens, positions)
-
-    def verify(self, token_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Feed `width` tokens per row [rows, width] in ONE forward (speculative decoding's
-        verify pass); logits at every position [rows, width, vocab] per copy. Counted as a
-        decode call computing rows x width rows."""
-        self.decode_calls += 1
-        width = token_ids.shape[1]
-        tokens = self._tile(token_ids.to(self.input_device))
-        if self.cache_mode != "dynamic":
-            self.decode_rows += self._fixed_buffers().rows * width
-            return list(self.static.verify(tokens).chunk(self.copies))
-        self.attention_mask = torch.cat(
-            [self.attention_mask, self.attention_mask.new_ones(tokens.shape)], dim=-1)
-        offsets = torch.arange(width, device=self.input_device)
-        positions, self.next_position = self.next_position + offsets, self.next_position + width
-        self.decode_rows += tokens.numel()
-        return self._forward(tokens, positions, keep=width)
-
-    def rollback(self, fed: int, keep: torch.Tensor) -> None:
-        """Of the last `fed` tokens fed, row i keeps its first keep[i] [rows] (speculative
-        decoding's accepted drafts); the rest of each row is masked out and its next position
-        moves back, and columns no row keeps are cut from the cache."""
-        keep = self._tile(keep.to(self.input_device))
-        if self.static is not None:
-            self.static.rollback(fed, keep)
-            return
-        dropped = torch.arange(fed, device=self.input_device)[None, :] >= keep[:, None]
-        self.attention_mask[:, -fed:].masked_fill_(dropped, 0)
-        self.next_position = self.next_position - (fed - keep)[:, None]
-        unused = fed - int(keep.max())
-        if unused > 0:
-            self.cache.crop(-unused)
-            self.attention_mask = self.attention_mask[:, :-unused]
-
-    def _fixed_buffers(self) -> StaticDecoder:
-        """The static decoder; the first call after prefill moves the cache into fixed buffers."""
-        if self.static is None:
-            self.static = StaticDecoder(self.model, self.pool, self.cache, self.attention_mask,
-                                        self.next_position, self.max_columns,
-                                        cuda_graphs=self.cache_mode == "cuda-graphs",
-                                        step_fn=self.step_fn, verify_fn=self.verify_fn)
-            self.cache = None
-        return self.static
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep (or repeat) these rows of the batch, in this order, in the cache and the mask."""
-        rows = rows.to(self.input_device)
-        tiled = torch.cat([rows + copy * self.batch for copy in range(self.copies)])
-        self.batch = len(rows)
-        if self.static is not None:
-            self.static.keep_rows(tiled)
-            return
-        self.cache.reorder_cache(tiled)  # index_select per layer, on each layer's own device
-        self.attention_mask = self.attention_mask[tiled]
-        self.next_position = self.next_position[tiled]
-
-    def _tile(self, tensor: torch.Tensor) -> torch.Tensor:
-        return torch.cat([tensor] * self.copies) if self.copies > 1 else tensor
-
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                 keep: int = 0) -> list[torch.Tensor]:
-        """Logits of the last position per copy [rows, vocab]; keep > 0: of the last `keep`
-        positions [rows, keep, vocab]."""
-        extra = {}
-        if self.adapters:  # peft needs adapter_names at every step, cache or not
-            rows = input_ids.shape[0] // self.copies
-            extra["adapter_names"] = [name for name in self.adapters for _ in range(rows)]
-        output = self.model(input_ids=input_ids, attention_mask=self.attention_mask,
-                            position_ids=position_ids, past_key_values=self.cache, use_cache=True,
-                            logits_to_keep=max(keep, 1), **extra)
-        logits = output.logits if keep else output.logits[:, -1]
-        return list(logits.chunk(self.copies))
-
-
-CACHE_MODES = ("auto", "dynamic", "static", "cuda-graphs")
-
-
-def _cache_mode(name: str, model, adapters, cache: str, compile: bool = False) -> str:
-    """Resolve "auto" and refuse a mode this model cannot run."""
-    if cache not in CACHE_MODES:
-        raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
-    devices = {param.device for param in model.parameters()}
-    one_gpu = len(devices) == 1 and next(iter(devices)).type == "cuda"
-    unfit = ("it is a LoRA pair (peft's mixed batch indexes on the host)" if adapters else
-             None if supports_static(model) else "it has sliding-window attention layers")
-    if cache == "auto" and unfit:
-        cache = "dynamic"
-    elif cache == "auto":
-        cache = "cuda-graphs" if one_gpu else "static" if compile else "dynamic"
-    if cache != "dynamic" and unfit:
-        raise UserError(f"cache={cache} does not fit the {name} model: {unfit}; use cache=dynamic")
-    if compile and cache == "dynamic":
-        raise UserError(f"compile needs cache=static or cuda-graphs, and the {name} model runs "
-                        f"cache=dynamic{f' ({unfit})' if unfit else ''}: drop compile")
-    if cache == "cuda-graphs" and not one_gpu:
-        raise UserError(f"cache=cuda-graphs needs the {name} model on one GPU, it is on "
-                        f"{sorted(map(str, devices))}: use cache=dynamic or static")
-    return cache
-
 
 class RastEngine:
-    """Decode prompts with softmax(z_large + lam * (z_small_rl - z_small_base)).
+    """Decode prompts with softmax(z_large + sum_i lams[i] * (z_rl_i - z_base_i)).
 
-    Takes loaded models; `from_pretrained` loads them by name. `small_rl` is the RL model, or the
-    name of a LoRA adapter loaded into `small_base` (a peft model) for shared-weight mode.
+    Takes loaded models; `from_deltas` loads them from resolved deltas. `pairs` holds one
+    (small base, small RL) per pair, the RL model either a model or the name of a LoRA adapter
+    loaded into the base (a peft model) for shared-weight mode; `lams` one lambda per pair.
     `tokenizer` gives the shared vocabulary (its length) and text; without one (random-weight
     benchmarks on ids) pass `vocab_size` and use `decode`. `stack_small`: run the small pair as
     one stacked model where it can (transfer.decode.stacked_pair: one forward for both, no extra memory;
@@ -280,7 +62,7 @@ class RastEngine:
     graphs for every model on a single GPU. With graphs, each model's step runs on its own CUDA
     stream (`overlap`): the small pair's many tiny kernels, which leave most of the GPU idle, run
     beside the large model's bandwidth-bound ones instead of after them. `default_stop_ids`: the
-    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_pretrained puts
+    large model's (train.models.stop_token_ids) plus `extra_stop_ids`, where from_deltas puts
     the eos/pad ids only the small models' tokenizers declare.
 
     `speculative`: S_RL drafts tokens that L verifies in one forward, sampling exactly the same
@@ -289,36 +71,33 @@ class RastEngine:
     output is the plain loop's; sampled tokens differ from the plain loop's but not in
     distribution. It needs a small pair: with lam = 0 the pair then only drafts.
 
-    Several small pairs: small_base and small_rl are lists (pair i = small_base[i], small_rl[i])
-    and lam a list of one lambda per pair, or one number for all; the logits are then
-    z_large + sum_i lam[i] * (z_rl_i - z_base_i) (transfer.decode.rast.combine_pairs). The small
-    models of one architecture and size run as one stacked model (2n row blocks; a model two
-    pairs share counts once), other sizes and LoRA pairs as units of their own; the first pair's
-    RL model drafts for speculation.
+    Several small pairs combine by transfer.decode.rast.combine_pairs. The small models of one
+    architecture and size run as one stacked model (2n row blocks; a model two pairs share counts
+    once), other sizes and LoRA pairs as units of their own; the first pair's RL model drafts for
+    speculation. `with_lams` sweeps lambda over the loaded models.
     """
 
-    def __init__(self, large, small_base=None, small_rl=None, *,
-                 lam: float | list[float] = 1.0, tokenizer=None, vocab_size: int | None = None,
+    def __init__(self, large, pairs: Sequence[tuple[object, object]] = (),
+                 lams: Sequence[float] = (), *, tokenizer=None, vocab_size: int | None = None,
                  stack_small: bool = True, cache: str = "auto", compile: bool = False,
                  overlap: bool = True, extra_stop_ids=(), speculative: bool = False,
-                 draft_tokens: int | None = None):
-        bases, rls = _as_list(small_base), _as_list(small_rl)
-        if len(bases) != len(rls):
-            raise ValueError(f"give as many small_base as small_rl ({len(bases)} vs {len(rls)})")
-        self.lams, self.tokenizer = pair_lams(lam, len(rls)), tokenizer
+                 draft_tokens: int | None = None, deltas: tuple[Delta, ...] = ()):
+        if len(lams) != len(pairs):
+            raise ValueError(f"{len(lams)} lambdas for {len(pairs)} small pairs: one per pair")
+        self.lams, self.tokenizer = [check_lam(lam) for lam in lams], tokenizer
+        self.deltas = deltas  # the resolved pairs these models were loaded for (from_deltas)
         self.shared_vocab = len(tokenizer) if tokenizer is not None else vocab_size
         if self.shared_vocab is None:
             raise ValueError("pass a tokenizer or vocab_size")
-        for name, model in (("large", large), *(("small_base", m) for m in bases),
-                            *(("small_rl", m) for m in rls)):
+        for name, model in (("large", large), *(("small_base", base) for base, _ in pairs),
+                            *(("small_rl", rl) for _, rl in pairs)):
             if not isinstance(model, str):  # str: a LoRA adapter's name
                 check_embedding_rows(name, model.config.vocab_size, self.shared_vocab)
         options = {"cache": cache, "compile": compile, "overlap": overlap}
         self.large = CachedModel("large", large, **options)
-        plain = not rls or (not any(self.lams) and not speculative)  # the large model alone
+        plain = not pairs or (not any(self.lams) and not speculative)  # the large model alone
         # self.slots[i]: where pair i's (base, RL) logits sit among the small units' outputs
-        self.small, self.slots = (([], []) if plain else
-                                  _small_units(bases, rls, stack_small, options))
+        self.small, self.slots = ([], []) if plain else _small_units(pairs, stack_small, options)
         # Speculative RAST needs S_RL as its draft; without a small pair it is plain decoding.
         self.speculative = (Speculation(draft_tokens) if speculative and self.small else None)
         own_stop_ids = (stop_token_ids(tokenizer, large.generation_config)
@@ -326,67 +105,51 @@ class RastEngine:
         self.default_stop_ids = sorted({*own_stop_ids, *extra_stop_ids})
 
     @classmethod
-    def from_pretrained(cls, target: str, small_base: str | list | None = None,
-                        small_rl: str | list[str] | None = None, lam: float | list[float] = 1.0,
-                        device=None, dtype=None, small_device=None, stack_small: bool = True,
-                        cache: str = "auto", compile: bool = False, speculative: bool = False,
-                        draft_tokens: int | None = None) -> "RastEngine":
-        """Load a RAST triple by registry name, local directory or hub id.
-
-        target is the large base L. small_rl may be a full model or a LoRA adapter directory of
-        small_base (shared weights); with small_base None it must be a train.grpo output holding
-        rast_pair.json (train.pairing.resolve_pair). Several pairs: lists of small_rl, of
-        small_base (None entries, or None for all: each one's rast_pair.json) and of lam (or one
-        lam for all); a pair at lam 0 is not loaded. device: a device, "auto" or an accelerate
-        device map dict for the large model (multi-GPU); small_device defaults to the last GPU
-        then, else to device. dtype: bf16 on GPU, fp32 on CPU. stack_small, cache, compile,
-        speculative, draft_tokens: see RastEngine and CachedModel.
+    def from_deltas(cls, target: str, deltas: tuple[Delta, ...] = (),
+                    options: LoadOptions | None = None) -> "RastEngine":
+        """Load `target` (registry name, local directory or hub id) steered by resolved deltas
+        (transfer.deltas; none: the target alone). A pair at lam 0 is not loaded, except the
+        first with speculation, whose S_RL drafts. options (transfer.decode.decoder.LoadOptions):
+        device "auto" or a device map spreads the large model over GPUs and puts the pairs on the
+        last one; bf16 on GPU, fp32 on CPU; stack_small, cache, compile, speculative and
+        draft_tokens as for RastEngine.
         """
-        rls = _as_list(small_rl)
-        bases = _as_list(small_base) or [None] * len(rls)
-        if not rls and small_base is not None:
-            raise UserError(f"small_base {small_base!r} given without small_rl: pass both, or "
-                            f"neither to decode the large model alone")
-        if len(bases) != len(rls):
-            raise UserError(f"{len(bases)} small_base for {len(rls)} small_rl: give one base per "
-                            f"RL model, or none to read each one's rast_pair.json")
-        lams = pair_lams(lam, len(rls))
-        # with speculation the first pair's S_RL drafts, even at lam = 0
-        keep = [i for i in range(len(rls)) if lams[i] != 0 or (speculative and i == 0)]
-        pairs = [resolve_pair(rls[i], bases[i]) for i in keep]
-        large_map, small_map, dtype = device_and_dtype(device, dtype, small_device)
+        options = options or LoadOptions()
+        keep = tuple(delta for i, delta in enumerate(deltas)
+                     if delta.lam != 0 or (options.speculative and i == 0))
+        large_map, small_map, dtype = device_and_dtype(options.device, options.dtype,
+                                                       options.small_device)
         check_device("device", large_map)
         check_device("small device", small_map)
         target = resolve_model(target)
         # The small models' own eos/pad (an RL checkpoint's <|im_end|>, say) also end a completion.
-        tokenizer, extra_stop_ids = check_models(target, pairs)
+        tokenizer, extra_stop_ids = check_models(target, [delta.pair for delta in keep])
         large_model = load_model(target, dtype=dtype, device_map=large_map)
-        if not pairs:
-            logger.info("decoding %s alone (lam=%s, small pairs: %s)", target, lam, small_rl)
-            return cls(large_model, tokenizer=tokenizer, lam=0.0, cache=cache, compile=compile)
-        loaded = {}  # a model several pairs name is loaded once
+        if not keep:
+            logger.info("decoding %s alone", target)
+            return cls(large_model, tokenizer=tokenizer, cache=options.cache,
+                       compile=options.compile)
+        pairs = load_pairs([delta.pair for delta in keep], dtype, small_map)
+        return cls(large_model, pairs, [delta.lam for delta in keep], tokenizer=tokenizer,
+                   stack_small=options.stack_small, cache=options.cache, compile=options.compile,
+                   speculative=options.speculative, draft_tokens=options.draft_tokens,
+                   extra_stop_ids=extra_stop_ids, deltas=keep)
 
-        def load(name: str):
-            if name not in loaded:
-                loaded[name] = load_model(name, dtype=dtype, device_map=small_map)
-            return loaded[name]
+    def with_lams(self, lams: Sequence[float]) -> "RastEngine":
+        """The same loaded models at other strengths, one per pair (a lambda sweep loads L once).
+        Shares every model, cache buffer and the speculation schedule with this engine."""
+        lams = [check_lam(lam) for lam in lams]
+        if not self.small or len(lams) != len(self.lams) or not all(lams):
+            raise ValueError(f"with_lams needs a non-zero lambda for each of the "
+                             f"{len(self.lams)} loaded pairs, got {lams}")
+        swept = copy.copy(self)
+        swept.lams = lams
+        swept.deltas = tuple(delta.with_lam(lam) for delta, lam in zip(self.deltas, lams))
+        return swept
 
-        small_bases, small_rls = [], []
-        for i, pair in enumerate(pairs):
-            if pair.lora:  # the adapter goes into a base of its own, loaded for it
-                logger.info("%s is a LoRA adapter of %s: one shared forward", pair.rl, pair.base)
-                adapter = RL_ADAPTER if i == 0 else f"{RL_ADAPTER}{i}"
-                small_bases.append(PeftModel.from_pretrained(
-                    load_model(pair.base, dtype=dtype, device_map=small_map), pair.rl,
-                    adapter_name=adapter))
-                small_rls.append(adapter)
-            else:
-                small_bases.append(load(pair.base))
-                small_rls.append(load(pair.rl))
-        return cls(large_model, small_bases, small_rls, lam=[lams[i] for i in keep],
-                   tokenizer=tokenizer, stack_small=stack_small, cache=cache, compile=compile,
-                   speculative=speculative, draft_tokens=draft_tokens,
-                   extra_stop_ids=extra_stop_ids)
+    def counters(self) -> dict[str, int]:
+        """Speculation's running counts (drafted, accepted, emitted, rounds...); {} without it."""
+        return dict(self.speculative.stats) if self.speculative else {}
 
     def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
                          seed: int = 0, keys: list[str] | None = None,
@@ -582,7 +345,7 @@ class RastEngine:
         return 0
 
 
-def _small_units(bases: list, rls: list, stack: bool, options: dict
+def _small_units(pairs: Sequence[tuple[object, object]], stack: bool, options: dict
                  ) -> tuple[list[CachedModel], list[tuple[int, int]]]:
     """The small models' CachedModels, and per pair the indices of its base's and its RL
     model's logits among the units' outputs, in order.
@@ -593,10 +356,10 @@ def _small_units(bases: list, rls: list, stack: bool, options: dict
     adapter in its small_base, a peft model) is a unit of its own: stacked where it can be, else
     peft's mixed-adapter batch. Unstackable models run as a forward each."""
     def label(kind: str, i: int) -> str:
-        return kind if len(rls) == 1 else f"{kind}_{i + 1}"
+        return kind if len(pairs) == 1 else f"{kind}_{i + 1}"
 
     members = {}  # id(model) -> (model, label): the distinct full-weight models
-    for i, (base, rl) in enumerate(zip(bases, rls)):
+    for i, (base, rl) in enumerate(pairs):
         if not isinstance(rl, str):
             members.setdefault(id(base), (base, label("small_base", i)))
             members.setdefault(id(rl), (rl, label("small_rl", i)))
@@ -620,7 +383,7 @@ def _small_units(bases: list, rls: list, stack: bool, options: dict
                                  **options) if len(group) > 1
                      else CachedModel(name, group[0][0], **options))
     slots, outputs = [], len(index)
-    for i, (base, rl) in enumerate(zip(bases, rls)):
+    for i, (base, rl) in enumerate(pairs):
         if isinstance(rl, str):  # after every full-weight unit: (base, adapted) outputs
             slots.append((outputs, outputs + 1))
             outputs += 2
@@ -640,103 +403,3 @@ def _lora_unit(model, adapter: str, stack: bool, options: dict, name: str) -> Ca
         logger.warning("the small pair runs in peft's mixed batch (cache=dynamic only): cannot "
                        "stack it, %s", reason)
     return CachedModel(name, model, copies=2, adapters=("__base__", adapter), **options)
-
-
-def _as_list(models) -> list:
-    """None -> [], a list or tuple as a list, anything else (one model or name) -> [it]."""
-    if models is None:
-        return []
-    return list(models) if isinstance(models, list | tuple) else [models]
-
-
-def pair_lams(lam: float | list[float], pairs: int) -> list[float]:
-    """One lambda per small pair: a number is shared by all pairs (as the paper's code does)."""
-    lams = ([float(value) for value in lam] if isinstance(lam, list | tuple)
-            else [float(lam)] * max(pairs, 1))
-    for value in lams:
-        check_lam(value)
-    if pairs and len(lams) != pairs:
-        raise UserError(f"{len(lams)} lambdas for {pairs} small pairs: give one per pair, or one "
-                        f"for all")
-    return lams
-
-
-def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention_mask[row, width - len(ids):] = 1
-    return input_ids, attention_mask
-
-
-def check_lam(lam: float) -> None:
-    if not math.isfinite(lam):
-        raise UserError(f"lambda must be a finite number, got {lam}")
-
-
-def check_embedding_rows(name: str, rows: int | None, tokenizer_length: int) -> None:
-    """Every id the tokenizer can produce needs a row of the model's embedding (and logits)."""
-    if rows is not None and rows < tokenizer_length:
-        raise UserError(f"{name} has {rows} embedding rows, fewer than the {tokenizer_length} "
-                        f"tokens of the tokenizer it is decoded with: it belongs to another "
-                        f"tokenizer; use models of one family")
-
-
-def check_models(target: str, pairs: list[Pair] = ()) -> tuple[object, list[int]]:
-    """What can be checked of a RAST triple (or of L and several small pairs) without loading
-    weights: every pair shares the target's tokenizer and every embedding has a row per token.
-    Returns the target's tokenizer and the eos/pad ids only the pairs' tokenizers declare
-    (check_pair_tokenizers). Evaluation runs it for every system before decoding the first one."""
-    tokenizer = load_tokenizer(target)
-    check_embedding_rows(target, embedding_rows(target), len(tokenizer))
-    extra_stop_ids = set()
-    for pair in pairs:
-        extra_stop_ids.update(check_pair_tokenizers(tokenizer, target, pair))
-        for name in (pair.base, pair.rl):
-            check_embedding_rows(name, embedding_rows(name), len(tokenizer))
-    return tokenizer, sorted(extra_stop_ids)
-
-
-def check_pair_tokenizers(tokenizer, target: str, pair: Pair) -> list[int]:
-    """Refuse a small pair whose tokenizers map a token to another id than the target's (RAST
-    adds logits by id); return the eos/pad ids only the pair's tokenizers declare."""
-    extra_stop_ids = check_tokenizers_compatible(tokenizer, load_tokenizer(pair.base), target,
-                                                 pair.base)
-    if pair.rl_tokenizer:
-        extra_stop_ids += check_tokenizers_compatible(tokenizer, load_tokenizer(pair.rl), target,
-                                                      pair.rl)
-    return sorted(set(extra_stop_ids))
-
-
-def device_and_dtype(device=None, dtype=None, small_device=None):
-    """-> (large model device_map, small pair device_map, dtype): bf16 on GPU, fp32 on CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    spread = device == "auto" or isinstance(device, dict)  # accelerate places the large model
-    on_gpu = torch.cuda.is_available() if spread else str(device).startswith("cuda")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
-    if small_device is None:
-        small_device = f"cuda:{torch.cuda.device_count() - 1}" if spread and on_gpu else (
-            "cpu" if spread else device)
-    return device, small_device, dtype
-
-
-def check_device(name: str, device) -> None:
-    """Refuse a device this torch cannot use, in one line, before any model loads."""
-    if device is None or device == "auto" or isinstance(device, dict):
-        return
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"{name} {device!r} is not a device: use cpu, cuda, cuda:<index> or "
-                        f"auto") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{name} {device!r}: this torch sees no CUDA GPU (torch "
-                        f"{torch.__version__}); use cpu, or a CUDA build of torch on a GPU machine")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"{name} {device!r}: only {torch.cuda.device_count()} CUDA device(s) "
-                        f"are visible")

@@ -43,6 +43,7 @@ import time
 
 import torch
 
+from transfer.decode.decoder import acceptance_rate, since, tokens_per_round
 from transfer.decode.rast import align_logits, warp_logits
 from transfer.decode.stops import find_stop
 
@@ -120,20 +121,14 @@ class Speculation:
         self.stats = {"rounds": 0, "row_rounds": 0, "drafted": 0, "accepted": 0, "emitted": 0,
                       "ragged_rounds": 0}
 
-    def acceptance_rate(self, since: dict | None = None) -> float:
-        """Share of the drafted tokens accepted (bonus positions not counted); since: an earlier
+    def acceptance_rate(self, before: dict | None = None) -> float:
+        """Share of the drafted tokens accepted (bonus positions not counted); before: an earlier
         copy of `stats`, to count only what came after it."""
-        now = self._counted_since(since)
-        return now["accepted"] / max(now["drafted"], 1)
+        return acceptance_rate(since(self.stats, before or {}))
 
-    def mean_emitted(self, since: dict | None = None) -> float:
+    def mean_emitted(self, before: dict | None = None) -> float:
         """Tokens a row emits per round: its accepted drafts + one corrected or bonus token."""
-        now = self._counted_since(since)
-        return now["emitted"] / max(now["row_rounds"], 1)
-
-    def _counted_since(self, since: dict | None) -> dict:
-        since = since or {}
-        return {key: value - since.get(key, 0) for key, value in self.stats.items()}
+        return tokens_per_round(since(self.stats, before or {}))
 
     @torch.inference_mode()
     def decode(self, engine, prompt_ids, seeds, params, stop: set[int], on_step=None):

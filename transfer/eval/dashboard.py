@@ -29,8 +29,8 @@ def log_evaluation_runs(wandb, summary: dict, records: list[Sample], output_dir:
     config = summary["config"]
     models = {"small_rl": config["small_rl"], "target_rl": config.get("target_rl")}
     for system in summary["systems"]:  # the other RL checkpoints of combinations of pairs
-        models.update({f"small_rl/{Path(rl).name}": rl for _, rl, _ in system.get("pairs", ())
-                       if rl not in models.values()})
+        models.update({f"small_rl/{Path(delta['rl']).name}": delta["rl"]
+                       for delta in system["deltas"] if delta["rl"] not in models.values()})
     run = wandb.init(project=project, group=group, name=f"{group}/comparison",
                      job_type="comparison", dir=str(output_dir), config=config,
                      reinit="finish_previous")
@@ -76,12 +76,12 @@ def log_comparison_charts(run, summary: dict) -> None:
     run.define_metric("accuracy_vs_lambda/*", step_metric="lambda")
     run.define_metric("pass_at_k/*", step_metric="k")
     run.define_metric("recovery_rate/*", step_metric="benchmark_index")
-    swept = [s for s in rast if "pairs" not in s]  # combinations of pairs are not on the axis
+    swept = [s for s in rast if not s["combination"]]  # combinations are not on the axis
     if len(swept) > 1:
-        for system in sorted(swept, key=lambda s: s["lam"]):
-            run.log({"lambda": system["lam"], **{f"accuracy_vs_lambda/{benchmark}":
-                                                 rows[system["name"]]["avg"]
-                                                 for benchmark, rows in benchmarks.items()}})
+        for system in sorted(swept, key=lambda s: s["deltas"][0]["lam"]):
+            run.log({"lambda": system["deltas"][0]["lam"],
+                     **{f"accuracy_vs_lambda/{benchmark}": rows[system["name"]]["avg"]
+                        for benchmark, rows in benchmarks.items()}})
     for k in _ks(summary):
         run.log({"k": int(k), **{f"pass_at_k/{benchmark}/{name}": m["pass"][k]
                                  for benchmark, rows in benchmarks.items()

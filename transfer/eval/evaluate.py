@@ -19,10 +19,9 @@ and reports. All ranks must see one output_dir: across nodes it has to be a shar
 On a GPU node each process gets an equal share of the node's GPUs (CUDA_VISIBLE_DEVICES).
 """
 
+import hashlib
 import json
 import logging
-import math
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -36,19 +35,31 @@ from train.pairing import resolve_pair
 from train.prompts import render_prompt
 from train.recipe import parse_recipe
 from train.tiny.task import is_careful
-from transfer.decode.engine import (
-    CACHE_MODES,  # torch: imported here, not for every import
-    RastEngine,
+from transfer.decode.backends import open_decoder
+from transfer.decode.cached_model import CACHE_MODES  # torch: imported here, not at first use
+from transfer.decode.decoder import (
+    Decoder,
+    LoadOptions,
     SamplingParams,
-    check_device,
-    check_models,
+    acceptance_rate,
+    since,
+    sweepable,
+    tokens_per_round,
 )
+from transfer.decode.loading import check_device, check_models
+from transfer.deltas import Delta, check_lam, parse_combination, resolve_combination, resolve_delta
 from transfer.eval import placement
 from transfer.eval.distributed import barrier, pin_gpus_of_this_process, this_shard
-from transfer.eval.lock import output_lock
 from transfer.eval.placement import GB, describe
 from transfer.eval.report import report, summarize
-from transfer.eval.samples import ROLES, Sample, SampleLog, merge_samples, sample_files, system_name
+from transfer.eval.samples import ROLES, Sample, merge_samples, sample_files, system_name
+from transfer.runlog import (
+    SampleLog,
+    changed_settings,
+    chunks_to_do,
+    claim_output_dir,
+    write_json_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +122,14 @@ class TransferConfig:
         "help": "dry run: memory of one GPU in GB (default: this machine's, else 80)"})
 
     def __post_init__(self):
-        self.lam = [float(lam) for lam in self.lam]
+        self.lam = [check_lam(lam) for lam in self.lam]  # a sweep: one RAST system each
         self.small_base = self.small_base or None
         self.target_rl = self.target_rl or None
         self.stop_ids = [int(i) for i in self.stop_ids] if self.stop_ids else None
         if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
             raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
-        if not self.lam or any(lam < 0 or not math.isfinite(lam) for lam in self.lam):
-            raise UserError(f"lam must be a non-empty list of finite values >= 0, got {self.lam}")
+        if not self.lam:
+            raise UserError("lam is empty: give at least one lambda (e.g. [1.0])")
         if self.samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("samples, batch_size and max_new_tokens must be >= 1")
         SamplingParams(self.temperature, self.top_p, max_new_tokens=self.max_new_tokens)  # checks
@@ -133,46 +144,17 @@ class TransferConfig:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
 
 
-# LAM*RL or LAM*(RL - BASE); names hold no spaces, so " - " and " + " separate
-COMBINATION_TERM = re.compile(r"(?P<lam>[^*()]+)\*\s*(?:\((?P<rl>[^\s()*]+)\s+-\s+"
-                              r"(?P<base>[^\s()*]+)\)|(?P<alone>[^\s()*]+))")
-
-
-def parse_combination(text: str) -> list[tuple[str | None, str, float]]:
-    """(small_base or None, small_rl, lam) per term of a combination, "lam*RL + lam*(RL - BASE)".
-
-    >>> parse_combination("1*outputs/tiny-s-grpo + 0.5*(hub/rl-0.5B - hub/base-0.5B)")
-    [(None, 'outputs/tiny-s-grpo', 1.0), ('hub/base-0.5B', 'hub/rl-0.5B', 0.5)]
-    """
-    terms = []
-    for term in text.split(" + "):
-        match = COMBINATION_TERM.fullmatch(term.strip())
-        try:
-            lam = float(match["lam"]) if match else math.nan
-        except ValueError:
-            lam = math.nan
-        if not math.isfinite(lam):
-            raise UserError(f"combination {text!r}: cannot read {term.strip()!r}; write each term "
-                            f"as LAM*RL or LAM*(RL - BASE), terms joined by ' + '")
-        terms.append((match["base"], match["rl"] or match["alone"], lam))
-    return terms
-
-
 @dataclass(frozen=True)
 class System:
-    """One decoding setup: `target` alone, or `target` + lam * (small_rl - small_base), or with
-    several small pairs `target` + sum_i lam_i * (rl_i - base_i) (`pairs`, the first of which is
-    also in small_base, small_rl and lam).
-
-    role (samples.ROLES) and lam say what it is; `name` is derived, for display and keys: a
-    system over `pairs` spells its sum out ("L+RAST(1*tiny-s-grpo+0.5*tiny-m-grpo)")."""
+    """One decoding setup: `target` alone, or `target` + sum_i lam_i * (rl_i - base_i) over its
+    `deltas` (transfer.deltas). role (samples.ROLES) and deltas say what it is; `name` is derived,
+    for display and keys: "L+RAST(lam=0.5)" for the recipe's swept pair, and a `combination`
+    spells its sum out ("L+RAST(1*tiny-s-grpo+0.5*tiny-m-grpo)")."""
 
     role: str
     target: str
-    small_base: str | None = None
-    small_rl: str | None = None
-    lam: float = 0.0
-    pairs: tuple[tuple[str, str, float], ...] = ()  # (small_base, small_rl, lam) each
+    deltas: tuple[Delta, ...] = ()
+    combination: bool = False  # a recipe's `combinations` entry (named by its terms)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -180,27 +162,20 @@ class System:
 
     @property
     def name(self) -> str:
-        if not self.pairs:
-            return system_name(self.role, self.lam)
-        return "L+RAST(" + "+".join(f"{lam:g}*{Path(rl).name}" for _, rl, lam in self.pairs) + ")"
-
-    def engine_pairs(self) -> tuple[list, list, list]:
-        """(small bases, small RL models, lambdas) as RastEngine.from_pretrained takes them."""
-        pairs = self.pairs or ([(self.small_base, self.small_rl, self.lam)]
-                               if self.small_rl else [])
-        return [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+        if self.combination:
+            return "L+RAST(" + "+".join(delta.label for delta in self.deltas) + ")"
+        return system_name(self.role, self.deltas[0].lam if self.deltas else 0.0)
 
     def sized_small_models(self) -> list[str]:
         """The small models it loads as placement sizes them: each base once, and each RL model
         by its base's name (it has that size): [base, base] for one pair."""
-        bases = self.engine_pairs()[0]
+        bases = [delta.pair.base for delta in self.deltas]
         return [*dict.fromkeys(bases), *bases]
 
     def describe(self) -> dict:
-        described = {"name": self.name, **asdict(self)}
-        if not self.pairs:  # as one-pair systems were always described
-            del described["pairs"]
-        return described
+        return {"name": self.name, "role": self.role, "target": self.target,
+                "deltas": [delta.to_dict() for delta in self.deltas],
+                "combination": self.combination}
 
 
 def parse_config(argv: list[str] | None = None) -> TransferConfig:
@@ -209,25 +184,37 @@ def parse_config(argv: list[str] | None = None) -> TransferConfig:
 
 
 def build_systems(config: TransferConfig) -> list[System]:
-    """Systems in table order; ones that share models are adjacent so an engine can be reused."""
-    pair = resolve_pair(config.small_rl, config.small_base)  # also checks the base's weights
+    """Systems in table order; ones that share models are adjacent so an engine can be reused.
+    Every pair is resolved here, once (train.pairing: which base, and that its weights are the
+    ones the RL model was trained from); names that would key two systems' results are refused."""
+    swept = resolve_delta(config.small_rl, config.small_base)
+    pair = swept.pair
     systems = []
     if config.include_small_base:
         systems.append(System("S", pair.base))
     if config.include_small_rl and pair.lora:
         # A LoRA adapter dir cannot be decoded alone; S + 1 * (S_RL - S) equals S_RL up to fp32
         # rounding, through the engine's adapter path.
-        systems.append(System("S_RL", pair.base, pair.base, pair.rl, 1.0))
+        systems.append(System("S_RL", pair.base, (swept.with_lam(1.0),)))
     elif config.include_small_rl:
         systems.append(System("S_RL", pair.rl))
     systems.append(System("L", config.target))
-    systems += [System("RAST", config.target, pair.base, pair.rl, lam) for lam in config.lam]
-    for text in config.combinations:
-        pairs = tuple((resolved.base, resolved.rl, lam) for resolved, lam in
-                      ((resolve_pair(rl, base), lam) for base, rl, lam in parse_combination(text)))
-        systems.append(System("RAST", config.target, *pairs[0], pairs=pairs))
+    systems += [System("RAST", config.target, (swept.with_lam(lam),)) for lam in config.lam]
+    systems += [System("RAST", config.target, resolve_combination(text), combination=True)
+                for text in config.combinations]
     if config.target_rl:
         systems.append(System("L_RL", config.target_rl))
+    names = [system.name for system in systems]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UserError(f"two systems would both be named {', '.join(twice)} (their samples "
+                        f"would mix): give each RL model of a combination a directory of its own "
+                        f"name, and list each lambda once")
+    decoded = [(system.role, system.target, system.deltas) for system in systems]
+    same = next((s.name for s, key in zip(systems, decoded) if decoded.count(key) > 1), None)
+    if same:
+        raise UserError(f"two systems decode the same deltas as {same} (a combination that "
+                        f"restates a swept lambda): drop one of them")
     return systems
 
 
@@ -249,8 +236,8 @@ def validate_models(systems: list[System]) -> None:
     """Fail in one line, before loading anything, when a model is neither local nor cached."""
     from huggingface_hub import constants
 
-    names = dict.fromkeys(n for s in systems
-                          for n in (s.target, *(m for ms in s.engine_pairs()[:2] for m in ms)) if n)
+    names = dict.fromkeys(name for s in systems for name in (
+        s.target, *(model for delta in s.deltas for model in (delta.pair.base, delta.pair.rl))))
     missing = [m for m in map(_missing_locally, names) if m]
     if not missing:
         return
@@ -267,112 +254,147 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
     eos/pad ids that only a small model's tokenizer declares (a hub RL checkpoint's <|im_end|>)."""
     check_device("device", config.device)
     extra_stop_ids = set()
-    for target, pairs in dict.fromkeys((s.target, tuple(zip(*s.engine_pairs()))) for s in systems):
-        _, pair_stop_ids = check_models(target, [resolve_pair(rl, base)
-                                                 for base, rl, lam in pairs if lam])
-        extra_stop_ids.update(pair_stop_ids)
+    for target, pairs in dict.fromkeys((s.target, tuple(d.pair for d in s.deltas if d.lam))
+                                       for s in systems):
+        extra_stop_ids.update(check_models(target, list(pairs))[1])
     return sorted(extra_stop_ids)
 
 
-def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
-    """Refuse to mix samples of one system name decoded with different settings in one output_dir.
+# What decodes a system's samples besides the system itself (systems.json). batch_size fixes
+# which problems share a batch, and padding changes floats; speculative draws RAST's samples
+# with other random numbers (same distribution).
+DECODING_SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template",
+                     "batch_size", "split", "stop_strings", "stop_ids", "speculative")
 
-    batch_size is part of it: it fixes which problems share a batch, and padding changes floats;
-    so is speculative: it draws RAST's samples with other random numbers (same distribution).
-    """
-    keys = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "batch_size",
-            "split", "stop_strings", "stop_ids", "speculative")
-    decoding = {key: getattr(config, key) for key in keys}
+
+def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
+    """Refuse to mix samples of one system name decoded with other settings in one output_dir."""
+    decoding = {key: getattr(config, key) for key in DECODING_SETTINGS}
     # keys a systems.json of an older version lacks read as the field's default (off)
     defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
-                for f in fields(TransferConfig) if f.name in keys}
+                for f in fields(TransferConfig) if f.name in DECODING_SETTINGS}
     signatures = {s.name: {**s.describe(), **decoding} for s in systems}
     path = output_dir / "systems.json"
     stored = json.loads(path.read_text()) if path.exists() else {}
     for name, signature in signatures.items():
-        old = stored.get(name)
-        changed = [key for key in signature
-                   if old and old.get(key, defaults.get(key)) != signature[key]]
-        if changed:
-            changes = ", ".join(f"{key}: {old.get(key)!r} -> {signature[key]!r}" for key in changed)
+        if name not in stored:
+            continue
+        changes = changed_settings(_with_deltas(stored[name]), signature, defaults)
+        if changes:
             raise UserError(f"{output_dir} already holds samples of {name} with other settings "
                             f"({changes}); use a new output_dir or the old settings")
-    path.write_text(json.dumps({**stored, **signatures}, indent=2))
+    write_json_atomic(path, {**stored, **signatures})
 
 
-def chunks_to_do(system: System, benchmark: str, problems: list[dict], config: TransferConfig,
-                 log: SampleLog, shard: tuple[int, int] = (0, 1)) -> tuple[list[list[dict]], int]:
-    """(chunks with a sample not yet logged, number of chunks in all) of one system and benchmark.
-
-    Problems go to the engine in fixed chunks of batch_size // samples problems, the same chunks
-    on every run, so a resumed run re-decodes an interrupted chunk with the same batch contents
-    and gets the same tokens; only its missing samples are appended. shard = (rank, world_size):
-    this process owns chunks rank, rank + world_size, ...: whole chunks, so the batches (and with
-    them padding and floats) are those of a single-process run.
-    """
-    rank, world_size = shard
-    done = {(r.problem_id, r.sample_index) for r in log.records
-            if r.system == system.name and r.benchmark == benchmark}
-    per_chunk = max(1, config.batch_size // config.samples)
-    chunks = [problems[i:i + per_chunk] for i in range(0, len(problems), per_chunk)]
-    own = chunks[rank::world_size]
-    todo = [chunk for chunk in own
-            if any((p["id"], i) not in done for p in chunk for i in range(config.samples))]
-    return todo, len(own)
+def _with_deltas(old: dict) -> dict:
+    """A systems.json entry of a version that described a system by small_base / small_rl / lam
+    (and pairs), as deltas: the pairs were resolved the same way then, so they compare."""
+    if "deltas" in old or "small_rl" not in old:
+        return old
+    terms = old.get("pairs") or ([(old["small_base"], old["small_rl"], old["lam"])]
+                                 if old["small_rl"] else [])
+    deltas = []
+    for base, rl, lam in terms:
+        try:
+            deltas.append(Delta(resolve_pair(rl, base), lam).to_dict())
+        except UserError:  # gone or changed: it cannot match a system decoded now
+            deltas.append({"base": base, "rl": rl, "lam": lam})
+    rest = {k: v for k, v in old.items() if k not in ("small_base", "small_rl", "lam", "pairs")}
+    return {**rest, "deltas": deltas, "combination": bool(old.get("pairs"))}
 
 
-def evaluate_system(engine, system: System, benchmark: str, problems: list[dict],
+def done_samples(log: SampleLog, system: System, benchmark: str) -> list[Sample]:
+    return [r for r in log.records if r.system == system.name and r.benchmark == benchmark]
+
+
+def check_problems(output_dir: Path, benchmarks: dict[str, list[dict]]) -> None:
+    """Refuse to resume samples of a problem id that now names another problem (problems.json
+    keeps a digest of each id's problem and answer): a benchmark file without ids numbers its
+    rows, so a row added at its top credited every answer to the problem after it."""
+    path = output_dir / "problems.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    digests = {label: {p["id"]: hashlib.sha256(json.dumps([p["problem"], p["answer"]]).encode())
+                       .hexdigest()[:16] for p in problems}
+               for label, problems in benchmarks.items()}
+    for label, by_id in digests.items():
+        changed = [pid for pid, digest in by_id.items()
+                   if stored.get(label, {}).get(pid, digest) != digest]
+        if changed:
+            raise UserError(f"{output_dir} holds samples of {label} problems that the benchmark "
+                            f"now gives other text or answers (ids {', '.join(changed[:5])}"
+                            f"{', ...' if len(changed) > 5 else ''}): give its rows ids of their "
+                            f"own, or use a new output_dir")
+    write_json_atomic(path, {**stored, **{label: {**stored.get(label, {}), **by_id}
+                                          for label, by_id in digests.items()}})
+
+
+def problems_to_do(system: System, benchmark: str, problems: list[dict], config: TransferConfig,
+                   log: SampleLog, shard: tuple[int, int] = (0, 1)
+                   ) -> tuple[list[list[dict]], int]:
+    """(this shard's chunks of problems that miss a sample, number of chunks it owns): the run
+    log's fixed chunks (transfer.runlog.chunks_to_do) of one system and benchmark."""
+    done = {(r.problem_id, r.sample_index) for r in done_samples(log, system, benchmark)}
+    by_id = {p["id"]: p for p in problems}
+    todo, total = chunks_to_do(list(by_id), config.samples, config.batch_size, done, shard)
+    return [[by_id[key] for key in chunk] for chunk in todo], total
+
+
+def evaluate_system(decoder: Decoder, system: System, benchmark: str, problems: list[dict],
                     config: TransferConfig, params, stop_ids: list[int], log: SampleLog,
                     shard: tuple[int, int] = (0, 1)) -> None:
     """Decode, grade and log each (problem, sample) of this shard not yet logged."""
 
-    own = [r for r in log.records if r.system == system.name and r.benchmark == benchmark]
+    own = done_samples(log, system, benchmark)
     done = {(r.problem_id, r.sample_index) for r in own}
-    todo, total = chunks_to_do(system, benchmark, problems, config, log, shard)
+    todo, total = problems_to_do(system, benchmark, problems, config, log, shard)
     correct, graded = sum(r.correct for r in own), len(own)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
                unit="batch")
-    speculation = getattr(engine, "speculative", None)
-    before = dict(speculation.stats) if speculation else None
+    before = decoder.counters()
     by_key = {f"{benchmark}/{p['id']}": p for chunk in todo for p in chunk}
     prompts = [render_prompt(config.prompt_template, p["problem"]) for p in by_key.values()]
-    # The engine batches batch_size // samples consecutive prompts, so its batches are exactly
-    # these chunks (only the last chunk of a benchmark may be short, and it stays last).
-    for completions in engine.generate_batches(prompts, params, n=config.samples, seed=config.seed,
-                                               keys=list(by_key), stop_ids=stop_ids,
-                                               batch_size=config.batch_size, progress=False):
+    # The decoder batches batch_size // samples consecutive prompts, so its batches are exactly
+    # the run log's chunks (only the last chunk of a benchmark may be short, and it stays last).
+    for completions in decoder.generate_batches(prompts, params, n=config.samples,
+                                                seed=config.seed, keys=list(by_key),
+                                                stop_ids=stop_ids, batch_size=config.batch_size,
+                                                progress=False):
         new = [c for c in completions if (by_key[c.key]["id"], c.sample_index) not in done]
         grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
-        records = [Sample(system.name, system.role, system.lam, benchmark, by_key[c.key]["id"],
+        records = [Sample(system.name, system.role, benchmark, by_key[c.key]["id"],
                           c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
                           len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
-                          careful=is_careful(c.text) if benchmark == "tiny" else None)
+                          careful=is_careful(c.text) if benchmark == "tiny" else None,
+                          deltas=system.deltas)
                    for c, g in zip(new, grades)]
         log.append(records)
         done.update((r.problem_id, r.sample_index) for r in records)
         correct, graded = correct + sum(r.correct for r in records), graded + len(records)
         bar.update(1)
-        bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}", **(
-            {"draft_acceptance": f"{speculation.acceptance_rate(before):.3f}",
-             "tokens_per_round": f"{speculation.mean_emitted(before):.2f}"} if speculation else {}))
+        bar.set_postfix(acc=f"{correct / max(graded, 1):.3f}",
+                        **_speculation_notes(since(decoder.counters(), before)))
     bar.close()
-    if speculation and todo:  # whether speculation pays on this pair (else it turns itself off)
+    counted = since(decoder.counters(), before)
+    if counted and todo:  # whether speculation pays on this pair (else it turns itself off)
         logger.info("%s on %s, speculative: draft acceptance %.3f, %.2f tokens per round",
-                    system.name, benchmark, speculation.acceptance_rate(before),
-                    speculation.mean_emitted(before))
+                    system.name, benchmark, acceptance_rate(counted), tokens_per_round(counted))
 
 
-def load_engine(system: System, config: TransferConfig):
+def _speculation_notes(counted: dict[str, int]) -> dict[str, str]:
+    if not counted:
+        return {}
+    return {"draft_acceptance": f"{acceptance_rate(counted):.3f}",
+            "tokens_per_round": f"{tokens_per_round(counted):.2f}"}
+
+
+def load_decoder(system: System, config: TransferConfig) -> Decoder:
 
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)
-    small_base, small_rl, lam = system.engine_pairs()
-    return RastEngine.from_pretrained(system.target, small_base=small_base or None,
-                                      small_rl=small_rl or None, lam=lam or 0.0,
-                                      device=device, small_device=small_device,
-                                      cache=config.cache, compile=config.compile,
-                                      speculative=config.speculative)
+    return open_decoder(system.target, system.deltas, LoadOptions(
+        device=device, small_device=small_device, cache=config.cache, compile=config.compile,
+        speculative=config.speculative))
 
 
 def gpu_layout(system: System, config: TransferConfig):
@@ -396,7 +418,7 @@ def gpu_layout(system: System, config: TransferConfig):
     return placement.large_device_map(large.layers, plan.large_gpus), f"cuda:{plan.pair_gpu}"
 
 
-def run(config: TransferConfig, make_engine=load_engine) -> dict:
+def run(config: TransferConfig, make_decoder=load_decoder) -> dict:
     """Evaluate every system on every benchmark (resuming), then report; returns the summary."""
 
     systems = build_systems(config)
@@ -404,28 +426,29 @@ def run(config: TransferConfig, make_engine=load_engine) -> dict:
         return dry_run(config, systems)
     validate_models(systems)
     extra_stop_ids = check_systems(systems, config)
-    benchmarks = {benchmark_label(name): load_benchmark(name, config.split, config.limit)
-                  for name in config.benchmarks}
+    labels = [benchmark_label(name) for name in config.benchmarks]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise UserError(f"benchmarks {config.benchmarks} give two benchmarks the label "
+                        f"{', '.join(twice)} (their samples would mix): rename one file")
+    benchmarks = {label: load_benchmark(name, config.split, config.limit)
+                  for label, name in zip(labels, config.benchmarks)}
     output_dir = Path(config.output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output_dir {output_dir}: {err.strerror}") from None
     rank = this_shard()[0]
     # One run per output_dir: rank 0 of every run takes .lock (the other ranks .lock.rank<k>).
-    lock = output_dir / (".lock" if rank == 0 else f".lock.rank{rank}")
-    with output_lock(lock, f"output_dir {output_dir}"):
-        return decode_and_report(config, systems, benchmarks, output_dir, make_engine,
+    with claim_output_dir(output_dir, "evaluation", ".lock" if rank == 0 else f".lock.rank{rank}"):
+        return decode_and_report(config, systems, benchmarks, output_dir, make_decoder,
                                  extra_stop_ids)
 
 
 def decode_and_report(config: TransferConfig, systems: list[System], benchmarks: dict,
-                      output_dir: Path, make_engine, extra_stop_ids=()) -> dict:
+                      output_dir: Path, make_decoder, extra_stop_ids=()) -> dict:
     """Decode and log every system's missing samples, then report from the log (rank 0)."""
     rank, world_size = shard = this_shard()
     if rank == 0:  # one writer of systems.json; the others wait until it is checked
         check_signatures(output_dir, systems, config)
-        (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        check_problems(output_dir, benchmarks)
+        write_json_atomic(output_dir / "config.json", asdict(config))
     barrier(world_size)
     # One SamplingParams and one stop list for every system: the same stop rule for all.
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
@@ -436,22 +459,24 @@ def decode_and_report(config: TransferConfig, systems: list[System], benchmarks:
     stop_ids = config.stop_ids or sorted({*stop_token_ids(load_tokenizer(config.target)),
                                           *extra_stop_ids})
     own_file = output_dir / ("samples.jsonl" if world_size == 1 else f"samples.rank{rank}.jsonl")
-    log = SampleLog(own_file, [path for path in sample_files(output_dir) if path != own_file])
-    engine, engine_models = None, None
+    log = SampleLog(own_file, Sample, [path for path in sample_files(output_dir)
+                                       if path != own_file])
+    decoder, loaded = None, None  # the decoder, and the system it was loaded for
     for system in systems:
-        if not any(chunks_to_do(system, label, problems, config, log, shard)[0]
+        if not any(problems_to_do(system, label, problems, config, log, shard)[0]
                    for label, problems in benchmarks.items()):
             continue  # finished in an earlier run: do not even load its models
-        bases, rls, lams = system.engine_pairs()
-        models = (system.target, bases, rls)
-        if engine is not None and models == engine_models and rls and all(lams + engine.lams):
-            engine.lams = lams  # lambda sweep: same models, other strengths
+        if (decoder is not None and system.target == loaded.target
+                and sweepable(loaded.deltas, system.deltas)):
+            decoder = decoder.with_lams([delta.lam for delta in system.deltas])  # lambda sweep
         else:
-            engine = None  # free them first: L and L_RL may not fit in memory together
-            engine, engine_models = make_engine(system, config), models
+            decoder = None  # free them first: L and L_RL may not fit in memory together
+            decoder = make_decoder(system, config)
+        loaded = system
         for label, problems in benchmarks.items():
-            evaluate_system(engine, system, label, problems, config, params, stop_ids, log, shard)
-    engine = None
+            evaluate_system(decoder, system, label, problems, config, params, stop_ids, log,
+                            shard)
+    decoder = None
     barrier(world_size)
     if rank != 0:
         return {}
@@ -473,8 +498,8 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
                 if torch.cuda.is_available() else 0.0)
     small_models = max((s.sized_small_models() for s in systems), key=len)
     print("systems: " + ", ".join(
-        f"{s.name} [{s.target}" + "".join(f" + {lam:g} x ({rl} - {base})"
-                                          for base, rl, lam in zip(*s.engine_pairs()) if lam)
+        f"{s.name} [{s.target}" + "".join(f" + {d.lam:g} x ({d.pair.rl} - {d.pair.base})"
+                                          for d in s.deltas if d.lam)
         + "]" for s in systems))
     print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected))
     return {}

@@ -18,15 +18,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.memory import GB, USABLE_SHARE, full_training_gb
 from train.models import MODELS, Architecture, architecture_of, registry_entry
 
-GB = 1e9
-USABLE_SHARE = 0.9  # of a card's memory: the rest is CUDA context, activations, fragmentation
 PROMPT_TOKENS = 1024  # qwen-boxed prompts of the six benchmarks fit (SimpleRL-Zoo's max prompt)
 CARDS_GB = (40, 80, 141)  # A100-40G, A100/H100-80G, H200
-# Full-parameter GRPO with Adam in bf16 mixed precision: bf16 weights 2 + grads 2 + fp32 master
-# 4 + Adam moments 8 bytes per parameter, plus a bf16 reference model (beta > 0) 2 bytes.
-TRAIN_BYTES_PER_PARAM = 18
 # Decoding also holds transient fp32 logits where they are combined (L's last GPU): at the peak
 # about this many [batch, positions, vocab] fp32 tensors (the models' logits, the combination,
 # top-p's sorted copy and its int64 indices, probabilities, the draft's q). Measured on CPU at
@@ -140,10 +136,6 @@ def local_gpus(local_rank: int, local_world_size: int, visible: list[str]) -> li
     return visible[local_rank * share:(local_rank + 1) * share]
 
 
-def training_gb(params_b: float) -> float:
-    return params_b * TRAIN_BYTES_PER_PARAM
-
-
 def memory_table(batch: int = 16, max_new_tokens: int = 16384) -> str:
     """Markdown: RAST (32B + pair) decode memory vs direct full-parameter RL of the target."""
     tokens = sequence_tokens(max_new_tokens)
@@ -161,8 +153,8 @@ def memory_table(batch: int = 16, max_new_tokens: int = 16384) -> str:
                      + " | ".join(str(p.gpus_per_process) for p in plans) + " |")
     for size in ("1.5B", "7B", "14B", "32B"):
         info = model_facts(size)
-        need = training_gb(info.params_b)
-        lines.append(f"| direct GRPO of {size} (Adam states + reference, no activations) | "
+        need = full_training_gb(info.params_b * 1e9)  # train.memory's ZeRO states
+        lines.append(f"| direct GRPO of {size} | "
                      f"{2 * info.params_b:.1f} | - | {need:.0f} | "
                      + " | ".join(str(math.ceil(need / (c * USABLE_SHARE))) for c in CARDS_GB)
                      + " |")

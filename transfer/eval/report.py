@@ -8,7 +8,6 @@ comparison decodes nothing and rebuilds the report:
     python -m transfer.eval.evaluate --config recipes/tiny/rast/config_cpu.yaml --report_to none
 """
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from transfer.eval.metrics import (
     system_metrics,
 )
 from transfer.eval.samples import Sample
+from transfer.runlog import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def report(summary: dict, records: list[Sample], output_dir: Path, config,
            problems: dict[str, list[dict]] | None = None) -> None:
     """Write summary.json, results.md and the plots, print the table, log to W&B unless disabled
     (transfer.eval.dashboard; `problems` per benchmark give the side-by-side tables their text)."""
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(output_dir / "summary.json", summary)
     table = markdown_table(summary)
     (output_dir / "results.md").write_text(table)
     images = plot(summary, output_dir)

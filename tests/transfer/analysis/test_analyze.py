@@ -32,7 +32,9 @@ from transfer.analysis.token_stats import (
     position_stats,
     smallest_share_holding,
 )
-from transfer.decode.engine import RastEngine, SamplingParams
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
+from transfer.deltas import resolve_delta
 from transfer.eval.samples import system_name
 
 RECIPES = Path(__file__).parents[3] / "recipes"
@@ -48,7 +50,8 @@ def models(tiny_models):
                        for name in ("small_base", "small_rl", "large"))
     return Models(tokenizer, large, [(base, rl), (base, large)], rl,
                   {"L": "large", "S0": "base", "S0_RL": "rl", "S1": "base", "S1_RL": "large",
-                   "L_RL": "rl"})
+                   "L_RL": "rl"}, (resolve_delta(tiny_models["small_rl"],
+                                                 tiny_models["small_base"], 1.0),))
 
 
 def make_trajectories(tokenizer, completions: list[str]) -> list[Trajectory]:
@@ -103,7 +106,7 @@ def test_one_forward_equals_per_prefix_recompute(models):
 
 def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
 
-    engine = RastEngine(models.large, tokenizer=models.tokenizer, lam=0.0)
+    engine = RastEngine(models.large, tokenizer=models.tokenizer)
     prompts = ["Q: 47*8=\nA: ", "Q: 123*45=\nA: "]
     completions = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=12))
     trajectories = [Trajectory(str(i), 0, models.tokenizer(p)["input_ids"], c.token_ids, c.text,
@@ -194,7 +197,10 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     # Reuse those trajectories, with an evaluation file giving per-problem gains.
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     evaluation = tmp_path / "evaluation.jsonl"
+    # the RAST system analysis reads gains of: its first pair at its lam, selected by that delta
+    rast = [resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], 1.0).to_dict()]
     rows = [{**r, "system": system_name(role, lam), "role": role, "lam": lam,
+             "deltas": rast if role == "RAST" else [],
              "correct": (role == "RAST") == (k % 2 == 0)}
             for k, r in enumerate(records) for role, lam in (("L", 0.0), ("RAST", 1.0))]
     evaluation.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -236,12 +242,14 @@ def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny
     path = tmp_path / "odd.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in odd))
     config = parse_config(common + ["--trajectories", str(path), "--output_dir", str(tmp_path)])
-    read = read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
+    # what reading needs of the models: the tokenizer (prompt ids) and the deltas of L_RL: none
+    tokenizer_only = Models(load_tokenizer(tiny_models["large"]), None, [], None, {}, ())
+    read = read_trajectories(config, tokenizer_only, read_samples(path))
     assert [t.token_ids for t in read] == [r["token_ids"] for r in odd]
     path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "token_ids"}) + "\n"
                             for r in records))
     with pytest.raises(UserError, match="without token_ids.*re-run the evaluation"):
-        read_trajectories(config, load_tokenizer(tiny_models["large"]), read_samples(path))
+        read_trajectories(config, tokenizer_only, read_samples(path))
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, monkeypatch, capsys):

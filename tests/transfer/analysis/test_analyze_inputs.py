@@ -33,7 +33,7 @@ def sample_rows() -> list[str]:
 
     ids = [p["id"] for p in load_benchmark("tiny", "test", 2)]
     tokenizer = build_tokenizer()  # one id per character; 0 ends a completion
-    return [Sample("L", "L", 0.0, "tiny", problem_id, index, 0, TEXTS[2 * p + index], None,
+    return [Sample("L", "L", "tiny", problem_id, index, 0, TEXTS[2 * p + index], None,
                    index == 0, "", len(TEXTS[2 * p + index]) + 1, True,
                    token_ids=tokenizer(TEXTS[2 * p + index], add_special_tokens=False)["input_ids"]
                    + [tokenizer.eos_token_id]).to_json()
@@ -42,12 +42,13 @@ def sample_rows() -> list[str]:
 
 BAD_INPUTS = [
     ("--limit 0", "error: limit must be >= 1 (leave it empty for every problem), got 0"),
-    ("--lam nan", "error: lambda must be a finite number, got nan"),
+    ("--lam nan", "error: lambda must be a finite number >= 0, got nan"),
+    ("--lam -1", "error: lambda must be a finite number >= 0, got -1.0"),
     ("--device cuda",
      (f"error: device 'cuda': this torch sees no CUDA GPU (torch {torch.__version__}); use cpu, "
      f"or a CUDA build of torch on a GPU machine")),
     ("--trajectories {d}/missing_keys.jsonl",
-     ("error: {d}/missing_keys.jsonl:2 is not a sample record (missing role, lam, problem_id, "
+     ("error: {d}/missing_keys.jsonl:2 is not a sample record (missing role, problem_id, "
       "sample_index, seed, text, extracted, correct, reason, num_tokens, finished): point to a "
       "samples.jsonl written by transfer.eval, or re-run the evaluation into a new output_dir")),
 ]

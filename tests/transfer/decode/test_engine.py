@@ -9,11 +9,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tests.conftest import build_random_qwen2
+from tests.conftest import build_random_qwen2, load_engine
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tiny.tokenizer import build_tokenizer
-from transfer.decode.engine import RastEngine, SamplingParams, device_and_dtype
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
+from transfer.decode.loading import device_and_dtype
 from transfer.generate import main as generate_main
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "7", "Q: 9*9=\nA: Let's",
@@ -31,9 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def engines(tiny_models):
     """RAST, plain large, and RAST with S_RL == S_base, loaded once for the module."""
     large, base, rl = tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"]
-    return {"rast": RastEngine.from_pretrained(large, base, rl, lam=1.5),
-            "plain": RastEngine.from_pretrained(large),
-            "same_pair": RastEngine.from_pretrained(large, base, base, lam=1.0)}
+    return {"rast": load_engine(large, base, rl, lam=1.5),
+            "plain": load_engine(large),
+            "same_pair": load_engine(large, base, base, lam=1.0)}
 
 
 def by_key(completions):
@@ -100,8 +102,8 @@ def test_output_does_not_depend_on_batch_size_or_order(engines, temperature):
 def test_one_forward_per_model_per_token_one_prefill_and_finished_rows_cost_nothing(tiny_models,
                                                                                    stack_small):
     def load():
-        return RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                          tiny_models["small_rl"], stack_small=stack_small)
+        return load_engine(tiny_models["large"], tiny_models["small_base"],
+                           tiny_models["small_rl"], stack_small=stack_small)
 
     engine = load()
     names = ["large", "small_base+rl"] if stack_small else ["large", "small_base", "small_rl"]
@@ -149,26 +151,26 @@ def save_adapter_and_merged(base: str, config: LoraConfig, root, seed: int) -> t
 
 def test_lora_shared_weights_give_the_tokens_of_two_separate_models(tiny_models, lora_pair):
     adapter, merged = lora_pair
-    shared = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter)
-    separate = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], merged,
-                                          stack_small=False)
+    shared = load_engine(tiny_models["large"], tiny_models["small_base"], adapter)
+    separate = load_engine(tiny_models["large"], tiny_models["small_base"], merged,
+                           stack_small=False)
     assert [model.name for model in shared.small] == ["small_base+rl"]  # one set of small weights
     for temperature in (0.0, 1.0):
         params = SamplingParams(temperature=temperature, max_new_tokens=12)
         shared_out = shared.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS)
         assert by_key(shared_out) == by_key(separate.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS))
-    plain = RastEngine.from_pretrained(tiny_models["large"])
+    plain = load_engine(tiny_models["large"])
     assert by_key(shared_out) != by_key(plain.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS))
     counts = shared.forward_counts()  # one small forward per step, computing base and RL rows
     assert counts["small_base+rl"]["decode_calls"] == counts["large"]["decode_calls"]
     assert counts["small_base+rl"]["decode_rows"] == 2 * counts["large"]["decode_rows"]
     # the stacked LoRA pair runs on fixed buffers too; peft's mixed batch cannot
-    static = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter,
-                                        cache="static")
+    static = load_engine(tiny_models["large"], tiny_models["small_base"], adapter,
+                         cache="static")
     assert by_key(static.generate(PROMPTS, params, n=2, stop_ids=STOP_IDS)) == by_key(shared_out)
     with pytest.raises(UserError, match=r"cache=static does not fit the small_base\+rl model"):
-        RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"], adapter,
-                                   cache="static", stack_small=False)
+        load_engine(tiny_models["large"], tiny_models["small_base"], adapter,
+                    cache="static", stack_small=False)
 
 
 def test_lora_pairs_stacking_does_not_cover_keep_peft_mixed_batches(tiny_models, tmp_path):
@@ -177,9 +179,9 @@ def test_lora_pairs_stacking_does_not_cover_keep_peft_mixed_batches(tiny_models,
     base = build_random_qwen2(tmp_path / "base", seed=4, tie_word_embeddings=False)
     config = LoraConfig(r=4, target_modules=["q_proj", "embed_tokens"], init_lora_weights=False)
     adapter, merged = save_adapter_and_merged(base, config, tmp_path, seed=1)
-    shared = RastEngine.from_pretrained(tiny_models["large"], base, adapter)
+    shared = load_engine(tiny_models["large"], base, adapter)
     assert shared.small[0].adapters == ("__base__", "rl")
-    separate = RastEngine.from_pretrained(tiny_models["large"], base, merged)
+    separate = load_engine(tiny_models["large"], base, merged)
     params = SamplingParams(temperature=1.0, max_new_tokens=12)
     assert by_key(shared.generate(PROMPTS, params, stop_ids=STOP_IDS)) == by_key(
         separate.generate(PROMPTS, params, stop_ids=STOP_IDS))
@@ -189,9 +191,9 @@ def test_rast_pair_json_names_the_small_base(tiny_models, tmp_path):
     rl_dir = tmp_path / "grpo-output"
     shutil.copytree(tiny_models["small_rl"], rl_dir)
     with pytest.raises(UserError, match="pass small_base"):
-        RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
+        load_engine(tiny_models["large"], small_rl=str(rl_dir))
     (rl_dir / "rast_pair.json").write_text(json.dumps({"small_base": tiny_models["small_base"]}))
-    engine = RastEngine.from_pretrained(tiny_models["large"], small_rl=str(rl_dir))
+    engine = load_engine(tiny_models["large"], small_rl=str(rl_dir))
     assert [model.name for model in engine.small] == ["small_base+rl"]  # stacked full weights
     assert engine.small[0].adapters is None
 
@@ -203,7 +205,7 @@ def test_a_small_model_with_another_tokenizer_is_refused_naming_both(tiny_models
     tokenizer.add_tokens(["<think>"])
     tokenizer.save_pretrained(other)
     with pytest.raises(UserError, match="tokenizers of .* and .* differ") as error:
-        RastEngine.from_pretrained(tiny_models["large"], str(other), tiny_models["small_rl"])
+        load_engine(tiny_models["large"], str(other), tiny_models["small_rl"])
     assert str(other) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -214,7 +216,7 @@ def test_a_small_rl_model_declaring_another_eos_is_paired_and_its_eos_stops(tiny
     large, base = tiny_models["large"], tiny_models["small_base"]
     params = SamplingParams(max_new_tokens=16)
     prompt_ids = load_tokenizer(large)(["Q: 47*8=\nA: "])["input_ids"]
-    plain = RastEngine.from_pretrained(large, base, tiny_models["small_rl"])
+    plain = load_engine(large, base, tiny_models["small_rl"])
     emitted, _ = plain.decode(prompt_ids, [[0]], params, stop_ids=[])[0]
     new_eos = next(token for token in emitted[1:] if token not in plain.default_stop_ids)
     rl = tmp_path / "rl"
@@ -222,7 +224,7 @@ def test_a_small_rl_model_declaring_another_eos_is_paired_and_its_eos_stops(tiny
     tokenizer = load_tokenizer(tiny_models["small_rl"])
     tokenizer.eos_token = tokenizer.convert_ids_to_tokens(new_eos)
     tokenizer.save_pretrained(rl)
-    engine = RastEngine.from_pretrained(large, base, str(rl))
+    engine = load_engine(large, base, str(rl))
     assert engine.default_stop_ids == sorted([*plain.default_stop_ids, new_eos])
     ids, finished = engine.decode(prompt_ids, [[0]], params)[0]
     assert finished and ids == emitted[:emitted.index(ids[-1]) + 1] and new_eos in emitted[:len(ids)]
@@ -267,9 +269,9 @@ def test_stacked_pair_and_static_cache_give_two_models_logits_through_growth_and
     (compaction rebuilds), the cache doubles past 32 and 64 columns, and the second and third
     batches reuse the pooled buffers of the first."""
     large, base, rl = tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"]
-    engines = {mode: RastEngine.from_pretrained(large, base, rl, lam=1.5, cache=mode)
+    engines = {mode: load_engine(large, base, rl, lam=1.5, cache=mode)
                for mode in ("dynamic", "static")}
-    engines["separate"] = RastEngine.from_pretrained(large, base, rl, lam=1.5, stack_small=False)
+    engines["separate"] = load_engine(large, base, rl, lam=1.5, stack_small=False)
     assert [len(engine.small) for engine in engines.values()] == [1, 1, 2]
     params = SamplingParams(temperature=1.0, max_new_tokens=70)
     stop_ids = [0, *range(40, 43)]
@@ -297,7 +299,7 @@ def test_stacked_pair_and_static_cache_give_two_models_logits_through_growth_and
 
 
 def test_cache_modes_are_checked_against_the_model():
-    engine_args = {"lam": 1.0, "vocab_size": 98}
+    engine_args = {"vocab_size": 98}
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=128, hidden_size=16, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1,
                                          intermediate_size=32))
@@ -315,8 +317,8 @@ def test_cache_modes_are_checked_against_the_model():
 def test_compiled_step_samples_the_tokens_of_the_eager_loop(engines, tiny_models):
     """torch.compile of the fixed-shape step (tens of seconds of compiling): same tokens, and
     combined logits within fp32 rounding of the eager loop, through growth and compaction."""
-    compiled = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                          tiny_models["small_rl"], lam=1.5, compile=True)
+    compiled = load_engine(tiny_models["large"], tiny_models["small_base"],
+                           tiny_models["small_rl"], lam=1.5, compile=True)
     params = SamplingParams(temperature=1.0, max_new_tokens=40)
     logits = {}
     for name, engine in (("eager", engines["rast"]), ("compiled", compiled)):
@@ -334,7 +336,7 @@ def test_compiled_step_samples_the_tokens_of_the_eager_loop(engines, tiny_models
 def test_pooled_buffers_are_cleaned_before_reuse(tiny_models):
     """Columns past a batch's length are masked, but 0 * NaN is NaN: whatever an earlier batch
     left in pooled buffers must not reach the next one."""
-    engine = RastEngine.from_pretrained(tiny_models["large"], cache="static")
+    engine = load_engine(tiny_models["large"], cache="static")
     prompt_ids = engine.tokenizer(PROMPTS)["input_ids"]
     params = SamplingParams(temperature=0, max_new_tokens=20)
     first = engine.decode(prompt_ids, [[0]] * len(PROMPTS), params, stop_ids=[])

@@ -7,9 +7,11 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
+from tests.conftest import load_engine
 from train.errors import UserError
 from train.models import load_tokenizer
-from transfer.decode.engine import RastEngine, SamplingParams
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
 
 LONG = "Q: " + "12*3=36 " * 40  # 323 characters, one token each: past the 256-position context
 
@@ -17,8 +19,8 @@ LONG = "Q: " + "12*3=36 " * 40  # 323 characters, one token each: past the 256-p
 @pytest.fixture(scope="module")
 def engine(tiny_models):
     torch.set_num_threads(1)
-    return RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                      tiny_models["small_rl"], lam=1.0)
+    return load_engine(tiny_models["large"], tiny_models["small_base"],
+                       tiny_models["small_rl"], lam=1.0)
 
 
 @pytest.mark.parametrize("field, value", [("temperature", float("nan")),
@@ -29,12 +31,13 @@ def test_sampling_params_refuse_non_finite_values(field, value):
         SamplingParams(**{field: value})
 
 
-@pytest.mark.parametrize("lam", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_lambda_is_refused_before_any_model_loads(lam, tiny_models, monkeypatch):
+@pytest.mark.parametrize("lam", [float("nan"), float("inf"), float("-inf"), -0.5])
+def test_non_finite_or_negative_lambda_is_refused_before_any_model_loads(lam, tiny_models,
+                                                                         monkeypatch):
     monkeypatch.setattr(Qwen2ForCausalLM, "from_pretrained", None)  # loading would fail loudly
-    with pytest.raises(UserError, match=f"lambda must be a finite number, got {lam}"):
-        RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                   tiny_models["small_rl"], lam=lam)
+    with pytest.raises(UserError, match=f"lambda must be a finite number >= 0, got {lam}"):
+        load_engine(tiny_models["large"], tiny_models["small_base"],
+                    tiny_models["small_rl"], lam=lam)
 
 
 def test_a_prompt_that_is_not_text_is_refused_by_key(engine):

@@ -10,7 +10,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from transfer.decode.engine import RL_ADAPTER, RastEngine, SamplingParams
+from transfer.decode.decoder import SamplingParams
+from transfer.decode.engine import RastEngine
+from transfer.decode.loading import RL_ADAPTER
 from transfer.decode.rast import combine_logits, warp_logits
 from transfer.decode.speculative import DraftSchedule, Ends, inverse_cdf
 
@@ -64,6 +66,11 @@ def lora_triple(triple):
             "small_rl": RL_ADAPTER}
 
 
+def rast(large, base, rl, lam: float, **options) -> RastEngine:
+    """The engine of one loaded pair at lam (the RL model or the name of its LoRA adapter)."""
+    return RastEngine(large, [(base, rl)], [lam], **options)
+
+
 def prompts(count: int, seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(1, SHARED, (length,), generator=generator).tolist()
@@ -76,9 +83,9 @@ def prompts(count: int, seed: int = 0) -> list[list[int]]:
 def test_greedy_speculative_output_is_the_plain_engines(triple, lora_triple, lam, pair, cache):
     models = [(triple if pair == "full" else lora_triple)[name]
               for name in ("large", "small_base", "small_rl")]
-    plain = RastEngine(*models, lam=lam, vocab_size=SHARED)
-    spec = RastEngine(*models, lam=lam, vocab_size=SHARED, cache=cache, speculative=True,
-                      draft_tokens=4)
+    plain = rast(*models, lam=lam, vocab_size=SHARED)
+    spec = rast(*models, lam=lam, vocab_size=SHARED, cache=cache, speculative=True,
+                draft_tokens=4)
     params = SamplingParams(temperature=0, max_new_tokens=40)
     for batch in (1, 8):
         ids = prompts(batch)
@@ -98,29 +105,29 @@ def test_sampled_tokens_depend_on_the_seed_only_not_on_k_batch_cache_or_pair_for
     ids, seeds = prompts(8), [[s, s + 100] for s in range(8)]
     params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=30)
     models = (triple["large"], triple["small_base"], triple["small_rl"])
-    reference = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True,
-                           draft_tokens=3).decode(ids, seeds, params, STOP_IDS)
+    reference = rast(*models, lam=1.0, vocab_size=SHARED, speculative=True,
+                     draft_tokens=3).decode(ids, seeds, params, STOP_IDS)
     variants = {"k=0": {"draft_tokens": 0}, "k=6": {"draft_tokens": 6}, "adaptive": {},
                 "static": {"draft_tokens": 3, "cache": "static"},
                 "unstacked": {"draft_tokens": 3, "stack_small": False}}
     for name, options in variants.items():
-        engine = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True, **options)
+        engine = rast(*models, lam=1.0, vocab_size=SHARED, speculative=True, **options)
         assert engine.decode(ids, seeds, params, STOP_IDS) == reference, name
-    engine = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=3)
+    engine = rast(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=3)
     alone = [row for p in range(8) for row in engine.decode(ids[p:p + 1], seeds[p:p + 1], params,
                                                             STOP_IDS)]
     reversed_rows = engine.decode(ids[::-1], seeds[::-1], params, STOP_IDS)
     assert alone == reference
     assert [row for p in reversed(range(8)) for row in reversed_rows[2 * p:2 * p + 2]] == reference
     assert reference[0] != reference[1]  # two samples of one prompt: two seeds
-    plain = RastEngine(*models, lam=1.0, vocab_size=SHARED).decode(ids, seeds, params, STOP_IDS)
+    plain = rast(*models, lam=1.0, vocab_size=SHARED).decode(ids, seeds, params, STOP_IDS)
     assert plain != reference  # another sampler: same distribution, other tokens
 
 
 def test_unstacked_pair_drafts_with_s_rl_and_verifies_s_base_beside_l(triple):
     models = (triple["large"], triple["small_base"], triple["small_rl"])
-    engine = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=4,
-                        stack_small=False)
+    engine = rast(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=4,
+                  stack_small=False)
     params = SamplingParams(temperature=0, max_new_tokens=30)
     rows = engine.decode(prompts(8), [[0]] * 8, params, STOP_IDS)
     counts = engine.forward_counts()
@@ -212,8 +219,8 @@ def test_sampled_speculative_tokens_follow_the_exact_rast_distribution(poor):
     params = (SamplingParams(temperature=0.8, top_k=3, max_new_tokens=TOKENS + 1) if poor
               else SamplingParams(temperature=1.0, max_new_tokens=TOKENS + 1))
     prompt = [1, 3, 2]
-    engine = RastEngine(large, base, rl, lam=lam, vocab_size=VOCAB, speculative=True,
-                        draft_tokens=TOKENS)
+    engine = rast(large, base, rl, lam=lam, vocab_size=VOCAB, speculative=True,
+                  draft_tokens=TOKENS)
     rows = engine.decode([prompt], [list(range(SAMPLES))], params, stop_ids=[])
     counts = {}
     for ids, _ in rows:
@@ -241,7 +248,8 @@ def test_sampled_speculative_tokens_follow_the_exact_rast_distribution(poor):
 def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
     import json
 
-    from transfer.eval.evaluate import System, TransferConfig, load_engine
+    from transfer.deltas import resolve_delta
+    from transfer.eval.evaluate import System, TransferConfig, load_decoder
     from transfer.generate import main
 
     names = (tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"])
@@ -262,8 +270,9 @@ def test_cli_and_transfer_recipes_turn_speculation_on(tiny_models, tmp_path):
 
     config = TransferConfig(target=names[0], small_base=names[1], small_rl=names[2],
                             speculative=True)
-    rast = load_engine(System("RAST", *names, lam=1.0), config)
-    alone = load_engine(System("L", names[0]), config)
+    delta = resolve_delta(names[2], names[1], 1.0)
+    rast = load_decoder(System("RAST", names[0], (delta,)), config)
+    alone = load_decoder(System("L", names[0]), config)
     assert rast.speculative is not None and alone.speculative is None
 
 
@@ -272,8 +281,8 @@ def test_drafting_ends_at_a_drafted_stop_id_and_output_stays_the_plain_engines(t
     so that draft is never fed to the draft unit (the steps after it would only be rolled
     back); the output is unchanged."""
     models = (triple["large"], triple["small_base"], triple["small_rl"])
-    plain = RastEngine(*models, lam=1.0, vocab_size=SHARED)
-    spec = RastEngine(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=6)
+    plain = rast(*models, lam=1.0, vocab_size=SHARED)
+    spec = rast(*models, lam=1.0, vocab_size=SHARED, speculative=True, draft_tokens=6)
     fed = []
     decode = spec.small[0].decode
     spec.small[0].decode = lambda tokens: fed.append(tokens.item()) or decode(tokens)
@@ -315,11 +324,11 @@ def test_compiled_verify_runs_every_width_in_one_graph(triple):
     models = (triple["large"], triple["small_base"], triple["small_rl"])
     params = SamplingParams(temperature=0, max_new_tokens=30)
     ids = prompts(8)
-    expected = RastEngine(*models, lam=1.0, vocab_size=SHARED).decode(ids, [[0]] * 8, params,
-                                                                      STOP_IDS)
+    expected = rast(*models, lam=1.0, vocab_size=SHARED).decode(ids, [[0]] * 8, params,
+                                                                STOP_IDS)
     for k in range(9):
-        spec = RastEngine(*models, lam=1.0, vocab_size=SHARED, compile=True, speculative=True,
-                          draft_tokens=k)
+        spec = rast(*models, lam=1.0, vocab_size=SHARED, compile=True, speculative=True,
+                    draft_tokens=k)
         assert spec.decode(ids, [[0]] * 8, params, STOP_IDS) == expected, k
     assert len(_debug_get_cache_entry_list(verify_step.__code__)) <= 4
 
@@ -368,11 +377,11 @@ def test_greedy_speculative_on_the_qwen_path_is_the_plain_engines(qwen_shaped, c
     stops = ("</s>", "<|im_end|>", "<|endoftext|>", "assistant", "user", "_end", "_start",
              "sso", "rollc")  # greedy random models repeat "asso" / "croll": mid-token, across two
     params = SamplingParams(temperature=0, max_new_tokens=24, stop_strings=stops)
-    plain = RastEngine(*models, lam=1.0, tokenizer=tokenizer)
+    plain = rast(*models, lam=1.0, tokenizer=tokenizer)
     expected = plain.generate(texts, params, stop_ids=[151645, 151643], progress=False)
     for stack in (True, False):
-        spec = RastEngine(*models, lam=1.0, tokenizer=tokenizer, cache=cache, speculative=True,
-                          draft_tokens=4, stack_small=stack)
+        spec = rast(*models, lam=1.0, tokenizer=tokenizer, cache=cache, speculative=True,
+                    draft_tokens=4, stack_small=stack)
         completions = spec.generate(texts, params, stop_ids=[151645, 151643], progress=False)
         assert [(c.token_ids, c.text, c.stop) for c in completions] == [
             (c.token_ids, c.text, c.stop) for c in expected]

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from transfer.bench.ops import decode_step_ops
-from transfer.decode.engine import CachedModel
+from transfer.decode.cached_model import CachedModel
 from transfer.decode.stacked_pair import (
     lora_unstackable,
     stack_lora,

@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
+from tests.conftest import load_engine
 from train.errors import UserError
-from transfer.decode.engine import RastEngine, SamplingParams
+from transfer.decode.decoder import SamplingParams
 from transfer.decode.stops import completion_text, find_stop, first_stop_string
 from transfer.generate import main as generate_main
 
@@ -81,8 +82,8 @@ def test_sampling_params_refuse_an_empty_stop_string():
 @pytest.fixture(scope="module")
 def wide_engine(tiny_models):
     torch.set_num_threads(1)
-    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                        tiny_models["small_rl"], lam=1.0)
+    engine = load_engine(tiny_models["large"], tiny_models["small_base"],
+                         tiny_models["small_rl"], lam=1.0)
     engine.tokenizer = WideText(engine.tokenizer)
     return engine
 
@@ -142,8 +143,8 @@ def test_generate_cli_takes_stop_strings(tiny_models, tmp_path):
 def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models):
     """The speculative loop emits several tokens a round; its samples with stop strings are its
     samples without them, cut before the first stop string (mid-token included)."""
-    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                        tiny_models["small_rl"], lam=1.0, speculative=True)
+    engine = load_engine(tiny_models["large"], tiny_models["small_base"],
+                         tiny_models["small_rl"], lam=1.0, speculative=True)
     engine.tokenizer = WideText(engine.tokenizer)
     free = engine.generate(PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=24), n=2,
                            stop_ids=[3])
@@ -167,9 +168,9 @@ def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models)
 def test_a_speculative_row_stops_at_its_stop_string_and_leaves_the_batch(tiny_models, wide_engine):
     """Greedy: the speculative loop's completions with a stop string are the plain loop's, and a
     row that writes the string stops decoding there (fewer rows computed than without it)."""
-    engine = RastEngine.from_pretrained(tiny_models["large"], tiny_models["small_base"],
-                                        tiny_models["small_rl"], lam=1.0, speculative=True,
-                                        draft_tokens=3)
+    engine = load_engine(tiny_models["large"], tiny_models["small_base"],
+                         tiny_models["small_rl"], lam=1.0, speculative=True,
+                         draft_tokens=3)
     engine.tokenizer = WideText(engine.tokenizer)
 
     def decode_rows(params):
@@ -186,3 +187,4 @@ def test_a_speculative_row_stops_at_its_stop_string_and_leaves_the_batch(tiny_mo
         (c.token_ids, c.text, c.stop) for c in plain]
     assert any(c.stop == text[5:8] for c in cut)
     assert cut_rows < free_rows
+

@@ -52,7 +52,8 @@ BAD_INPUTS = [
     ("--limit 0", "error: limit must be >= 1 (leave it empty for every problem), got 0"),
     ("--limit -1", "error: limit must be >= 1 (leave it empty for every problem), got -1"),
     ("--temperature nan", "error: temperature must be a finite number, got nan"),
-    ("--lam nan", "error: lam must be a non-empty list of finite values >= 0, got [nan]"),
+    ("--lam nan", "error: lambda must be a finite number >= 0, got nan"),
+    ("--lam -1", "error: lambda must be a finite number >= 0, got -1.0"),
     ("--output_dir /sys/rast-eval",
      "error: cannot create output_dir /sys/rast-eval: Operation not permitted"),
     ("--output_dir /sys", ("error: cannot write output_dir /sys: Permission denied (/sys/.lock); "
@@ -89,7 +90,7 @@ def test_bad_input_fails_in_one_line_before_decoding(flags, expected, tiny_model
 
 BAD_RECORDS = [
     ('{"system": "L", "benchmark": "tiny"}\n',
-     ("error: {log}:1 is not a sample record (missing role, lam, problem_id, sample_index, seed, "
+     ("error: {log}:1 is not a sample record (missing role, problem_id, sample_index, seed, "
       "text, extracted, correct, reason, num_tokens, finished): point to a samples.jsonl written "
       "by transfer.eval, or re-run the evaluation into a new output_dir")),
     ("[1, 2]\n",
@@ -116,7 +117,7 @@ FAKE_RUN = textwrap.dedent("""
     from train.errors import exit_on_user_error
     from transfer.eval.evaluate import parse_config, run
     with exit_on_user_error():
-        run(parse_config(sys.argv[1:]), make_engine=lambda system, config: FakeEngine(system, {delay}))
+        run(parse_config(sys.argv[1:]), make_decoder=lambda system, config: FakeEngine(system, {delay}))
 """)
 
 
@@ -151,13 +152,13 @@ def test_a_second_run_on_a_busy_output_dir_refuses_naming_the_holder(tiny_models
     assert len(keys) == len(set(keys))  # only the holder appended
 
 
-HOLD_LOCK = "import sys, time; from pathlib import Path; from transfer.eval.lock import output_lock\n" \
+HOLD_LOCK = "import sys, time; from pathlib import Path; from transfer.runlog import output_lock\n" \
             "with output_lock(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)"
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     from train.errors import UserError
-    from transfer.eval.lock import output_lock
+    from transfer.runlog import output_lock
 
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / ".lock")],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -24,6 +24,7 @@ from train.errors import UserError
 from train.models import load_tokenizer
 from train.tracking import ARTIFACT_FILE
 from transfer.decode.stops import first_stop_string
+from transfer.deltas import resolve_delta
 from transfer.eval.evaluate import (
     System,
     TransferConfig,
@@ -33,7 +34,8 @@ from transfer.eval.evaluate import (
     run,
     validate_models,
 )
-from transfer.eval.samples import Sample, SampleLog, read_records
+from transfer.eval.samples import Sample
+from transfer.runlog import SampleLog, read_records
 
 REPO = Path(__file__).resolve().parents[3]
 RAST_RECIPES = sorted(REPO.glob("recipes/*/rast/*.yaml"))
@@ -116,10 +118,13 @@ def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_mode
     (rl_dir / "adapter_config.json").write_text("{}")  # a LoRA output of train.grpo
     systems = build_systems(TransferConfig(target=tiny_models["large"], small_rl=str(rl_dir),
                                            lam=[0.5, 2]))
-    assert [(s.name, s.small_base, s.lam) for s in systems] == [
-        ("S_RL", tiny_models["small_base"], 1.0),  # an adapter decodes as S + 1 * (S_RL - S)
-        ("L", None, 0.0), ("L+RAST(lam=0.5)", tiny_models["small_base"], 0.5),
-        ("L+RAST(lam=2)", tiny_models["small_base"], 2.0)]
+    base = tiny_models["small_base"]
+    assert [(s.name, [(d.pair.base, d.pair.rl, d.pair.lora, d.lam) for d in s.deltas])
+            for s in systems] == [
+        ("S_RL", [(base, str(rl_dir), True, 1.0)]),  # an adapter decodes as S + 1 * (S_RL - S)
+        ("L", []), ("L+RAST(lam=0.5)", [(base, str(rl_dir), True, 0.5)]),
+        ("L+RAST(lam=2)", [(base, str(rl_dir), True, 2.0)])]
+    assert systems[0].target == base  # the adapter's S_RL decodes on its base
     with pytest.raises(UserError, match="is not the model"):
         build_systems(TransferConfig(small_base=tiny_models["large"], small_rl=str(rl_dir)))
     with pytest.raises(UserError, match="does not exist: train it first"):
@@ -127,23 +132,23 @@ def test_systems_read_the_pair_file_and_refuse_a_mismatched_small_base(tiny_mode
 
 
 def _sample(index: int) -> Sample:
-    return Sample("L", "L", 0.0, "b", "p", index, 7, f"text {index}", "1", True, "ok", 3, True)
+    return Sample("L", "L", "b", "p", index, 7, f"text {index}", "1", True, "ok", 3, True)
 
 
 def test_sample_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text(_sample(1).to_json() + "\n" + _sample(2).to_json() + '\n{"system": "L", "te')
-    log = SampleLog(path)
+    log = SampleLog(path, Sample)
     assert log.records == [_sample(1), _sample(2)]
     log.append([_sample(4)])
-    assert [Sample(**json.loads(line)) for line in path.read_text().splitlines()] == [
+    assert [Sample.from_json(line, "x") for line in path.read_text().splitlines()] == [
         _sample(1), _sample(2), _sample(4)]
     path.write_text(_sample(1).to_json() + "\nnot json\n")
     with pytest.raises(UserError, match=":2 is not a JSON record"):
-        SampleLog(path)
+        SampleLog(path, Sample)
     path.write_text('{"system": "L", "problem_id": "p"}\n')
-    with pytest.raises(UserError, match=r":1 is not a sample record \(missing role, lam, "):
-        SampleLog(path)
+    with pytest.raises(UserError, match=r":1 is not a sample record \(missing role, benchmark, "):
+        SampleLog(path, Sample)
 
 
 def test_output_dir_refuses_a_system_decoded_with_other_settings(tmp_path):
@@ -180,7 +185,7 @@ FAKE_RUN = textwrap.dedent("""
     from transfer.eval.evaluate import parse_config, run
     with exit_on_user_error():
         run(parse_config(sys.argv[1:]),
-            make_engine=lambda system, config: FakeEngine(system, {delay}))
+            make_decoder=lambda system, config: FakeEngine(system, {delay}))
 """)
 
 
@@ -236,7 +241,12 @@ def test_resume_after_sigkill_loses_nothing_and_reproduces_the_metrics(uninterru
             for r in map(json.loads, after)]
     assert len(keys) == len(set(keys)) == total  # nothing decoded twice, nothing missing
     full = [json.loads(line) for line in _lines(full_dir / "samples.jsonl")]
-    assert sorted(map(json.loads, after), key=json.dumps) == sorted(full, key=json.dumps)
+    # the uninterrupted run read small_rl from a copy (its W&B artifact): the same pair elsewhere
+    resumed_rows = [json.loads(line) for line in after]
+    rl_dirs = {delta.pop("rl") for rows in (full, resumed_rows) for row in rows
+               for delta in row["deltas"]}
+    assert rl_dirs == {tiny_models["small_rl"], str(full_dir.parent / "small_rl-grpo")}
+    assert sorted(resumed_rows, key=json.dumps) == sorted(full, key=json.dumps)
     resumed = json.loads((out / "summary.json").read_text())["benchmarks"]
     assert resumed == json.loads((full_dir / "summary.json").read_text())["benchmarks"]
 
@@ -312,7 +322,7 @@ def test_a_small_rl_tokenizer_declaring_another_eos_joins_every_systems_stop_lis
     recipe = _write_recipe(tmp_path / "out", {**tiny_models, "small_rl": str(rl)}, tmp_path,
                            limit=2, benchmarks=["tiny"], lam=[1.0])
     run(parse_config(["--config", str(recipe)]),
-        make_engine=lambda system, config: StopRecordingEngine(system))
+        make_decoder=lambda system, config: StopRecordingEngine(system))
     assert set(seen) == {"S", "S_RL", "L", "L+RAST(lam=1)", "L_RL"}
     assert set(map(tuple, seen.values())) == {(0, tokenizer.convert_tokens_to_ids("."))}
 
@@ -351,7 +361,7 @@ def test_stop_strings_cut_every_systems_samples_by_the_same_rule(tiny_models, tm
                                max_new_tokens=12)
         run(parse_config(["--config", str(recipe)]))
         runs[name] = {(r.system, r.problem_id, r.sample_index): r
-                      for r in read_records(tmp_path / name / "samples.jsonl")}
+                      for r in read_records(tmp_path / name / "samples.jsonl", Sample)}
     assert runs["free"].keys() == runs["stopped"].keys()
     cut_systems = set()
     for key, free in runs["free"].items():
@@ -382,7 +392,7 @@ def test_a_speculative_run_logs_each_rast_systems_draft_acceptance(tiny_models, 
             run(parse_config(["--config", str(recipe)]))
         logged[name] = [r.getMessage() for r in caplog.records if "speculative:" in r.getMessage()]
         samples[name] = {(r.system, r.problem_id, r.sample_index): r.token_ids
-                         for r in read_records(tmp_path / name / "samples.jsonl")}
+                         for r in read_records(tmp_path / name / "samples.jsonl", Sample)}
     assert logged["plain"] == []
     assert [line.split(", speculative: draft acceptance ")[0] for line in logged["spec"]] == [
         "L+RAST(lam=0.5) on tiny", "L+RAST(lam=1) on tiny"]
@@ -459,7 +469,7 @@ def test_wandb_comparison_charts_side_by_side_tables_lineage_and_no_metadata_cha
     assert content["columns"][:6] == ["problem_id", "problem", "gold", "S answer", "S correct",
                                       "S tokens"]
     first = dict(zip(content["columns"], content["data"][0]))
-    sample = next(r for r in read_records(out / "samples.jsonl") if r.system == "L"
+    sample = next(r for r in read_records(out / "samples.jsonl", Sample) if r.system == "L"
                   and r.benchmark == "tiny" and r.problem_id == first["problem_id"]
                   and r.sample_index == 0)
     assert (first["L answer"], first["L correct"], first["L tokens"]) == (
@@ -475,8 +485,9 @@ def test_wandb_comparison_charts_side_by_side_tables_lineage_and_no_metadata_cha
 
 def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, tmp_path):
     """A combination system reaches the engine with every pair and its lambda: its one-term
-    spelling of the swept pair decodes the swept system's samples exactly; the two-pair sum
-    decodes others; each gets its own name, signature and RR."""
+    spelling of the swept pair decodes what a sweep at that lambda decodes, exactly; the two-pair
+    sum decodes others; each gets its own name, signature and RR; a combination restating a
+    swept lambda is refused (two systems, one set of deltas: analysis could not tell them apart)."""
     from tests.conftest import build_random_qwen2
 
     torch.set_num_threads(1)
@@ -484,28 +495,39 @@ def test_combinations_of_several_pairs_run_beside_each_pair_alone(tiny_models, t
     rl_2 = build_random_qwen2(tmp_path / "rl_2", hidden=48, ffn=96, seed=22, perturb_from=base_2)
     (Path(rl_2) / ARTIFACT_FILE).write_text(json.dumps({"artifact": GRPO_ARTIFACT}))
     first = f"({tiny_models['small_rl']} - {tiny_models['small_base']})"
-    combinations = [f"1*{first}", f"1*{first} + 0.5*({rl_2} - {base_2})"]
-    recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, samples=2, limit=3,
-                           benchmarks=["tiny"], lam=[1.0], include_small_rl=False,
-                           include_small_base=False, combinations=combinations,
-                           report_to="wandb")
+    combinations = [f"0.5*{first}", f"1*{first} + 0.5*({rl_2} - {base_2})"]
+    options = {"samples": 2, "limit": 3, "benchmarks": ["tiny"], "include_small_rl": False,
+               "include_small_base": False}
+    recipe = _write_recipe(tmp_path / "out", tiny_models, tmp_path, lam=[1.0],
+                           combinations=combinations, report_to="wandb", **options)
     summary = run(parse_config(["--config", str(recipe)]))
     comparison = next(run_dir for run_dir in (tmp_path / "out/wandb").glob("offline-run-*")
                       if "system" not in json.loads(wandb_inspect(run_dir, "--summary", "--json"))["config"])
     config = json.loads(wandb_inspect(comparison, "--summary", "--json"))["config"]
     assert config["inputs"] == {"small_rl/rl_2": GRPO_ARTIFACT}  # the combination's checkpoint
-    one, both = "L+RAST(1*small_rl)", "L+RAST(1*small_rl+0.5*rl_2)"
+    one, both = "L+RAST(0.5*small_rl)", "L+RAST(1*small_rl+0.5*rl_2)"
     assert list(summary["benchmarks"]["tiny"]) == ["L", "L+RAST(lam=1)", one, both, "L_RL"]
     texts = {}
-    for record in read_records(tmp_path / "out/samples.jsonl"):
+    swept = (resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], 1.0),)
+    for record in read_records(tmp_path / "out/samples.jsonl", Sample):
         texts.setdefault(record.system, []).append(record.text)
-        assert record.of("RAST", 1.0) == (record.system == "L+RAST(lam=1)")
-    assert texts[one] == texts["L+RAST(lam=1)"] != texts[both]
+        # selection is by role and deltas: the two-pair sum is not its first pair's system
+        assert record.of("RAST", swept) == (record.system == "L+RAST(lam=1)")
+    assert texts[one] != texts["L+RAST(lam=1)"] != texts[both]
+    # the one-term combination is the sweep at its lambda, sample for sample
+    sweep = _write_recipe(tmp_path / "sweep", tiny_models, tmp_path, lam=[0.5], report_to="none",
+                          **options)
+    run(parse_config(["--config", str(sweep)]))
+    assert texts[one] == [r.text for r in read_records(tmp_path / "sweep/samples.jsonl", Sample)
+                          if r.system == "L+RAST(lam=0.5)"]
     signatures = json.loads((tmp_path / "out/systems.json").read_text())
-    assert signatures[both]["pairs"] == [[tiny_models["small_base"], tiny_models["small_rl"], 1.0],
-                                         [base_2, rl_2, 0.5]]
-    assert "pairs" not in signatures["L+RAST(lam=1)"]  # as one-pair systems were always signed
+    assert [[d["base"], d["rl"], d["lam"]] for d in signatures[both]["deltas"]] == [
+        [tiny_models["small_base"], tiny_models["small_rl"], 1.0], [base_2, rl_2, 0.5]]
+    assert signatures[both]["combination"] is True
+    assert signatures["L+RAST(lam=1)"]["combination"] is False
     assert {"rr", "rr_note", "rr_ci_low"} <= summary["benchmarks"]["tiny"][both].keys()
+    with pytest.raises(UserError, match=r"two systems decode the same deltas as L\+RAST"):
+        build_systems(parse_config(["--config", str(recipe), "--combinations", f"1*{first}"]))
     with pytest.raises(UserError, match=r"cannot read '1\*small_rl - base'; write each term"):
         TransferConfig(combinations=["1*small_rl - base"])
     with pytest.raises(UserError, match=r"cannot read '1\*a\+1\*b'"):  # ' + ' joins terms

@@ -82,7 +82,7 @@ def test_recovery_rate_refuses_zero_or_negative_gap_and_missing_reference():
 
 
 def _records(matrix, tokens=10, finished=True):
-    return [Sample("L", "L", 0.0, "b", f"p{p}", i, 0, "", None, bool(v), "", tokens, finished)
+    return [Sample("L", "L", "b", f"p{p}", i, 0, "", None, bool(v), "", tokens, finished)
             for p, row in enumerate(matrix) for i, v in enumerate(row)]
 
 

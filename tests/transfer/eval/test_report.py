@@ -2,17 +2,21 @@
 
 import pytest
 
+from train.pairing import Pair
+from transfer.deltas import Delta
 from transfer.eval.evaluate import System, TransferConfig
 from transfer.eval.report import markdown_table, summarize
 from transfer.eval.samples import Sample
 
 
 def records_of(system: System, benchmark: str, correct: list[list[bool]]) -> list[Sample]:
-    return [Sample(system.name, system.role, system.lam, benchmark, f"p{p}", i, 0, "", None, ok,
-                   "", 3, True) for p, row in enumerate(correct) for i, ok in enumerate(row)]
+    return [Sample(system.name, system.role, benchmark, f"p{p}", i, 0, "", None, ok, "", 3, True,
+                   deltas=system.deltas)
+            for p, row in enumerate(correct) for i, ok in enumerate(row)]
 
 
-SYSTEMS = [System("L", "l"), System("RAST", "l", "s", "s_rl", 1.0), System("L_RL", "l_rl")]
+SYSTEMS = [System("L", "l"), System("RAST", "l", (Delta(Pair("s", "s_rl", False, False), 1.0),)),
+           System("L_RL", "l_rl")]
 
 
 def test_rr_is_reported_with_a_warning_when_the_gap_is_within_its_ci(caplog):

@@ -1,0 +1,123 @@
+"""The decoder seam: what evaluation, `transfer.generate` and analysis ask of a decoder.
+
+A decoder turns prompts into completions: `generate_batches(prompts, params, n, seed, keys,
+stop_ids, batch_size)` yields each batch's `Completion`s (text, token ids, what stopped it) in
+(prompt, sample) order, sample i of a prompt seeded by `transfer.decode.rast.sample_seed(seed,
+key, i)`. `with_lams` gives the same loaded models at other strengths (a lambda sweep loads the
+large model once), and `counters` what the decoder counts of its own work (speculation's
+drafts). `transfer.decode.engine.RastEngine` (Hugging Face models, exact, the reference)
+implements it; `transfer.decode.backends.open_decoder` is the one place that picks and loads an
+implementation, so a second backend plugs in there without a change to `transfer/eval/`.
+
+    from transfer.decode.backends import open_decoder
+    from transfer.decode.decoder import SamplingParams
+    from transfer.deltas import resolve_delta
+    decoder = open_decoder("tiny-l", (resolve_delta("outputs/tiny-s-grpo", lam=1.0),))
+    completions = decoder.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from train.errors import UserError
+from transfer.decode.stops import StopBy
+from transfer.deltas import Delta
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+    # Stop when the decoded completion contains one of these; its text is cut before it
+    # (transfer.decode.stops). The RAST runner's list stops a plain-prompt base model that starts
+    # a second "Question:"/"user" turn. Empty: only stop ids end a completion.
+    stop_strings: tuple[str, ...] = ()
+    # A prompt that does not leave max_new_tokens positions of the model's context is refused;
+    # True keeps its last (context - max_new_tokens) tokens instead, with a warning.
+    truncate_prompts: bool = False
+
+    def __post_init__(self):
+        self.stop_strings = tuple(self.stop_strings)
+        if not all(isinstance(stop, str) and stop for stop in self.stop_strings):
+            raise UserError(f"stop_strings must be non-empty strings, got {self.stop_strings}")
+        # NaN passes every comparison below: --lam nan --temperature 0 decoded argmax(NaN) = id 0,
+        # the end token, and reported empty "finished" completions.
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Completion:
+    key: str
+    sample_index: int
+    seed: int
+    token_ids: list[int]  # every sampled id, ending with the one that stopped it when finished
+    text: str  # decoded token_ids cut before the stop: without a stop id, before a stop string
+    finished: bool  # False: cut at max_new_tokens
+    stop: StopBy = None  # what ended it: a stop id, a stop string, or None (max_new_tokens)
+
+
+class Decoder(Protocol):
+    deltas: tuple[Delta, ...]  # what it steers the large model with; () = the model alone
+
+    def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
+                         seed: int = 0, keys: list[str] | None = None,
+                         stop_ids: list[int] | None = None, batch_size: int = 16,
+                         progress: bool = True) -> Iterator[list[Completion]]: ...
+
+    def generate(self, prompts: list[str], params: SamplingParams, n: int = 1, seed: int = 0,
+                 keys: list[str] | None = None, stop_ids: list[int] | None = None,
+                 batch_size: int = 16, progress: bool = True) -> list[Completion]: ...
+
+    def with_lams(self, lams: Sequence[float]) -> "Decoder": ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a decoder: placement, precision and the HF engine's speed options."""
+
+    device: object = None  # the large model's: a device, "auto" or an accelerate device map
+    small_device: str | None = None  # default: the last GPU with device "auto", else device
+    dtype: object = None  # default: bfloat16 on GPU, float32 on CPU
+    stack_small: bool = True
+    cache: str = "auto"
+    compile: bool = False
+    speculative: bool = False
+    draft_tokens: int | None = None
+
+
+def sweepable(loaded: Sequence[Delta], wanted: Sequence[Delta]) -> bool:
+    """Whether a decoder loaded for `loaded` serves `wanted` by `with_lams`: the same pairs in
+    the same order, every lambda non-zero (a pair at 0 is not loaded at all)."""
+    return (len(loaded) == len(wanted) > 0
+            and all(a.pair == b.pair and a.lam and b.lam for a, b in zip(loaded, wanted)))
+
+
+def acceptance_rate(counters: dict[str, int]) -> float:
+    """Share of drafted tokens a speculative decoder accepted (bonus positions not counted)."""
+    return counters.get("accepted", 0) / max(counters.get("drafted", 0), 1)
+
+
+def tokens_per_round(counters: dict[str, int]) -> float:
+    """Tokens a row emits per speculative round: its accepted drafts + one corrected or bonus."""
+    return counters.get("emitted", 0) / max(counters.get("row_rounds", 0), 1)
+
+
+def since(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """Counters of what happened after `before` (an earlier copy of counters())."""
+    return {key: value - before.get(key, 0) for key, value in now.items()}
