@@ -182,7 +182,7 @@ class RastEngine:
             for key, key_seeds in zip(batch_keys, seeds):
                 for index, row_seed in enumerate(key_seeds):
                     ids, stop = next(rows)
-                    text = completion_text(ids, stop, params.stop_strings, self.tokenizer.decode)
+                    text = completion_text(ids, stop, params.stop_strings, self.text)
                     completions.append(Completion(key, index, row_seed, ids, text,
                                                   stop is not None, stop))
             bar.update(len(batch_keys))
@@ -216,7 +216,7 @@ class RastEngine:
                             "one, or drop stop_strings")
         prompt_ids = self.fit_context(prompt_ids, params)
         stop = set(self.default_stop_ids if stop_ids is None else stop_ids)
-        text_of = self.tokenizer.decode if params.stop_strings else None
+        text_of = self.text if params.stop_strings else None
         if self.speculative:
             return self.speculative.decode(self, prompt_ids, seeds, params, stop, on_step)
         logits, expand = self.prefill(prompt_ids, seeds, params.max_new_tokens)
@@ -334,6 +334,10 @@ class RastEngine:
             if model.stream is not None:
                 torch.cuda.current_stream(model.stream.device).wait_stream(model.stream)
         return logits
+
+    def text(self, ids: list[int]) -> str:
+        """A completion's text as the paper's vLLM decodes it: special tokens add none."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def models(self) -> list[CachedModel]:
         return [self.large, *self.small]

@@ -146,7 +146,7 @@ class Speculation:
         sampler = Sampler(params, engine.shared_vocab, uniforms)
         draft, draft_rl = draft_unit(engine)
         ends = Ends(stop, params.stop_strings,
-                    engine.tokenizer.decode if params.stop_strings else None)
+                    engine.text if params.stop_strings else None)
         active = torch.arange(len(expand))  # original row index of each row still decoding
         outputs = [[] for _ in range(len(expand))]
 

@@ -1,14 +1,16 @@
-"""When a completion stops, and where its text is cut: one rule for every decode loop.
+"""When a completion stops, and where its text is cut: one rule for every decode loop, vLLM's.
 
-A completion stops at the first token that is a stop id, or whose arrival makes the decoded
-completion contain a stop string (vLLM's `stop`; the RAST runner stops on "user", "assistant",
-"<|im_end|>", ...). Its text is the decoded completion cut before the stop: without the stop id,
-and exactly at the first character of the stop string, even when the token that completed the
-string also carries text before it or after it (" user:" straddles "user"). Its token_ids keep
-every sampled token up to and including the one that stopped it: what was decoded (and paid
-for), so `decode(token_ids)` starts with the text, and re-feeding token_ids reproduces the
-model's trajectory. Pure functions of ids and a decode callable; the engine's loop and the
-speculative loop both call `find_stop` on the ids they accept.
+A completion stops at the first token that is a stop id, or whose arrival makes the completion's
+text contain a stop string. The text is the one the paper's vLLM decodes: special tokens add no
+text (`skip_special_tokens=True`), so "<|im_start|>" never completes the runner's "_start".
+When one token completes several stop strings, the first in the list wins (vLLM checks them in
+order, each from where the new text could complete it). The text is cut exactly at the first
+character of that string, even when the token that completed it also carries text before it or
+after it (" user:" straddles "user"); without a stop string it is the decoded completion less
+the stop id. token_ids keep every sampled token up to and including the one that stopped it:
+what was decoded (and paid for), so `decode(token_ids)` starts with the text, and re-feeding
+token_ids reproduces the model's trajectory. Pure functions of ids and a decode callable; the
+engine's loop and the speculative loop both call `find_stop` on the ids they accept.
 
     >>> decode = lambda ids: "".join(chr(i) for i in ids)
     >>> ids = [ord(c) for c in "2+2=4 user"]
@@ -18,25 +20,28 @@ speculative loop both call `find_stop` on the ids they accept.
     '2+2=4 '
 """
 
+import os
 from collections.abc import Callable, Sequence
 
 Decode = Callable[[list[int]], str]
 StopBy = int | str | None  # a stop id, a stop string, or None: cut at max_new_tokens
 
 
-def first_stop_string(text: str, stop_strings: Sequence[str]) -> tuple[int, str] | None:
-    """(index, string) of the stop string occurring earliest in text (the first listed of those
-    starting at that index), or None.
+def new_stop_string(text: str, old_length: int, stop_strings: Sequence[str]
+                    ) -> tuple[int, str] | None:
+    """(index, string) of the first stop string, in list order, that occurs in text ending past
+    its first old_length characters (those were checked before), or None: vLLM's check.
 
-    >>> first_stop_string("a_end user", ["user", "_end"])
-    (1, '_end')
+    >>> new_stop_string("a_end user", 5, ["user", "_end"])  # one token brought " user"
+    (6, 'user')
+    >>> new_stop_string("a_end user", 0, ["user", "_end"])  # one token brought all of it
+    (6, 'user')
     """
-    hits = [(text.find(stop), order, stop) for order, stop in enumerate(stop_strings)
-            if stop and stop in text]
-    if not hits:
-        return None
-    index, _, stop = min(hits)
-    return index, stop
+    for stop in stop_strings:
+        index = text.find(stop, max(0, old_length - len(stop) + 1)) if stop else -1
+        if index >= 0:
+            return index, stop
+    return None
 
 
 def window_tokens(stop_strings: Sequence[str]) -> int:
@@ -53,8 +58,8 @@ def find_stop(ids: Sequence[int], checked: int, stop_ids, stop_strings: Sequence
 
     ids[:checked] were checked before and did not stop. For each new token the tail window is
     decoded (cheap, bounded); only when it shows a stop string is the whole completion decoded,
-    and the stop counts if the whole completion contains one (a window can mis-decode its first
-    byte-level token, never its end).
+    with and without that token, and the strings checked as vLLM does (new_stop_string; a
+    window can mis-decode its first byte-level token, never its end).
     """
     stop_ids = stop_ids if isinstance(stop_ids, (set, frozenset)) else set(stop_ids)
     width = window_tokens(stop_strings)
@@ -65,7 +70,10 @@ def find_stop(ids: Sequence[int], checked: int, stop_ids, stop_strings: Sequence
             continue
         window = decode(list(ids[max(0, end - width):end]))
         if any(stop and stop in window for stop in stop_strings):
-            hit = first_stop_string(decode(list(ids[:end])), stop_strings)
+            text, before = decode(list(ids[:end])), decode(list(ids[:end - 1]))
+            # the text the last token did not change (a byte-level token can complete a
+            # character that the shorter decode showed as U+FFFD)
+            hit = new_stop_string(text, len(os.path.commonprefix([text, before])), stop_strings)
             if hit is not None:
                 return end, hit[1]
     return None
@@ -74,11 +82,11 @@ def find_stop(ids: Sequence[int], checked: int, stop_ids, stop_strings: Sequence
 def completion_text(ids: Sequence[int], stop: StopBy, stop_strings: Sequence[str],
                     decode: Decode) -> str:
     """The text of a completion whose ids ended on `stop`: the decoded ids without a stop id,
-    cut before the earliest stop string when a string stopped it."""
+    cut before the stop string when a string stopped it (its only occurrence: an earlier one
+    would have stopped the completion earlier)."""
     if isinstance(stop, int) and not isinstance(stop, bool):
         return decode(list(ids[:-1]))
     text = decode(list(ids))
-    if isinstance(stop, str):
-        hit = first_stop_string(text, stop_strings)
-        text = text[:hit[0]] if hit else text
+    if isinstance(stop, str) and stop in text:
+        text = text[:text.index(stop)]
     return text

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import load_engine
 from train.errors import UserError
 from transfer.decode.decoder import SamplingParams
-from transfer.decode.stops import completion_text, find_stop, first_stop_string
+from transfer.decode.stops import completion_text, find_stop, new_stop_string
 from transfer.generate import main as generate_main
 
 PROMPTS = ["Q: 47*8=\nA: ", "Q: 3*4=\nA: ", "Q: 123*45=\nA: ", "Q: 9*9=\nA: Let's"]
@@ -35,7 +35,7 @@ class WideText:
     def __len__(self):
         return len(self.inner)
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return "".join(map(piece, ids))
 
 
@@ -47,10 +47,27 @@ def to_ids(text):
     return [ord(c) for c in text]
 
 
-def test_first_stop_string_is_the_earliest_occurrence_of_any():
-    assert first_stop_string("x user _end", ["_end", "user"]) == (2, "user")
-    assert first_stop_string("x_start_end", ["_end", "_start"]) == (1, "_start")
-    assert first_stop_string("no stop here", ["user"]) is None
+def earliest_stop_string(text: str, stop_strings) -> tuple[int, str] | None:
+    """The test's oracle for text in which no two strings end in one token: (index, string) of
+    the stop string occurring earliest."""
+    hits = [(text.find(stop), stop) for stop in stop_strings if stop in text]
+    return min(hits) if hits else None
+
+
+def test_one_token_completing_several_stop_strings_stops_at_the_first_listed_as_vllm():
+    """vLLM checks the strings in list order, each from where the new text could complete it;
+    the token's text was checked before only up to old_length."""
+    assert new_stop_string("x user _end", 1, ["_end", "user"]) == (7, "_end")
+    assert new_stop_string("x user _end", 1, ["user", "_end"]) == (2, "user")
+    assert new_stop_string("x_start_end", 1, ["_end", "_start"]) == (7, "_end")
+    assert new_stop_string("x user _end", 7, ["user", "_end"]) == (7, "_end")  # user: earlier
+    assert new_stop_string("no stop here", 0, ["user"]) is None
+    tokens = ["x", "_start_end"]  # one token completes both
+    decode = lambda ids: "".join(tokens[i] for i in ids)
+    assert find_stop([0, 1], 0, [], ["_end", "_start"], decode) == (2, "_end")
+    assert completion_text([0, 1], "_end", ["_end", "_start"], decode) == "x_start"
+    assert find_stop([0, 1], 0, [], ["_start", "_end"], decode) == (2, "_start")
+    assert completion_text([0, 1], "_start", ["_start", "_end"], decode) == "x"
 
 
 def test_find_stop_reports_the_first_token_that_completes_a_string_or_is_a_stop_id():
@@ -99,7 +116,7 @@ def test_the_engine_cuts_a_stop_string_exactly_where_it_starts_even_mid_token(wi
         stopped = wide_engine.generate(PROMPTS, params, n=2, stop_ids=[3])
         hits = 0
         for before, after in zip(free, stopped, strict=True):
-            hit = first_stop_string(before.text, stops)
+            hit = earliest_stop_string(before.text, stops)
             if hit is None:  # never wrote one: untouched
                 assert (after.token_ids, after.text, after.stop) == (
                     before.token_ids, before.text, before.stop)
@@ -153,7 +170,7 @@ def test_speculative_decoding_cuts_at_stop_strings_by_the_same_rule(tiny_models)
                                                   stop_strings=stops), n=2, stop_ids=[3])
     hits = 0
     for before, after in zip(free, cut, strict=True):
-        hit = first_stop_string(before.text, stops)
+        hit = earliest_stop_string(before.text, stops)
         if hit is None:
             assert (after.token_ids, after.text, after.stop) == (before.token_ids, before.text,
                                                                  before.stop)
@@ -188,3 +205,29 @@ def test_a_speculative_row_stops_at_its_stop_string_and_leaves_the_batch(tiny_mo
     assert any(c.stop == text[5:8] for c in cut)
     assert cut_rows < free_rows
 
+
+def test_special_tokens_add_no_text_as_in_vllm(qwen_tokenizer):
+    """The paper's vLLM decodes with skip_special_tokens=True: "<|im_start|>" does not complete
+    the runner's "_start" (the completion stopped inside it, leaving "...\\boxed{5}<|im"), and a
+    completion's text holds no special token."""
+    from functools import partial
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer)
+    decode = partial(tokenizer.decode, skip_special_tokens=True)
+    ids = tokenizer("The answer is \\boxed{5}.<|im_end|>\n<|im_start|>user\nNext")["input_ids"]
+    runner = ["</s>", "<|im_end|>", "<|endoftext|>", "assistant", "user", "_end", "_start"]
+    end, stop = find_stop(ids, 0, [], runner, decode)
+    assert stop == "user" and tokenizer.decode(ids[end - 1]) == "user"
+    assert completion_text(ids[:end], stop, runner, decode) == "The answer is \\boxed{5}.\n"
+    # what keeping special tokens in the text did: a stop inside <|im_end|>
+    assert find_stop(ids, 0, [], runner, tokenizer.decode)[1] == "<|im_end|>"
+
+
+def test_the_engine_matches_stop_strings_in_text_without_special_tokens(tiny_models):
+    engine = load_engine(tiny_models["large"], tiny_models["small_base"], tiny_models["small_rl"])
+    seen, decode = [], engine.tokenizer.decode
+    engine.tokenizer.decode = lambda ids, **options: seen.append(options) or decode(ids, **options)
+    engine.generate(PROMPTS, SamplingParams(max_new_tokens=12, stop_strings=("zz",)), n=2)
+    assert seen and all(options == {"skip_special_tokens": True} for options in seen)

@@ -19,11 +19,11 @@ import torch
 import yaml
 from conftest import wandb_inspect
 
+from tests.transfer.decode.test_stop_strings import earliest_stop_string
 from train import pairing
 from train.errors import UserError
 from train.models import load_tokenizer
 from train.tracking import ARTIFACT_FILE
-from transfer.decode.stops import first_stop_string
 from transfer.deltas import resolve_delta
 from transfer.eval.evaluate import (
     System,
@@ -365,7 +365,7 @@ def test_stop_strings_cut_every_systems_samples_by_the_same_rule(tiny_models, tm
     assert runs["free"].keys() == runs["stopped"].keys()
     cut_systems = set()
     for key, free in runs["free"].items():
-        stopped, hit = runs["stopped"][key], first_stop_string(free.text, stops)
+        stopped, hit = runs["stopped"][key], earliest_stop_string(free.text, stops)
         assert free.token_ids is not None and free.num_tokens == len(free.token_ids)
         if hit is None:
             assert (stopped.text, stopped.token_ids, stopped.stop) == (
