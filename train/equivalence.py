@@ -9,13 +9,18 @@ extraction only, and are compared by verify(gold, answer), gold first (verify is
 Two rules, both computed from the same parses (verdicts() returns both):
 
 - "default", this project's rule, for the GRPO reward and the evaluation:
-  - Python in a gold is LaTeX: `-1./3` is `-1/3`, `np.arcsin(10/13)` is `\\arcsin(10/13)`.
+  - Trailing punctuation is dropped (`7\\text{ hours}.`), `,\\!` thousands separators removed
+    (`\\dfrac{1}{29,\\!322,\\!216}`), Python in a gold is LaTeX (`-1./3` is `-1/3`,
+    `np.arcsin(10/13)` is `\\arcsin(10/13)`: math-verify keeps both as text, which only the same
+    text matches).
   - Scientific notation is a number, written out exactly: `4.4e7`, `4.4\\times 10^{7}`,
     `1,234 \\times 10^{3}` become `44000000` and `1234000` (math-verify reads `4.4e7` as 4.4 * e * 7
     with Euler's e, and multiplies `1.16\\times 10^{2}` to 115.99999999999999).
-  - Floats agree when both round alike to 6 decimal places (math-verify's default) and, for a gold
-    below 0.001 in magnitude, to its 3 leading significant digits (the places grow:
-    1.24e-8 -> 10 places), so `0.083333` is 1/12 and `1.3e-8` is not `1.24e-8`.
+  - Floats agree when both round alike to 6 decimal places (math-verify's default), or to more
+    places for a gold below 1e-4 in magnitude, as many as keep its 3 leading significant digits
+    (1.24e-8: 10 places). So `0.083333` is 1/12 and `0.033333` is 1/30 (the previous rule, 6
+    significant digits below 1, asked 1/12 for a 7th decimal), while `1.3e-8` is not `1.24e-8`
+    (6 places alone round both to 0).
   - Percent: a percent sign on the gold only is a unit that may also be read as /100 (`5\\%`
     accepts `5` and `0.05`); on the answer only, it is read so as to make a gold of 1 or more a
     percent number and a gold of at most 1 a fraction (gold `5` accepts `5\\%`, rejects `500\\%`;
@@ -46,7 +51,7 @@ RULES = ("default", "paper")
 PAPER_RELATIVE_TOLERANCE = 1e-4  # simplelr_math_eval grader.numeric_equal: isclose(rel_tol=1e-4)
 PAPER_SCALES = (1, 100, 0.01)  # its include_percentage: [reference, reference*100, reference/100]
 FLOAT_DECIMALS = 6  # math-verify's default float_rounding
-MIN_SIGNIFICANT_DIGITS = 3  # of a small gold, where 6 decimal places would keep fewer
+MIN_SIGNIFICANT_DIGITS = 3  # of a gold below 1e-4, where 6 decimal places would keep fewer
 
 # Scientific notation: a mantissa not glued to a word or to a ^/_ before it ("2^3\times 10^{2}" is
 # 2^3 times 100), with or without thousands separators, then e/E and a signed exponent (4.4e7;
@@ -151,7 +156,7 @@ def _number(parsed: tuple | None) -> complex | None:
 
 def _float_rounding(gold: tuple) -> int:
     """Decimal places for math-verify's float comparison: 6, or as many as keep a small gold's
-    MIN_SIGNIFICANT_DIGITS (a gold below 0.001: 1.24e-8 -> 10 places)."""
+    MIN_SIGNIFICANT_DIGITS (a gold below 1e-4: 1.24e-8 -> 10 places)."""
     value = _number(gold)
     if value is None or value == 0:
         return FLOAT_DECIMALS

@@ -1,24 +1,12 @@
 """The one grader: the GRPO reward and the benchmark evaluation both call it.
 
 extract_answer() takes the last balanced \\boxed{...} (or \\fbox{...}) of a completion, falling
-back to the last plain number (GSM8K style). grade() checks it against the gold answer with
-math-verify: both are first rewritten by normalise_answer() (the same rewrite for both), then
-wrapped in \\boxed{} and parsed with LatexExtractionConfig only (the default config would fall
-back to the last number of a whole completion), then verify(gold, pred), gold first because
-verify is asymmetric. The rule, exactly:
-
-- Scientific notation is a number, written out exactly: `4.4e7`, `4.4\\times 10^{7}` and
-  `4.4 \\cdot 10^7` become `44000000` (math-verify alone reads `4.4e7` as 4.4 * e * 7 with Euler's
-  e, and 58 of Minerva Math's 272 gold answers are written so; and it multiplies `1.16\\times
-  10^{2}` in binary floats to 115.99999999999999, not 116). Beyond 10^100 e-notation becomes
-  `m\\times 10^{k}` instead.
-- A percent sign on ONE side is a unit that may also be read as /100: gold `5` accepts `5\\%`,
-  gold `0.05` accepts `5\\%`, gold `5\\%` accepts `5`, `0.05` and `5\\%`; gold `5` rejects `0.05`.
-  On both sides the signs cancel (`5\\%` vs `0.05\\%` is wrong).
-- Floats agree to math-verify's 6 decimal places, and to 6 significant digits when the gold is
-  below 1 in magnitude (6 decimal places would make 1.24e-8 equal 1.3e-8, as both round to 0).
-- Everything else is math-verify's: fractions, radicals, sets, intervals, equations, units in
-  \\text{}, thousands separators, degrees, matrices. An answer that does not parse is wrong.
+back to the last plain number (GSM8K style). grade() checks it against the gold answer under a
+rule of train/equivalence.py, which states both rules exactly: "default" (this project's: the
+GRPO reward and every accuracy) and "paper" (the paper's runner's tolerance: relative 1e-4, and
+100 x or 1/100 of a number). grade_batch_by_rule() gives both from one parse of each answer;
+unscorable_golds() says which gold answers no equivalent answer can match (train.data warns about
+them when a data set loads).
 
 Why worker processes, and why CPU time: math-verify is sympy, and some answers never finish
 (sympy tries to evaluate 9^{9^{9^{9^9}}} exactly), while a signal cannot interrupt one long C call
@@ -40,8 +28,9 @@ after a fork and shut down at exit; it grows with its callers: a caller that fin
 busy for LEASE_PATIENCE_S starts its own. A worker's start (~1-1.6 s on a loaded 2-core machine)
 is paid once per process; warm_up() pays it ahead of time. After that an answer costs ~3-15 ms.
 
-Run it on one answer:
+Run it on one answer (both rules; `--` before a gold that starts with a minus sign):
     python -m train.grader '\\frac{1}{2}' 'so the answer is \\boxed{0.5}'
+    python -m train.grader -- '-1./3' '\\boxed{-0.333333}'
 """
 
 from __future__ import annotations
