@@ -65,7 +65,7 @@ MAX_SPELLED_EXPONENT = 100  # 4.4e7 -> 44000000; a longer number than 10^100 sta
 _PERCENT_RE = re.compile(r"\\?%")  # \% or a bare %
 # Python in a gold (Minerva's `-1./3`, `-3./2`, `np.arcsin(10/13)`), which math-verify keeps as a
 # string that only the same string matches: a float's dangling point, numpy/math names.
-_DANGLING_POINT_RE = re.compile(r"(?<=\d)\.(?![\d\w])")
+_DANGLING_POINT_RE = re.compile(r"(?<=\d)\.(?![\d\w\\])")
 # `29,\!322` is a thousands separator (math-verify reads `29,322` as 29322 only outside \frac).
 _THIN_SPACED_COMMA_RE = re.compile(r"(?<=\d),\\!(?=\d{3})")
 _TRAILING_PUNCTUATION_RE = re.compile(r"[\s$.,;]+$")  # `7\text{ hours}.`, `\{1\}$.`
