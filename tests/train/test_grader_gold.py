@@ -7,7 +7,7 @@ find no unscorable gold (one that math-verify keeps as text, or an equation betw
 beyond those listed below with why.
 
 The default run checks a deterministic sample of each data set (every k-th row); the full check
-over all 11,357 golds takes ~10 minutes on 2 busy cores and prints its counts:
+over all 11,357 golds (39,818 forms) takes ~4 minutes on 2 busy cores and prints its counts:
 
     python -m pytest tests/train/test_grader_gold.py -m slow -s
 """
