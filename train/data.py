@@ -22,6 +22,7 @@ from typing import Any
 import datasets
 
 from train.errors import UserError, exit_on_user_error
+from train.grader import unscorable_golds
 from train.tiny import task as tiny_task
 
 logger = logging.getLogger(__name__)
@@ -238,11 +239,31 @@ def _columns(problems: list[dict]) -> dict[str, list]:
     return columns
 
 
+SHOWN_UNSCORABLE = 20  # rows named in the load-time warning; the count covers all
+
+
+def _report_unscorable_golds(problems: list[dict], origin: str) -> None:
+    """Warn, naming the rows, about gold answers no answer can grade right against (they stay:
+    every system scores 0 on them, and the benchmark keeps its size). See
+    train.grader.unscorable_golds; a gold that only its own string matches is one of them."""
+    unscorable = unscorable_golds([problem["answer"] for problem in problems])
+    if not unscorable:
+        return
+    shown = [f"{problems[i]['id']} ({problems[i]['answer'][:80]!r}: {why})"
+             for i, why in list(unscorable.items())[:SHOWN_UNSCORABLE]]
+    more = len(unscorable) - len(shown)
+    logger.warning("%s: %d of %d gold answers are unscorable (no equivalent answer grades right "
+                   "against them): %s%s", origin,
+                   len(unscorable), len(problems), "; ".join(shown),
+                   f"; and {more} more" if more else "")
+
+
 def load_problems(name_or_path: str, split: str | None = None, limit: int | None = None,
                   data_dir: str | None = None) -> datasets.Dataset:
     """Problems with columns id, problem, answer (all str) plus the source's other fields.
 
-    The dataset's info.description says where the rows came from (file path or hub id).
+    The dataset's info.description says where the rows came from (file path or hub id). Golds
+    that no answer can grade right against are logged as a warning naming their rows.
     'tiny' is the embedded multiplication task (train.tiny.task), split "train" or "test".
     """
     if limit is not None and limit < 1:  # 0 gave NaN metrics, -1 silently dropped the last row
@@ -269,6 +290,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     if limit is not None:
         rows = rows[:limit]
     problems = _normalise(rows, name, origin)
+    _report_unscorable_golds(problems, origin)
     return datasets.Dataset.from_dict(_columns(problems),
                                       info=datasets.DatasetInfo(description=origin))
 

@@ -106,6 +106,23 @@ def test_heterogeneous_source_field_is_stringified(tmp_path):
     assert problems["extra"] == [None, None, [1, 2]]
 
 
+def test_a_load_names_the_rows_whose_gold_no_answer_can_match(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = write_jsonl(tmp_path / "golds.jsonl", [
+        {"id": "ok", "problem": "a", "answer": r"\frac{1}{2}"},
+        {"id": "equation", "problem": "b", "answer": "3 = 4"},
+        {"id": "percent", "problem": "c", "answer": r"0.56 = 56\%"},  # read as 0.56: scorable
+        {"id": "python", "problem": "d", "answer": "-1./3"},  # read as -1/3: scorable
+        {"id": "text", "problem": "e", "answer": "E_{1},E_{2}"},
+    ])
+    with caplog.at_level("WARNING", logger="train.data"):
+        assert len(load_problems(str(path))) == 5  # reported, not dropped
+    assert caplog.messages == [(
+        f"{path}: 2 of 5 gold answers are unscorable (no equivalent answer grades right against "
+        "them): equation ('3 = 4': an (in)equation between two numbers: no answer equals it); "
+        "text ('E_{1},E_{2}': math-verify keeps it as text: only the same string matches it)")]
+
+
 @pytest.mark.parametrize(("bad_row", "field"), [
     ({"problem": "3*3?"}, "answer"),
     ({"problem": "3*3?", "answer": "  "}, "answer"),

@@ -1,6 +1,7 @@
 """The shared grader: extraction, normalisation, math-verify equivalence, CPU-time bounds, threads
 and processes."""
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -12,7 +13,16 @@ from signal import SIGCONT, SIGKILL, SIGSTOP, SIGXCPU
 import pytest
 
 from train import grader
-from train.grader import Grade, extract_answer, grade, grade_batch, warm_up
+from train.grader import (
+    RULES,
+    Grade,
+    extract_answer,
+    grade,
+    grade_batch,
+    grade_batch_by_rule,
+    unscorable_golds,
+    warm_up,
+)
 
 
 def boxed(answer: str) -> str:
@@ -133,6 +143,45 @@ CASES = [
     ("8", boxed(r"2^3 \times 10^0"), True),  # the 3 is an exponent, not a mantissa
     ("44000000", "The population is 4.4e7.", True),  # no box: the last number, e-notation too
     ("e+1", boxed("1+e"), True),  # Euler's e is still e
+    # Python in Minerva's golds (problems 38, 49, 5): math-verify alone keeps them as strings
+    ("-1./3", boxed(r"-\frac{1}{3}"), True),
+    ("-1./3", boxed("-0.333333"), True),
+    ("-1./3", boxed("-1/3"), True),
+    ("-3./2", boxed(r"-\frac{3}{2}"), True),
+    ("-3./2", boxed("-1.5"), True),
+    ("-3./2", boxed("-1.4"), False),
+    ("np.arcsin(10/13)", boxed(r"\arcsin(\frac{10}{13})"), True),
+    ("np.arcsin(10/13)", boxed("0.877636"), True),
+    ("np.arcsin(10/13)", boxed(r"\arccos(\frac{10}{13})"), False),
+    ("np.sqrt(2)*np.pi", boxed(r"\sqrt{2}\pi"), True),
+    # thousands separators before \times 10^{k}, and LaTeX's `,\!` separator
+    ("1234000", boxed(r"1,234 \times 10^{3}"), True),
+    ("1234000", boxed(r"1{,}234 \times 10^{3}"), True),
+    ("1234000", boxed(r"1,235 \times 10^{3}"), False),
+    (r"\dfrac{1}{29,\!322,\!216}", boxed(r"\frac{1}{29322216}"), True),
+    # 6 decimal places suffice (math-verify's default); a gold below 0.001 keeps 3 significant
+    # digits (more places), so 1.24e-8 still rejects 1.3e-8 (above)
+    (r"\frac{1}{12}", boxed("0.083333"), True),
+    (r"\frac{1}{30}", boxed("0.033333"), True),
+    (r"\frac{1}{12}", boxed("0.08333"), False),
+    (r"\frac{1}{12}", boxed("0.083334"), False),
+    ("1.24e-5", boxed("0.0000124"), True),
+    ("1.24e-5", boxed("0.000012"), False),  # 6 places would round both to 0.000012
+    # a percent answer against a bare gold: read as the gold's percent number (gold >= 1) or as
+    # its fraction (gold <= 1), never both ways
+    ("5", boxed(r"500\%"), False),
+    ("0.05", boxed(r"0.05\%"), False),
+    ("1", boxed(r"1\%"), True),
+    ("1", boxed(r"100\%"), True),
+    ("50", boxed(r"50\%"), True),
+    ("0.5", boxed(r"50\%"), True),
+    # a gold `a = b` of two equal numbers (SimpleRL MATH L3-5) reads as either side
+    (r"0.56 = 56\%", boxed("0.56"), True),
+    (r"0.56 = 56\%", boxed(r"56\%"), True),
+    (r"0.56 = 56\%", boxed("0.65"), False),
+    # trailing punctuation is no part of an answer
+    (r"7\text{ hours}.", boxed("7"), True),
+    (r"\text{(E)},", boxed("E"), True),
     # symbolic and constants
     ("x^2+2x+1", boxed("(x+1)^2"), True),
     (r"\pi", boxed("3.14"), False),
@@ -305,3 +354,60 @@ def test_a_worker_that_died_while_idle_is_replaced():
         worker.process.wait()
     results = grade_batch(["1", "2"], [boxed("1"), boxed("2")])
     assert results == [Grade(True, "1", "ok"), Grade(True, "2", "ok")]
+
+
+# (gold, answer, correct under "default", correct under "paper"): the paper's runner compares
+# numbers with a relative tolerance of 1e-4 and also accepts 100 x and 1/100 of the gold.
+RULE_CASES = [
+    ("4.03188", "4.032", False, True),
+    ("5", "500", False, True),
+    ("5", "0.05", False, True),
+    ("5", r"500\%", False, True),
+    ("5", "5.01", False, False),
+    (r"\frac{\sqrt{3}}{2}", "0.866", False, True),
+    ("1.24e-8", r"1.3 \times 10^{-8}", False, False),
+    (r"\frac{1}{12}", "0.083333", True, True),
+    ("x+1", "1+x", True, True),
+    ("x+1", "x+1.0001", False, False),  # not a single number: the default rule decides
+    ("5", "x", False, False),
+]
+
+
+def test_grade_batch_by_rule_gives_both_rules_from_one_call():
+    by_rule = grade_batch_by_rule([g for g, *_ in RULE_CASES], [boxed(a) for _, a, *_ in RULE_CASES])
+    assert list(by_rule) == list(RULES) == ["default", "paper"]
+    assert [g.correct for g in by_rule["default"]] == [d for _, _, d, _ in RULE_CASES]
+    assert [g.correct for g in by_rule["paper"]] == [p for *_, p in RULE_CASES]
+    assert [g.extracted for g in by_rule["paper"]] == [a for _, a, *_ in RULE_CASES]
+    assert grade("4.03188", boxed("4.032"), rule="paper") == Grade(True, "4.032", "ok")
+    assert grade_batch(["4.03188"], [boxed("4.032")]) == [Grade(False, "4.032", "wrong")]
+    assert grade_batch(["1"], ["no answer"], rule="paper") == [Grade(False, None, "no-answer")]
+    with pytest.raises(ValueError, match="unknown grading rule 'strict': use one of default, paper"):
+        grade_batch(["1"], ["1"], rule="strict")
+
+
+def test_the_command_line_shows_both_rules(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    grader.main(["4.03188", r"so \boxed{4.032}"])
+    assert capsys.readouterr().out.splitlines() == [
+        "default  Grade(correct=False, extracted='4.032', reason='wrong')",
+        "paper    Grade(correct=True, extracted='4.032', reason='ok')",
+    ]
+    grader.main(["3 = 4", boxed("3")])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "gold     unscorable: an (in)equation between two numbers: no answer equals it")
+
+
+def test_unscorable_golds_say_why_and_are_kept_between_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    golds = ["5", "3 = 4", "-1./3", r"0.56 = 56\%", r"\boxed{E_{1},E_{2}}", "np.arcsin(10/13)",
+             "x = 3", "1,234"]
+    expected = {1: "an (in)equation between two numbers: no answer equals it",
+                4: "math-verify keeps it as text: only the same string matches it"}
+    assert unscorable_golds(golds) == expected
+    cache = grader._gold_check_cache()
+    assert cache.parent == tmp_path / "rast"
+    assert json.loads(cache.read_text())["3 = 4"] == expected[1]  # plain numbers are not kept
+    assert "5" not in json.loads(cache.read_text())
+    monkeypatch.setattr(grader, "_run_checks", None)  # a second run parses nothing
+    assert unscorable_golds(golds) == expected
