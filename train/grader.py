@@ -496,8 +496,8 @@ def _gold_check_cache() -> Path:
     math-verify (parsing the training set's 3,243 non-numeric golds costs ~10-25 s of CPU)."""
     rules = Path(__file__).with_name("equivalence.py").read_bytes()
     key = hashlib.sha256(rules + importlib.metadata.version("math-verify").encode()).hexdigest()
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "rast" / f"gold-check-{key[:16]}.json"
+    home = Path(os.environ.get("RAST_HOME") or Path.home() / ".cache" / "rast")  # train.models'
+    return home / f"gold-check-{key[:16]}.json"
 
 
 def unscorable_golds(golds: list[str], timeout_s: float = 5.0,
@@ -518,10 +518,13 @@ def unscorable_golds(golds: list[str], timeout_s: float = 5.0,
                    for gold, outcome in zip(unknown, map(outcomes.get, range(len(unknown))))
                    if not isinstance(outcome, str)}
         known |= checked
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers: last one wins
-        partial.write_text(json.dumps(known))
-        partial.replace(cache)
+        try:  # a cache it cannot write only costs the next load the same parses
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_suffix(f".{os.getpid()}.tmp")  # concurrent writers: last wins
+            partial.write_text(json.dumps(known))
+            partial.replace(cache)
+        except OSError:
+            pass
         # Not kept: a check that timed out (or crashed its worker) may pass another time.
         known |= {gold: f"its check gave no verdict ({outcomes[i]})"
                   for i, gold in enumerate(unknown) if gold not in checked}

@@ -107,7 +107,7 @@ def test_heterogeneous_source_field_is_stringified(tmp_path):
 
 
 def test_a_load_names_the_rows_whose_gold_no_answer_can_match(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RAST_HOME", str(tmp_path / "rast"))
     path = write_jsonl(tmp_path / "golds.jsonl", [
         {"id": "ok", "problem": "a", "answer": r"\frac{1}{2}"},
         {"id": "equation", "problem": "b", "answer": "3 = 4"},

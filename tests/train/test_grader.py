@@ -387,7 +387,7 @@ def test_grade_batch_by_rule_gives_both_rules_from_one_call():
 
 
 def test_the_command_line_shows_both_rules(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RAST_HOME", str(tmp_path / "rast"))
     grader.main(["4.03188", r"so \boxed{4.032}"])
     assert capsys.readouterr().out.splitlines() == [
         "default  Grade(correct=False, extracted='4.032', reason='wrong')",
@@ -399,7 +399,7 @@ def test_the_command_line_shows_both_rules(capsys, tmp_path, monkeypatch):
 
 
 def test_unscorable_golds_say_why_and_are_kept_between_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("RAST_HOME", str(tmp_path / "rast"))
     golds = ["5", "3 = 4", "-1./3", r"0.56 = 56\%", r"\boxed{E_{1},E_{2}}", "np.arcsin(10/13)",
              "x = 3", "1,234"]
     expected = {1: "an (in)equation between two numbers: no answer equals it",
