@@ -14,6 +14,7 @@ positions.jsonl into output_dir, and W&B behind report_to (offline without crede
         --evaluation outputs/transfer-tiny/samples.jsonl --report_to none
 """
 
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -198,6 +199,22 @@ def read_samples(path_or_dir: str) -> list[Sample]:
     return read_records(path, Sample)
 
 
+def check_prompt_template(config: AnalyzeConfig) -> None:
+    """Refuse trajectories decoded under another prompt than the analysis would teacher-force
+    them on (the config.json beside their samples.jsonl records it): the positions would be
+    analysed after the wrong prompt without a word."""
+    path = Path(config.trajectories)
+    recorded = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        template = json.loads(recorded.read_text()).get("prompt_template")
+    except (OSError, ValueError, AttributeError):
+        return  # no record to compare with (samples copied elsewhere): nothing to check
+    if template is not None and template != config.prompt_template:
+        raise UserError(f"prompt_template {config.prompt_template!r} is not the one the "
+                        f"trajectories were decoded with ({template!r}, {recorded}): set "
+                        f"prompt_template: {template}")
+
+
 def read_trajectories(config: AnalyzeConfig, models: Models, records: list[Sample]
                       ) -> list[Trajectory]:
     """The chosen system's samples of the first `limit` problems, `samples` per problem.
@@ -320,6 +337,8 @@ def run(config: AnalyzeConfig) -> dict:
         torch.set_num_threads(config.torch_threads)
     evaluation = read_samples(config.evaluation) if config.evaluation else None
     records = read_samples(config.trajectories) if config.trajectories else None  # before loading
+    if config.trajectories:
+        check_prompt_template(config)
     output_dir = Path(config.output_dir)
     with claim_output_dir(output_dir, "analysis"):
         models = load_models(config)

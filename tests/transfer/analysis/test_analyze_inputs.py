@@ -83,3 +83,23 @@ def test_a_torn_last_line_and_duplicated_records_are_dropped_with_a_warning(tiny
     summary["trajectories"].pop("source"), clean["trajectories"].pop("source")  # the two dirs
     for key in ("trajectories", "positions", "evaluation"):
         assert summary.get(key) == clean.get(key), key
+
+
+def test_trajectories_of_another_prompt_or_an_evaluation_directory_as_output_are_refused(
+        tiny_models, tmp_path, capsys):
+    """The evaluation's config.json records its prompt_template: teacher-forcing its samples on
+    another prompt is refused; so is writing the analysis into the evaluation's directory (it
+    replaced its samples.jsonl, summary.json and config.json)."""
+    import json
+
+    recipe = write_inputs(tmp_path, tiny_models, "\n".join(sample_rows()) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"prompt_template": "qwen-boxed"}))
+    assert outcome(analyze.main, f"--config {recipe}", capsys, tmp_path) == (
+        2, (f"error: prompt_template 'tiny' is not the one the trajectories were decoded with "
+           f"('qwen-boxed', {tmp_path / 'config.json'}): set prompt_template: qwen-boxed"), [])
+    (tmp_path / "config.json").write_text(json.dumps({"prompt_template": "tiny"}))
+    (tmp_path / "systems.json").write_text("{}")  # an evaluation's directory
+    assert outcome(analyze.main, f"--config {recipe} --output_dir {tmp_path}", capsys,
+                   tmp_path) == (
+        2, (f"error: output_dir {tmp_path} holds the files of an evaluation (transfer.eval), which "
+           f"this analysis would overwrite: give it a directory of its own"), [])
