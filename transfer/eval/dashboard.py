@@ -17,7 +17,7 @@ from pathlib import Path
 from train.tracking import declare_input
 from transfer.eval.samples import Sample
 
-SUMMARY_KEYS = ("avg", "ci_low", "ci_high", "rr", "rr_ci_low", "rr_ci_high", "gap", "gap_ci_low",
+SUMMARY_KEYS = ("avg", "avg_paper", "ci_low", "ci_high", "rr", "rr_ci_low", "rr_ci_high", "gap", "gap_ci_low",
                 "gap_ci_high", "rr_warning", "mean_tokens", "truncated_share", "careful_share")
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from train.data import benchmark_label, load_benchmark
 from train.errors import UserError, exit_on_user_error
-from train.grader import grade_batch
+from train.grader import grade_batch_by_rule
 from train.models import load_tokenizer, resolve_model, stop_token_ids
 from train.pairing import resolve_pair
 from train.prompts import render_prompt
@@ -360,13 +360,14 @@ def evaluate_system(decoder: Decoder, system: System, benchmark: str, problems: 
                                                 stop_ids=stop_ids, batch_size=config.batch_size,
                                                 progress=False):
         new = [c for c in completions if (by_key[c.key]["id"], c.sample_index) not in done]
-        grades = grade_batch([by_key[c.key]["answer"] for c in new], [c.text for c in new])
+        grades = grade_batch_by_rule([by_key[c.key]["answer"] for c in new],
+                                     [c.text for c in new])
         records = [Sample(system.name, system.role, benchmark, by_key[c.key]["id"],
                           c.sample_index, c.seed, c.text, g.extracted, g.correct, g.reason,
                           len(c.token_ids), c.finished, token_ids=c.token_ids, stop=c.stop,
                           careful=is_careful(c.text) if benchmark == "tiny" else None,
-                          deltas=system.deltas)
-                   for c, g in zip(new, grades)]
+                          correct_paper=paper.correct, deltas=system.deltas)
+                   for c, g, paper in zip(new, grades["default"], grades["paper"])]
         log.append(records)
         done.update((r.problem_id, r.sample_index) for r in records)
         correct, graded = correct + sum(r.correct for r in records), graded + len(records)

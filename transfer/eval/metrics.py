@@ -155,6 +155,8 @@ def average_row(rows: dict[str, dict], systems_rr: list[str]) -> dict[str, dict]
                          "avg": float(np.mean([m["avg"] for m in metrics])),
                          "pass": {k: float(np.mean([m["pass"][k] for m in metrics]))
                                   for k in sorted(ks, key=int)}}
+        if all("avg_paper" in m for m in metrics):
+            average[name]["avg_paper"] = float(np.mean([m["avg_paper"] for m in metrics]))
         if name in systems_rr:
             values = [m.get("rr") for m in metrics]
             average[name]["rr"] = (None if any(v is None for v in values)
@@ -206,4 +208,6 @@ def system_metrics(records: list[Sample], samples: int, seed: int = 0) -> dict:
     }
     if all(r.careful is not None for r in records):
         metrics["careful_share"] = float(np.mean([r.careful for r in records]))
+    if all(r.correct_paper is not None for r in records):  # the paper runner's rule, beside
+        metrics["avg_paper"] = float(np.mean([r.correct_paper for r in records]))
     return metrics

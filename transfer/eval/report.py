@@ -76,6 +76,11 @@ def _rr_interval(scores: dict, benchmarks: list[str], rast: str, seed: int) -> d
             "rr_warning": interval.warning}
 
 
+# Avg@k under the paper runner's grading rule (train.grader "paper": relative tolerance 1e-4,
+# x100 and /100 accepted), beside the default rule's, to put a table next to the paper's.
+PAPER_COLUMN = "avg (paper rule)"
+
+
 def markdown_table(summary: dict) -> str:
     """A table per benchmark: system, Avg@k ± CI, pass@k, RR, length, truncated, careful share."""
     samples = summary["config"]["samples"]
@@ -84,13 +89,15 @@ def markdown_table(summary: dict) -> str:
         first = next(iter(rows.values()))
         ks = list(first["pass"])
         careful = all("careful_share" in m for m in rows.values())
-        header = ["system", f"avg@{samples} [95% CI]", *(f"pass@{k}" for k in ks), "RR", "tokens",
-                  "truncated"]
+        paper = all("avg_paper" in m for m in rows.values())
+        header = ["system", f"avg@{samples} [95% CI]", *([PAPER_COLUMN] if paper else []),
+                  *(f"pass@{k}" for k in ks), "RR", "tokens", "truncated"]
         header += ["careful"] if careful else []
         lines = [f"### {benchmark} ({first['problems']} problems x {samples} samples)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, m in rows.items():
             cells = [name, f"{m['avg']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]",
+                     *([f"{m['avg_paper']:.3f}"] if paper else []),
                      *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m), f"{m['mean_tokens']:.1f}",
                      f"{m['truncated_share']:.3f}"]
             cells += [f"{m['careful_share']:.3f}"] if careful else []
@@ -109,12 +116,15 @@ def average_table(average: dict, samples: int) -> str:
     """The paper's average row: mean Avg@k and pass@k over benchmarks, mean RR with its CI."""
     first = next(iter(average.values()))
     ks = list(first["pass"])
-    header = ["system", f"avg@{samples}", *(f"pass@{k}" for k in ks), "RR [95% CI]"]
+    paper = all("avg_paper" in m for m in average.values())
+    header = ["system", f"avg@{samples}", *([PAPER_COLUMN] if paper else []),
+              *(f"pass@{k}" for k in ks), "RR [95% CI]"]
     lines = [(f"### average over {first['benchmarks']} benchmarks (unweighted; RR: mean of the "
              f"per-benchmark RRs, paired bootstrap CI)"), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in average.items():
-        cells = [name, f"{m['avg']:.3f}", *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m)]
+        cells = [name, f"{m['avg']:.3f}", *([f"{m['avg_paper']:.3f}"] if paper else []),
+                 *(f"{m['pass'][k]:.3f}" for k in ks), _rr_cell(m)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"**Warning** ({name}): {m['rr_warning']}." for name, m in average.items()
                      if m.get("rr_warning")]

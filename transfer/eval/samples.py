@@ -44,6 +44,9 @@ class Sample:
     token_ids: list[int] | None = None  # every sampled id, the one that stopped it included
     stop: int | str | None = None  # what ended it: a stop id or stop string; None: max_new_tokens
     careful: bool | None = None  # tiny task only: the answer took the careful style
+    # the grade under the paper runner's rule (train.grader RULES "paper": relative 1e-4, x100
+    # and /100); `correct` is the default rule's. None: written before both were kept.
+    correct_paper: bool | None = None
     # The system's deltas (transfer.deltas), () for a model decoded alone (S_RL of a LoRA pair
     # decodes as S + 1 x its delta); None in a file written before samples recorded them.
     deltas: tuple[Delta, ...] | None = ()
@@ -78,7 +81,7 @@ class Sample:
         return sample
 
 
-OPTIONAL = {"token_ids", "stop", "careful", "deltas"}
+OPTIONAL = {"token_ids", "stop", "careful", "correct_paper", "deltas"}
 
 
 def sample_files(output_dir: Path) -> list[Path]:

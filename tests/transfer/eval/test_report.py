@@ -41,3 +41,28 @@ def test_rr_is_reported_with_a_warning_when_the_gap_is_within_its_ci(caplog):
     assert "**Warning** (L+RAST(lam=1)): L_RL - L gap +0.250 is within its own CI" in table
     assert "### average over 2 benchmarks" in table and "| L+RAST(lam=1) | 0.312 |" in table  # (1/8 + 1/2) / 2
     assert "0.50 [unbounded]" in table  # a: RR undefined in a quarter of resamples
+
+
+def test_the_paper_rules_accuracy_is_a_second_column_beside_the_default_rules():
+    """Each sample carries both grades; summary.json and results.md give the paper runner's rule
+    (relative 1e-4, x100 and /100) as its own column, per benchmark and in the average row; an
+    older log without it gets no such column rather than a wrong one."""
+    config = TransferConfig(samples=2, benchmarks=["a", "b"], report_to="none")
+    records = [r for s in SYSTEMS for b in "ab"
+               for r in records_of(s, b, [[True, False], [False, False]])]
+    for r in records:  # the paper's rule also accepts the second problem's first answer
+        r.correct_paper = r.correct or (r.problem_id == "p1" and r.sample_index == 0)
+    problems = {"a": {"p0", "p1"}, "b": {"p0", "p1"}}
+    summary = summarize(config, SYSTEMS, problems, records)
+    row = summary["benchmarks"]["a"]["L"]
+    assert (row["avg"], row["avg_paper"]) == (0.25, 0.5)
+    assert summary["average"]["L"]["avg_paper"] == 0.5
+    table = markdown_table(summary)
+    assert "| system | avg@2 [95% CI] | avg (paper rule) | pass@1 |" in table
+    assert "| L | 0.250 [" in table and "] | 0.500 | 0.250 |" in table
+    assert "| system | avg@2 | avg (paper rule) | pass@1 |" in table  # the average row
+    for r in records:
+        r.correct_paper = None
+    older = summarize(config, SYSTEMS, problems, records)
+    assert "avg_paper" not in older["benchmarks"]["a"]["L"]
+    assert "paper rule" not in markdown_table(older)
