@@ -98,11 +98,13 @@ class Built(Exception):
 def test_vllm_generation_kwargs_carry_the_stop_ids(mode, standin, tmp_path, monkeypatch):
     captured = {}
 
-    def capture(self, *args, **kwargs):  # vllm is not installed: stop before TRL imports it
+    def capture(self, *args, **kwargs):  # stop before TRL starts vLLM
         captured.update(kwargs)
         raise Built
 
     monkeypatch.setattr(GRPOTrainer, "__init__", capture)
+    # what vLLM on CPU needs (train.vllm_cpu, which refuses server mode there) is not tested here
+    monkeypatch.setattr(grpo, "prepare_vllm", lambda training_args: False)
     with pytest.raises(Built):
         grpo.run(*grpo.parse_args([
             "--config", str(RECIPE), "--model_name_or_path", standin, "--output_dir", str(tmp_path),
