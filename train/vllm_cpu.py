@@ -16,12 +16,18 @@ before the trainer is built) fixes them, for the pinned versions only:
 - TRL builds `LLM(...)` without `enforce_eager`, and vLLM then compiles the model with inductor
   (about a minute on CPU, for a model that generates for seconds): `prepare` passes
   enforce_eager=True.
+- In one process (no launcher) accelerate sets MASTER_PORT=29500 on CPU, where TRL would pick a
+  free port, and the in-process engine opens its gloo store there: any other run on the machine
+  that holds 29500 (an `accelerate launch`, another GRPO) makes it fail with EADDRINUSE.
+  `prepare` picks a free port instead, unless MASTER_PORT names another one.
 
 Sleep mode (`vllm_enable_sleep_mode`) is refused on CPU by vLLM itself; `prepare` says so first.
 Server mode (`trl vllm-serve`) is not supported on CPU (README, "GRPO with vLLM").
 """
 
 import functools
+import os
+import socket
 from importlib.metadata import PackageNotFoundError, version
 
 from train.errors import UserError
@@ -69,12 +75,20 @@ def prepare(training_args) -> bool:
                         "backend needs CUDA): use vllm_mode: colocate")
     if training_args.vllm_enable_sleep_mode:
         raise UserError("vllm_enable_sleep_mode: vLLM refuses sleep mode on CPU: set it to false")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and os.environ.get("MASTER_PORT", "29500") == "29500":
+        os.environ["MASTER_PORT"] = str(free_port())
     from trl.generation import vllm_generation
 
     if not getattr(vllm_generation.VLLMGeneration.sync_weights, "rast_cpu", False):
         vllm_generation.LLM = functools.partial(vllm_generation.LLM, enforce_eager=True)
         vllm_generation.VLLMGeneration.sync_weights = sync_weights
     return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def sync_weights(self) -> None:

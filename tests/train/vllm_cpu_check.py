@@ -15,11 +15,13 @@ with those of the transformers model holding the new weights.
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+RESULT = "vllm_cpu_check.json"
 PROMPT = [5, 17, 301, 42, 7, 99, 250, 3, 64, 128, 11, 900]
 
 
@@ -48,8 +50,8 @@ def vllm_logprobs(llm) -> torch.Tensor:
 
 
 def main(directory: str) -> None:
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
+    # what TRL sets before LLM(...); prepare() picks a free MASTER_PORT
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
     from trl.generation import vllm_generation
 
     from train import vllm_cpu
@@ -88,7 +90,21 @@ def main(directory: str) -> None:
     result["gap_reload_only"] = gap()
     vllm_cpu.sync_weights(generation)
     result["gap_synced"] = gap()
+    (Path(directory) / RESULT).write_text(json.dumps(result))
     print(json.dumps(result), flush=True)
+
+
+def verdict(result: dict) -> tuple[bool, str]:
+    """Each piece of train.vllm_cpu did its job: (ok, what was measured)."""
+    ok = (result["patched"] and result["enforce_eager"]
+          and result["gap_loaded"] < 1e-4
+          and result["gap_stale"] > 0.05  # the weights did change
+          and "weight_loader" in (result["trl_sync_error"] or "")  # TRL's own sync fails
+          and result["gap_reload_only"] > 0.05  # the tied head still uses the old embedding
+          and result["gap_synced"] < 1e-4)
+    return ok, (f"TRL's sync: {result['trl_sync_error']}; max |logprob gap| after reload alone "
+                f"{result['gap_reload_only']:.3g}, after reload + re-pack {result['gap_synced']:.3g}; "
+                f"enforce_eager {result['enforce_eager']}")
 
 
 if __name__ == "__main__":
