@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse
+.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse grpo-gen-bench
 
 setup: $(VENV)/.installed
 
@@ -112,6 +112,13 @@ analyze: setup
 # ARGS=--smoke runs the same path on CPU with tiny configs.
 gpu-check: setup
 	$(PY) -m transfer.bench.check $(ARGS)
+
+# On a machine with one GPU: one real step of the 0.5B GRPO recipe with vLLM colocate, then with
+# continuous batching, generation timed per step, ratios printed (train/bench_generation.py;
+# writes outputs/bench_generation/). Without hub access: ARGS="--model /local/Qwen2.5-0.5B".
+# ARGS="--cpu" runs 3 small steps on CPU against the hub stand-ins instead.
+grpo-gen-bench: setup
+	$(PY) -m train.bench_generation $(ARGS)
 
 # The real Qwen commands (GRPO recipes, make transfer TARGET=32B/7B, the 32B analysis, dry-run
 # plans) on CPU against random-weight stand-ins of every hub id the recipes name, built once into
