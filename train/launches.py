@@ -11,11 +11,9 @@ from train.models import architecture_of
 
 # The launches recipes/README.md plans: (recipe, launcher, processes, extra flags, what it is).
 QWEN_GRPO = "recipes/Qwen2.5-{}/grpo/config_{}.yaml"
-VLLM_COLOCATE = ("--use_vllm", "true", "--vllm_mode", "colocate",
-                 "--use_transformers_continuous_batching", "false")
-VLLM_SERVER = ("--use_vllm", "true", "--vllm_mode", "server",
-               "--use_transformers_continuous_batching", "false")
-PLAIN_GENERATE = ("--use_transformers_continuous_batching", "false")
+VLLM_SERVER = ("--vllm_mode", "server")
+CONTINUOUS_BATCHING = ("--use_vllm", "false", "--use_transformers_continuous_batching", "true")
+PLAIN_GENERATE = ("--use_vllm", "false", "--use_transformers_continuous_batching", "false")
 README_LAUNCHES = [
     *[(QWEN_GRPO.format(size, variant), launcher, None, (), "as written")
       for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))
@@ -24,16 +22,17 @@ README_LAUNCHES = [
      ("--gradient_accumulation_steps", "256", "--steps_per_generation", "1024"),
      "README: 1 GPU, SimpleRL batch"),
     (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero3", 32,
-     ("--gradient_accumulation_steps", "8", "--steps_per_generation", "32"),
+     ("--gradient_accumulation_steps", "16", "--steps_per_generation", "64"),
      "README: 4 nodes x 8 GPUs"),
-    *[(QWEN_GRPO.format(size, variant), "zero2", None, VLLM_COLOCATE, "vLLM colocate")
-      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))],
     (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", 7, VLLM_SERVER,
      "README: vLLM server on GPU 7"),
+    *[(QWEN_GRPO.format(size, variant), launcher, None, CONTINUOUS_BATCHING, "fallback")
+      for size, variant in (("0.5B", "simplerl_zoo"), ("1.5B", "simplerl_zoo"), ("1.5B", "lora"))
+      for launcher in ("plain", "zero2")],
     (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "zero2", None, PLAIN_GENERATE,
-     "before: one generate() call"),
+     "neither: one generate() call"),
     (QWEN_GRPO.format("1.5B", "simplerl_zoo"), "plain", None, PLAIN_GENERATE,
-     "before: one generate() call"),
+     "neither: one generate() call"),
 ]
 
 
@@ -53,7 +52,7 @@ def launch_table(card_gb: float = 80.0) -> str:
                       else "generate()")
         at_once = plan.rows if "generation KV" in plan.generation else plan.concurrent_rows
         at_once = "-" if at_once is None else f"{at_once} of {plan.rows}"
-        shown = " ".join(f for f in flags if f not in VLLM_COLOCATE + VLLM_SERVER + PLAIN_GENERATE)
+        shown = " ".join(f for f in flags if f not in VLLM_SERVER + CONTINUOUS_BATCHING)
         lines.append(f"| `{recipe.removeprefix('recipes/')}` | {name} x {launcher.processes} "
                      f"({what}) | {f'`{shown}`' if shown else ''} | {generation} | "
                      f"{plan.peak_gb:.1f} | {at_once} | {'fits' if plan.fits else 'does NOT fit'} |")

@@ -82,6 +82,40 @@ def grpo_stops(output_dir: Path) -> tuple[bool, str]:
                 f"per step {clipped}")
 
 
+LOGP_GAP = "sampling/sampling_logp_difference/mean"
+LOGP_GAP_LIMIT = 0.01
+
+
+def logp_gaps(output_dir: Path) -> list[float]:
+    """TRL's mean |policy - vLLM| log-prob of the sampled tokens, per logged step (vLLM only)."""
+    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"))
+    history = json.loads(states[-1].read_text())["log_history"] if states else []
+    return [entry[LOGP_GAP] for entry in history if LOGP_GAP in entry]
+
+
+def vllm_follows_policy(output_dir: Path, steps: int) -> tuple[bool, str]:
+    """Generated with vLLM (TRL logs the gap only then), and after every optimizer step vLLM's
+    log-probs stay within LOGP_GAP_LIMIT of the policy's: the weights reached vLLM."""
+    gaps = logp_gaps(output_dir)
+    ok = len(gaps) == steps and max(gaps) < LOGP_GAP_LIMIT
+    return ok, f"logp difference per step {[round(g, 5) for g in gaps]} (limit {LOGP_GAP_LIMIT})"
+
+
+def unsynced_vllm_drifts(output_dir: Path, steps: int) -> tuple[bool, str]:
+    """The control: without the sync the gap exceeds the limit once the policy has moved."""
+    gaps = logp_gaps(output_dir)
+    ok = len(gaps) == steps and gaps[-1] > LOGP_GAP_LIMIT and gaps[-1] > gaps[0]
+    return ok, f"logp difference per step {[round(g, 5) for g in gaps]} (must exceed {LOGP_GAP_LIMIT})"
+
+
+def vllm_cpu_pieces(directory: Path) -> tuple[bool, str]:
+    """tests/train/vllm_cpu_check.py's measurements (TRL's sync fails, reload alone leaves the
+    tied head stale, reload + re-pack matches the policy, the engine is eager)."""
+    from tests.train.vllm_cpu_check import RESULT, verdict
+
+    return verdict(json.loads((directory / RESULT).read_text()))
+
+
 def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
     runs = sorted(directory.rglob("offline-run-*"))
     return len(runs) >= at_least, f"{len(runs)} offline W&B runs under {directory}"
@@ -221,6 +255,15 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("GRPO LoRA: adapters moved, fp32", lora_adapters_moved, (out / "grpo-lora",)),
         ("GRPO full: stops at 151643/151645", grpo_stops, (out / "grpo-full",)),
         ("GRPO LoRA: stops at 151643/151645", grpo_stops, (out / "grpo-lora",)),
+        ("GRPO 0.5B: stops at 151643/151645", grpo_stops, (out / "grpo-sync",)),
+        ("vLLM on CPU: each piece of train/vllm_cpu.py needed", vllm_cpu_pieces,
+         (out / "vllm-cpu-check",)),
+        ("GRPO full: vLLM colocate follows the policy", vllm_follows_policy, (out / "grpo-full", 2)),
+        ("GRPO LoRA: vLLM colocate follows the merged policy", vllm_follows_policy,
+         (out / "grpo-lora", 2)),
+        ("GRPO 0.5B lr 1e-3: vLLM follows the policy", vllm_follows_policy, (out / "grpo-sync", 3)),
+        ("GRPO 0.5B lr 1e-3, no sync: vLLM drifts (control)", unsynced_vllm_drifts,
+         (out / "grpo-no-sync", 3)),
         ("GRPO: W&B offline runs", wandb_offline, (out / "grpo-full", 1)),
         ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
         ("transfer 32B speculative: stops, plain run's L samples", speculative_transfer,

@@ -34,9 +34,18 @@ MAX_NEW_TOKENS = 24  # the stand-ins stop ~8% of the time per token: some end ea
 # A few GRPO steps at a small batch: 2 optimizer steps of 4 completions (2 prompts x 2). The one
 # flag that is not a size: --use_cpu, without which transformers refuses the recipes' bf16 on a
 # machine without a GPU (with it, bf16 autocast runs on CPU as it would on GPUs).
+# The recipes generate with vLLM colocate; on CPU vllm_gpu_memory_utilization is the share of host
+# RAM the whole training process may hold (0.1: 2.4 GB here).
 GRPO_SIZES = ("--max_steps 2 --per_device_train_batch_size 4 --gradient_accumulation_steps 1 "
               f"--steps_per_generation 1 --num_generations 2 --max_completion_length {MAX_NEW_TOKENS} "
-              "--dataset_limit 32 --save_steps 2 --use_cpu true")
+              "--dataset_limit 32 --save_steps 2 --use_cpu true --vllm_gpu_memory_utilization 0.1")
+# Does vLLM generate with the policy after each optimizer step? At the recipes' lr (5e-7) the
+# policy barely moves, so that would pass without any sync: these two runs (0.5B recipe) train at
+# lr 1e-3 for 3 steps, once as written and once with the sync into vLLM switched off (the control,
+# tests/rehearsal/no_sync.py), and compare TRL's sampling/sampling_logp_difference/mean.
+SYNC_SIZES = GRPO_SIZES.replace("--max_steps 2", "--max_steps 3").replace(
+    "--save_steps 2", "--save_steps 3") + " --learning_rate 1e-3"
+QWEN_05B_GRPO = "recipes/Qwen2.5-0.5B/grpo/config_simplerl_zoo.yaml"
 # Two problems per benchmark, two samples each, short answers.
 TRANSFER_SIZES = f"--limit 2 --samples 2 --max_new_tokens {MAX_NEW_TOKENS} --batch_size 4"
 
@@ -70,6 +79,14 @@ def commands() -> list[tuple[str, list[str]]]:
         ("GRPO LoRA (config_lora)",
          make("train-small", f"RECIPE={QWEN_GRPO}/config_lora.yaml",
               f"ARGS={GRPO_SIZES} --output_dir {OUT}/grpo-lora")),
+        ("vLLM on CPU: train/vllm_cpu.py piece by piece",
+         [sys.executable, "-m", "tests.train.vllm_cpu_check", str(OUT / "vllm-cpu-check")]),
+        ("GRPO 0.5B, lr 1e-3: vLLM follows the policy",
+         make("train-small", f"RECIPE={QWEN_05B_GRPO}",
+              f"ARGS={SYNC_SIZES} --output_dir {OUT}/grpo-sync")),
+        ("GRPO 0.5B, lr 1e-3, no sync into vLLM (control)",
+         [sys.executable, "-m", "tests.rehearsal.no_sync", "--config", QWEN_05B_GRPO,
+          *SYNC_SIZES.split(), "--output_dir", f"{OUT}/grpo-no-sync"]),
         ("make transfer TARGET=32B",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
         ("make transfer TARGET=32B, speculative",
@@ -127,6 +144,7 @@ def main() -> None:
     started = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)  # always a fresh run: finished runs would be skipped
     (OUT / "logs").mkdir(parents=True)
+    (OUT / "vllm-cpu-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

@@ -5,7 +5,8 @@ Each stand-in keeps what the real path depends on and shrinks the rest: the real
 (151936 for 0.5B/1.5B, tied; 152064 for 7B/14B/32B, untied), the real Qwen2.5 tokenizer
 (train/qwen_tokenizer.py), config, generation_config.json and tokenizer_config.json as the hub
 ships them, bf16 weights (sharded with an index for 7B and up), under the real ids in
-models--org--name/snapshots/<rev>/ with refs/main; but 2 layers and hidden 32/64. The
+models--org--name/snapshots/<rev>/ with refs/main; but 2 layers and hidden 32/64 (one 32-dim
+attention head for the tied GRPO sizes, so that vLLM's CPU attention takes them). The
 SimpleRL-Zoo stand-ins are perturbed copies of their base (a non-zero RL delta), without
 rast_pair.json, and declare <|im_end|> (151645) as eos where the base says <|endoftext|> (151643).
 
@@ -33,7 +34,7 @@ from train.models import MODELS, RAST_HOME, qwen2_config
 from train.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID, qwen_tokenizer_dir, write_tokenizer
 
 SIZES = ("0.5B", "1.5B", "7B", "14B", "32B")  # every size a Qwen recipe names
-VERSION = 1  # bump when the stand-ins change: a cache of another version is rebuilt
+VERSION = 2  # bump when the stand-ins change: a cache of another version is rebuilt
 MARKER = "rast-standins.json"
 STOP_SHARE = 0.08  # next-token probability of (151643 or 151645) at a typical position
 SHARD_SIZE = "8MB"  # splits 7B+ stand-ins into 3 shards (embedding, layers, lm_head)
@@ -44,6 +45,17 @@ def shrunk_architecture(size: str):
     real = MODELS[size].architecture
     hidden = 64 if not real.tied_embeddings else 32
     return replace(real, hidden=hidden, layers=2, heads=4, kv_heads=2, ffn=2 * hidden)
+
+
+def standin_architecture(size: str):
+    """What the stand-in of `size` is built with: shrunk_architecture, except that the GRPO
+    sizes (0.5B, 1.5B: tied, hidden 32) keep ONE attention head of 32 dims (kv_heads 1), the
+    smallest head_dim vLLM's CPU attention takes (it rejects 8 and 16), so that the rehearsal's
+    GRPO runs generate with vLLM colocate."""
+    architecture = shrunk_architecture(size)
+    if architecture.tied_embeddings:
+        architecture = replace(architecture, heads=1, kv_heads=1)
+    return architecture
 
 
 def stop_share(model, seed: int = 0) -> float:
@@ -77,7 +89,7 @@ def make_stop_prone(model) -> None:
 def build_model(size: str, seed: int, perturb_from=None):
     """A random stand-in of `size` in bf16; with perturb_from, that model plus Gaussian noise."""
     torch.manual_seed(seed)
-    config = qwen2_config(shrunk_architecture(size), bos_token_id=ENDOFTEXT_ID,
+    config = qwen2_config(standin_architecture(size), bos_token_id=ENDOFTEXT_ID,
                           eos_token_id=ENDOFTEXT_ID)
     model = Qwen2ForCausalLM(config)
     if perturb_from is None:

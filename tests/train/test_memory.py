@@ -64,7 +64,8 @@ def test_states_per_launcher_follow_the_byte_counts():
 def test_one_generate_call_at_the_simplerl_settings_does_not_fit():
     """The issue's numbers: 1024 rows x 9216 tokens in one generate() call, bf16 KV (ZeRO-2)."""
     recipe = REPO / "recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml"
-    plan = plan_of(recipe, "zero2", 80.0, "--use_transformers_continuous_batching", "false")
+    plan = plan_of(recipe, "zero2", 80.0, "--use_vllm", "false",
+                   "--use_transformers_continuous_batching", "false")
     kv_gb = plan.generation["generation KV"][0]
     assert kv_gb == pytest.approx(1024 * 9216 * 28 * 1024 / 1e9)  # 270.6 GB = 252 GiB
     assert not plan.fits and "use_transformers_continuous_batching: true" in plan.refusal
@@ -88,9 +89,26 @@ def test_dry_run_prints_the_plan_and_loads_nothing(monkeypatch, capsys):
                "--dry-run", "--launcher", "zero2", "--gpu_memory_gb", "80"])
     out = capsys.readouterr().out
     for item in ("weights", "master weights", "optimizer states", "gradients", "reference model",
-                 "activations", "logits", "paged KV cache"):
+                 "activations", "logits", "vLLM \\(colocated\\)"):
         assert re.search(rf"^  {item} +\d+\.\d GB", out, re.MULTILINE), item
     assert "launcher zero2, 8 process(es)" in out and out.rstrip().endswith("fits")
+
+
+def test_dry_run_of_the_1_5b_recipe_prints_vllms_share_and_fits_one_80gb_gpu(capsys):
+    """The issue's command: `make train-small RECIPE=<1.5B simplerl_zoo> ARGS=--dry-run`."""
+    grpo.main(["--config", str(REPO / "recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml"),
+               "--dry-run", "--gpu_memory_gb", "80"])
+    out = capsys.readouterr().out
+    assert re.search(r"^  vLLM \(colocated\) +24\.0 GB", out, re.MULTILINE)
+    assert "0.3 x 80 GB = 24.0 GB for vLLM (bf16 weights 3.1 GB + paged KV)" in out
+    assert out.rstrip().endswith("fits")
+
+
+def test_a_vllm_share_below_its_weights_is_refused():
+    recipe = REPO / "recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml"
+    plan = plan_of(recipe, "zero2", 80.0, "--vllm_gpu_memory_utilization", "0.03")  # 2.4 < 3.1 GB
+    assert plan.concurrent_rows == 0 and not plan.fits
+    assert "raise vllm_gpu_memory_utilization" in plan.refusal
 
 
 def test_a_run_that_does_not_fit_refuses_in_one_line_naming_the_knob():
@@ -98,7 +116,8 @@ def test_a_run_that_does_not_fit_refuses_in_one_line_naming_the_knob():
     result = subprocess.run(
         [sys.executable, "-m", "train.grpo", "--config",
          "recipes/Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml", "--use_cpu", "true",
-         "--use_transformers_continuous_batching", "false", "--gpu_memory_gb", "80"],
+         "--use_vllm", "false", "--use_transformers_continuous_batching", "false",
+         "--gpu_memory_gb", "80"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

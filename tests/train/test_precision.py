@@ -69,7 +69,13 @@ def recipe_run(recipe: str, model: str, output_dir: Path, *flags: str) -> Traine
     return weights
 
 
-@pytest.mark.parametrize("generation", [[], ["--use_transformers_continuous_batching", "false"]],
+# The recipes generate with vLLM colocate (its sync: tests/train/test_vllm_cpu.py, the rehearsal);
+# here the two transformers paths, whose generation touches the trained weights themselves.
+CONTINUOUS_BATCHING = ["--use_vllm", "false", "--use_transformers_continuous_batching", "true"]
+GENERATE = ["--use_vllm", "false", "--use_transformers_continuous_batching", "false"]
+
+
+@pytest.mark.parametrize("generation", [CONTINUOUS_BATCHING, GENERATE],
                          ids=["continuous-batching", "generate"])
 def test_full_recipe_steps_move_most_weights_at_lr_5e7(generation, bf16_checkpoint, tmp_path):
     recipe = "Qwen2.5-1.5B/grpo/config_simplerl_zoo.yaml"
@@ -88,7 +94,7 @@ def test_full_recipe_steps_move_most_weights_at_lr_5e7(generation, bf16_checkpoi
 def test_lora_recipe_adapters_stay_fp32_through_generation(bf16_checkpoint, tmp_path):
     """TRL's continuous-batching path would cast the adapters to bf16 in place before generating."""
     weights = recipe_run("Qwen2.5-1.5B/grpo/config_lora.yaml", bf16_checkpoint, tmp_path / "out",
-                         "--lora_r", "4", "--lora_alpha", "8")
+                         "--lora_r", "4", "--lora_alpha", "8", *CONTINUOUS_BATCHING)
     # lora_B starts at zero, which any update moves; lora_A starts random: count it
     share = weights.moved_share("lora_A")
     print(f"LoRA at lr 5e-6: {share:.1%} of lora_A entries moved in 2 steps")

@@ -60,7 +60,9 @@ def recipe_run(model: str, output_dir: Path, *flags: str) -> list[list[int]]:
         "--transformers_continuous_batching_config", '{"num_blocks": 64, "max_batch_tokens": 1024}',
         "--use_cpu", "true", "--bf16", "false",  # CPU bf16 matmuls are slow; stops don't care
         "--report_to", "none", "--log_completions", "false",
-        "--torch_threads", "1", "--disable_tqdm", "true", *flags,
+        "--torch_threads", "1", "--disable_tqdm", "true",
+        "--use_vllm", "false",  # the transformers paths here; vLLM's stop ids: the tests below
+        *flags,
     ])
     recorder = CompletionRecorder()
     with pytest.raises(Generated):
@@ -72,7 +74,8 @@ def continued_past_a_stop(completion: list[int]) -> bool:
     return any(token in STOPS for token in completion[:-1])
 
 
-@pytest.mark.parametrize("generation", [["--use_transformers_continuous_batching", "false"], []],
+@pytest.mark.parametrize("generation", [["--use_transformers_continuous_batching", "false"],
+                                        ["--use_transformers_continuous_batching", "true"]],
                          ids=["generate", "continuous-batching"])
 def test_completions_never_continue_past_a_stop(generation, standin, tmp_path):
     completions = recipe_run(standin, tmp_path / "out", *generation)
@@ -98,11 +101,13 @@ class Built(Exception):
 def test_vllm_generation_kwargs_carry_the_stop_ids(mode, standin, tmp_path, monkeypatch):
     captured = {}
 
-    def capture(self, *args, **kwargs):  # vllm is not installed: stop before TRL imports it
+    def capture(self, *args, **kwargs):  # stop before TRL starts vLLM
         captured.update(kwargs)
         raise Built
 
     monkeypatch.setattr(GRPOTrainer, "__init__", capture)
+    # what vLLM on CPU needs (train.vllm_cpu, which refuses server mode there) is not tested here
+    monkeypatch.setattr(grpo, "prepare_vllm", lambda training_args: False)
     with pytest.raises(Built):
         grpo.run(*grpo.parse_args([
             "--config", str(RECIPE), "--model_name_or_path", standin, "--output_dir", str(tmp_path),
