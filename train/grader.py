@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("completion")
     parser.add_argument("--timeout_s", type=float, default=5.0, help="CPU seconds per answer")
     args = parser.parse_args(argv)
+    if not 0 < args.timeout_s < 3600:  # inf or nan never ended a grading that hangs
+        parser.error(f"--timeout_s must be a number of seconds in (0, 3600), got {args.timeout_s}")
     by_rule = grade_batch_by_rule([args.gold], [args.completion], args.timeout_s, workers=1)
     for rule, (grade_of_rule,) in by_rule.items():
         print(f"{rule:<8} {grade_of_rule}")

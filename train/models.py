@@ -24,6 +24,13 @@ from train.errors import UserError
 
 # Where the tiny family is built and cached (`make tiny-family`); override with RAST_HOME.
 RAST_HOME = Path(os.environ.get("RAST_HOME", Path.home() / ".cache" / "rast"))
+
+
+def check_rast_home() -> None:
+    """RAST_HOME must be a directory (or not exist yet): a file there failed after the tiny
+    family had trained for a minute and a half."""
+    if RAST_HOME.exists() and not RAST_HOME.is_dir():
+        raise UserError(f"RAST_HOME {RAST_HOME} is a file: point RAST_HOME at a directory")
 ROUND_TRIP_PROBE = "Q: 47*8=\nA: Let's 7*8+0=56 4*8+5=37 \\boxed{376}\n  x^2 + y_1 = \\frac{1}{2}"
 
 

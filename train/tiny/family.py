@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from train.errors import UserError, exit_on_user_error
-from train.models import MODELS, load_model, load_tokenizer
+from train.models import MODELS, check_rast_home, load_model, load_tokenizer
 from train.tiny.heldout import print_table
 from train.tiny.task import sample_corpus
 from train.tiny.tokenizer import build_tokenizer
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         print_table(args.evaluate, samples=args.samples, temperature=args.temperature, seed=args.seed)
         return
     pretrain_args = PretrainArgs(steps=args.steps, seed=args.seed, corpus_split=args.corpus_split)
+    with exit_on_user_error():
+        check_rast_home()
     paths = build_family(args.members, pretrain_args, args.force, args.jobs)
     for member, path in zip(args.members, paths):
         info = json.loads((path / BUILD_INFO).read_text())
