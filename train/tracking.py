@@ -17,6 +17,8 @@ import json
 import logging
 import netrc
 import os
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,21 @@ def wandb_credentials() -> bool:
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_host() -> tuple[str, int]:
+    url = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether W&B's server (WANDB_BASE_URL, default api.wandb.ai) answers a TCP connection in
+    a few seconds: asked once per job, only when logging online was asked for."""
+    try:
+        socket.create_connection(_wandb_host(), timeout=timeout_s).close()
+        return True
+    except OSError:
         return False
 
 
@@ -52,7 +69,16 @@ def wandb_session(report_to: str | list[str] | None, output_dir: Path | str,
     if not wandb_credentials():
         wanted["WANDB_MODE"] = "offline"
     added = {key: value for key, value in wanted.items() if key not in os.environ}
+    saved = {key: os.environ.get(key) for key in (*added, "WANDB_MODE")}
     os.environ.update(added)
+    if os.environ.get("WANDB_MODE", "online") == "online":
+        fallback = ("WANDB_MODE=online but no W&B credentials (WANDB_API_KEY or ~/.netrc)"
+                    if not wandb_credentials() else
+                    None if wandb_reachable() else "{}:{} is not reachable".format(*_wandb_host()))
+        if fallback:  # online without a way there: 118 s of retries, then a traceback
+            logger.warning("W&B: %s; logging offline instead (upload later with `wandb sync`)",
+                           fallback)
+            os.environ["WANDB_MODE"] = "offline"
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
     if os.environ.get("WANDB_MODE") == "offline":
         logger.info("W&B offline in %s/wandb (upload later with `wandb sync`)",
@@ -65,8 +91,11 @@ def wandb_session(report_to: str | list[str] | None, output_dir: Path | str,
         # wandb's process-wide setup caches the settings of its first run (WANDB_DIR above all):
         # without a teardown the next job in this process would write into this job's directory
         wandb.teardown()
-        for key in added:
-            os.environ.pop(key, None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 ARTIFACT_FILE = "wandb_artifact.json"  # in a train.grpo output: the W&B artifact of its model
