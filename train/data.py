@@ -291,8 +291,14 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         rows = rows[:limit]
     problems = _normalise(rows, name, origin)
     _report_unscorable_golds(problems, origin)
-    return datasets.Dataset.from_dict(_columns(problems),
-                                      info=datasets.DatasetInfo(description=origin))
+    import pyarrow
+
+    try:
+        return datasets.Dataset.from_dict(_columns(problems),
+                                          info=datasets.DatasetInfo(description=origin))
+    except (OverflowError, pyarrow.ArrowException) as err:  # e.g. an integer beyond 2^63
+        raise UserError(f"{origin}: a column holds values a dataset cannot store ({err}): make "
+                        f"that field a string, or drop it") from None
 
 
 def load_benchmark(name_or_path: str, split: str | None = None,
