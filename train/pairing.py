@@ -94,7 +94,13 @@ def resolve_pair(small_rl: str, small_base: str | None = None) -> Pair:
     if base_name is None:
         raise UserError(f"cannot tell which small base {small_rl!r} was trained from (no "
                         f"{PAIR_FILE} with 'small_base'): pass small_base")
-    base = resolve_model(base_name)
+    try:
+        base = resolve_model(base_name)
+    except UserError as err:
+        if small_base:
+            raise
+        raise UserError(f"{Path(rl) / PAIR_FILE} names small_base {recorded!r}, which cannot be "
+                        f"loaded ({err}): restore it, or pass small_base") from None
     if small_base and recorded and _identity(base) != _identity(resolve_model(recorded)):
         raise UserError(f"small_base {small_base!r} is not the model {small_rl} was trained from "
                         f"({recorded!r}, its {PAIR_FILE}): fix small_base")

@@ -105,3 +105,13 @@ def test_the_weights_fingerprint_is_hashed_once_per_path_and_follows_a_rewrite(t
     assert len(digests) == 2
     with pytest.raises(UserError, match="changed since"):
         resolve_pair(str(rl))
+
+
+def test_a_recorded_base_that_is_gone_is_named_with_the_file_that_records_it(tmp_path):
+    rl = tmp_path / "rl"
+    rl.mkdir()
+    (rl / "config.json").write_text("{}")
+    (rl / PAIR_FILE).write_text(json.dumps({"small_base": str(tmp_path / "gone" / "base")}))
+    with pytest.raises(UserError, match=rf"{rl / PAIR_FILE} names small_base "
+                                        rf"'{tmp_path / 'gone' / 'base'}', which cannot be loaded"):
+        resolve_pair(str(rl))
