@@ -334,6 +334,12 @@ def problems_to_do(system: System, benchmark: str, problems: list[dict], config:
     """(this shard's chunks of problems that miss a sample, number of chunks it owns): the run
     log's fixed chunks (transfer.runlog.chunks_to_do) of one system and benchmark."""
     done = {(r.problem_id, r.sample_index) for r in done_samples(log, system, benchmark)}
+    return chunks_of_problems(problems, done, config, shard)
+
+
+def chunks_of_problems(problems: list[dict], done: set[tuple[str, int]], config: TransferConfig,
+                       shard: tuple[int, int]) -> tuple[list[list[dict]], int]:
+    """problems_to_do for a known set of (problem id, sample index) already logged."""
     by_id = {p["id"]: p for p in problems}
     todo, total = chunks_to_do(list(by_id), config.samples, config.batch_size, done, shard)
     return [[by_id[key] for key in chunk] for chunk in todo], total
@@ -346,7 +352,7 @@ def evaluate_system(decoder: Decoder, system: System, benchmark: str, problems: 
 
     own = done_samples(log, system, benchmark)
     done = {(r.problem_id, r.sample_index) for r in own}
-    todo, total = problems_to_do(system, benchmark, problems, config, log, shard)
+    todo, total = chunks_of_problems(problems, done, config, shard)
     correct, graded = sum(r.correct for r in own), len(own)
     bar = tqdm(total=total, initial=total - len(todo), desc=f"{system.name} {benchmark}",
                unit="batch")

@@ -10,7 +10,7 @@ samples.rank<k>.jsonl and rank 0 merges them into samples.jsonl in a single proc
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from transfer.deltas import Delta
@@ -61,7 +61,8 @@ class Sample:
         return self.role == role and (role != "RAST" or self.deltas == tuple(deltas))
 
     def to_json(self) -> str:
-        row = {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL}
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "deltas"}
+        row = {k: v for k, v in row.items() if v is not None or k not in OPTIONAL}
         # lam, the first delta's strength, for readers of earlier files; deltas say it all
         lam = getattr(self, "legacy_lam", 0.0) if self.deltas is None else (
             self.deltas[0].lam if self.deltas else 0.0)
