@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
         ids.append(str(row.get("id", number)))
     if not ids:
         raise UserError(f"input file {path} has no rows: write one {{\"prompt\": ...}} per line")
-    repeated = sorted({key for key in ids if ids.count(key) > 1})
+    repeated = sorted(key for key, count in Counter(ids).items() if count > 1)
     if repeated:
         raise UserError(f"{path}: duplicate ids {', '.join(map(repr, repeated[:5]))}; give every "
                         f"row its own id (seeds derive from it)")
