@@ -1,19 +1,14 @@
 """One run log for every command that decodes into an output: its lock, its append-only record
 file, and the rule by which a re-run resumes it.
 
-- `claim_output_dir`: one directory, one owner. A command that writes a directory takes its lock
-  and refuses a directory that holds another command's artefacts: an analysis pointed at an
-  evaluation's directory replaced its samples.jsonl, an evaluation pointed at a model's
-  directory overwrote the model's config.json.
-- `output_lock`: one writer per output. Two evaluations on one output_dir both decoded and
-  appended every sample, so the log held each one twice. The lock is an flock on a small file
-  next to the output holding the holder's pid and host; the kernel drops it when the holder dies
-  (kill -9 included), so a crash never leaves a stale lock behind. On NFS, Linux maps flock onto
-  fcntl locks, which the server arbitrates.
+- `claim_output_dir` / `output_lock` (from train.outputs): one directory, one owner; one writer
+  per output. Two evaluations on one output_dir both decoded and appended every sample, so the
+  log held each one twice; an analysis pointed at an evaluation's directory replaced its
+  samples.jsonl.
 - `SampleLog` / `read_records`: records appended and fsynced per batch; a SIGKILL leaves at most
   one torn last line, dropped on the next open; a record written twice counts once.
-- `changed_settings` / `write_json_atomic`: what a run was decoded with is recorded beside its
-  log; a re-run with other settings is refused, never mixed in.
+- `changed_settings` / `write_json_atomic` (train.outputs): what a run was decoded with is
+  recorded beside its log; a re-run with other settings is refused, never mixed in.
 - `chunks_to_do`: prompts go to the decoder in fixed chunks of batch_size // n, the same chunks
   on every run, so an interrupted chunk is re-decoded with the same batch mates (padding changes
   floats) and the same per-sample seeds; only its missing samples are appended, and a resumed run
@@ -26,84 +21,20 @@ transfer.generate (one JSONL output) and transfer.eval.evaluate (an output_dir) 
         ...  # decode the chunks_to_do, log.append(records)
 """
 
-import contextlib
-import datetime
-import fcntl
 import json
 import logging
 import os
-import socket
 from dataclasses import fields
 from pathlib import Path
 
 from train.errors import UserError
 
+# Re-exported: transfer's commands take the lock, the owner claim and the atomic writer from here;
+# they live in train.outputs so that train.grpo can claim its output_dir too (train never imports
+# transfer).
+from train.outputs import OWNER_FILE, claim_output_dir, output_lock, write_json_atomic  # noqa: F401
+
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def output_lock(lock_file: Path, what: str):
-    """Hold an exclusive lock on lock_file for the block; UserError when another process has it.
-
-    `what` names the output for the message ("output_dir outputs/x", "--output out.jsonl").
-    """
-    try:
-        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise UserError(f"cannot write {what}: {err.strerror} ({lock_file}); choose a writable "
-                        f"location") from None
-    with os.fdopen(descriptor, "r+") as handle:  # closing it releases the flock
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "a process that has not written its name yet"
-            raise UserError(f"{what} is in use by another run ({holder}): wait for it to finish, "
-                            f"or give this run another output") from None
-        handle.truncate()
-        since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {since}\n")
-        handle.flush()
-        yield
-
-
-OWNER_FILE = ".rast-owner"  # which command's directory this is: {"command": "evaluation"}
-# What marks a directory as another command's when it has no OWNER_FILE (older runs, models)
-ARTEFACTS = {"evaluation": ("systems.json",), "analysis": ("positions.jsonl",),
-             "model": ("rast_pair.json", "adapter_config.json", "trainer_state.json",
-                       "model.safetensors", "pytorch_model.bin", "generation_config.json")}
-OWNERS = {"evaluation": "an evaluation (transfer.eval)", "analysis": "an analysis",
-          "model": "a model or a training run"}
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: Path, command: str, lock_name: str = ".lock"):
-    """Create output_dir, lock it (lock_name), and refuse it when it holds what another command
-    wrote (OWNER_FILE, else ARTEFACTS); then record `command` as its owner for the block."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"output_dir {output_dir} is a file: give a directory path")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output_dir {output_dir}: {err.strerror}") from None
-    with output_lock(output_dir / lock_name, f"output_dir {output_dir}"):
-        owner = directory_owner(output_dir)
-        if owner not in (None, command):
-            raise UserError(f"output_dir {output_dir} holds the files of "
-                            f"{OWNERS.get(owner, owner)}, which this {command} would overwrite: "
-                            f"give it a directory of its own")
-        if owner is None and lock_name == ".lock":
-            write_json_atomic(output_dir / OWNER_FILE, {"command": command})
-        yield
-
-
-def directory_owner(directory: Path) -> str | None:
-    """The command whose directory this is, by its OWNER_FILE or its artefacts; None if none."""
-    try:
-        return json.loads((directory / OWNER_FILE).read_text())["command"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return next((owner for owner, names in ARTEFACTS.items()
-                 if any((directory / name).exists() for name in names)), None)
 
 
 def parse_record(cls, line: bytes | str, where: str, optional: set[str], fix: str):
@@ -183,14 +114,6 @@ def read_records(path: Path, record, repair: bool = False) -> list:
         with open(path, "r+b") as file:
             file.truncate(len(data) - len(torn))
     return records
-
-
-def write_json_atomic(path: Path, value) -> None:
-    """Write JSON to path through a temporary file and a rename: a kill leaves the old file or
-    the new one, never a torn one."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def changed_settings(stored: dict, wanted: dict, defaults: dict | None = None) -> str:
