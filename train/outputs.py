@@ -1,12 +1,13 @@
-"""Output directories: one writer, one owner. Every command that writes a directory
-(transfer.eval.evaluate, transfer.analysis.analyze) claims it here; transfer.generate locks its
-one output file. It lives in train/ so that train.grpo can claim its output_dir too (train never
-imports transfer); transfer.runlog re-exports these.
+"""Output directories: one writer, one owner. Every command that writes a directory (train.grpo,
+transfer.eval.evaluate, transfer.analysis.analyze) claims it here; transfer.generate locks its
+one output file. It lives in train/ because train.grpo claims its output_dir too, and train never
+imports transfer (transfer.runlog re-exports these).
 
 - `claim_output_dir`: one directory, one owner. A command that writes a directory takes its lock
   and refuses a directory that holds another command's artefacts: an analysis pointed at an
   evaluation's directory replaced its samples.jsonl, an evaluation pointed at a model's
-  directory overwrote the model's config.json. The owner is recorded in OWNER_FILE; directories
+  directory overwrote the model's config.json, a GRPO run pointed at an evaluation's directory
+  wrote its checkpoints among the samples. The owner is recorded in OWNER_FILE; directories
   written before owner files are known by their files (ARTEFACTS).
 - `output_lock`: one writer per output. Two evaluations on one output_dir both decoded and
   appended every sample, so the log held each one twice. The lock is an flock on a small file
@@ -15,8 +16,8 @@ imports transfer); transfer.runlog re-exports these.
   fcntl locks, which the server arbitrates.
 - `write_json_atomic`: a kill leaves the old file or the new one, never a torn one.
 
-    with claim_output_dir(Path("outputs/transfer-tiny"), "evaluation"):
-        ...  # decode; a second run, or an analysis, on this directory is refused in one line
+    with claim_output_dir(Path("outputs/tiny-s-grpo"), "training"):
+        ...  # train; a second run, or an evaluation, on this directory is refused in one line
 """
 
 import contextlib
@@ -56,12 +57,15 @@ def output_lock(lock_file: Path, what: str):
 
 
 OWNER_FILE = ".rast-owner"  # which command's directory this is: {"command": "evaluation"}
-# What marks a directory as another command's when it has no OWNER_FILE (older runs, models)
+# What marks a directory as another command's when it has no OWNER_FILE (older runs, models):
+# glob patterns, the first owner that matches wins. rast_pair.json is written by train.grpo
+# alone; checkpoint-<step>/ are its Trainer's checkpoints, there before rast_pair.json is.
 ARTEFACTS = {"evaluation": ("systems.json",), "analysis": ("positions.jsonl",),
-             "model": ("rast_pair.json", "adapter_config.json", "trainer_state.json",
-                       "model.safetensors", "pytorch_model.bin", "generation_config.json")}
+             "training": ("rast_pair.json", "checkpoint-*"),
+             "model": ("adapter_config.json", "trainer_state.json", "model.safetensors",
+                       "pytorch_model.bin", "generation_config.json")}
 OWNERS = {"evaluation": "an evaluation (transfer.eval)", "analysis": "an analysis",
-          "model": "a model or a training run"}
+          "training": "a GRPO training run (train.grpo)", "model": "a model or a training run"}
 
 
 @contextlib.contextmanager
@@ -69,8 +73,9 @@ def claim_output_dir(output_dir: Path, command: str, lock_name: str = ".lock"):
     """Create output_dir, lock it (lock_name), and refuse it when it holds what another command
     wrote (OWNER_FILE, else ARTEFACTS); then record `command` as its owner for the block.
 
-    command: "evaluation" or "analysis". Only the holder of ".lock" writes OWNER_FILE (the
-    other ranks of a sharded evaluation lock ".lock.rank<k>").
+    command: "training", "evaluation" or "analysis". Only the holder of ".lock" writes
+    OWNER_FILE (the other ranks of a sharded evaluation lock ".lock.rank<k>"); a directory
+    of its own written before owner files gets one.
     """
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output_dir {output_dir} is a file: give a directory path")
@@ -84,7 +89,7 @@ def claim_output_dir(output_dir: Path, command: str, lock_name: str = ".lock"):
             raise UserError(f"output_dir {output_dir} holds the files of "
                             f"{OWNERS.get(owner, owner)}, which this {command} would overwrite: "
                             f"give it a directory of its own")
-        if owner is None and lock_name == ".lock":
+        if lock_name == ".lock" and not (output_dir / OWNER_FILE).is_file():
             write_json_atomic(output_dir / OWNER_FILE, {"command": command})
         yield
 
@@ -95,8 +100,8 @@ def directory_owner(directory: Path) -> str | None:
         return json.loads((directory / OWNER_FILE).read_text())["command"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return next((owner for owner, names in ARTEFACTS.items()
-                 if any((directory / name).exists() for name in names)), None)
+    return next((owner for owner, patterns in ARTEFACTS.items()
+                 if any(any(directory.glob(pattern)) for pattern in patterns)), None)
 
 
 def write_json_atomic(path: Path, value) -> None:

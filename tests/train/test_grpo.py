@@ -5,6 +5,8 @@ completion instead: it varies inside every group, which is what gives GRPO a sig
 """
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +18,11 @@ from conftest import wandb_inspect
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from tests.bad_inputs import outcome
 from train import grpo
 from train.errors import UserError
 from train.models import load_tokenizer
+from train.outputs import OWNER_FILE, claim_output_dir, output_lock
 from train.pairing import resolve_pair
 from train.tracking import ARTIFACT_FILE
 
@@ -35,9 +39,9 @@ class StepCounter(TrainerCallback):
         self.steps += 1
 
 
-def grpo_run(model, output_dir, *flags, callbacks=None):
-    """run() on the tiny task: 4 prompts x 4 samples of 8 tokens per step, lr high enough to see."""
-    parsed = grpo.parse_args([
+def tiny_flags(model, output_dir, *flags) -> list[str]:
+    """The tiny task: 4 prompts x 4 samples of 8 tokens per step, lr high enough to see."""
+    return [
         "--model_name_or_path", str(model), "--output_dir", str(output_dir),
         "--dataset", "tiny", "--dataset_limit", "16", "--prompt_template", "tiny",
         "--per_device_train_batch_size", "16", "--num_generations", "4",
@@ -45,7 +49,12 @@ def grpo_run(model, output_dir, *flags, callbacks=None):
         "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
         "--save_steps", "1", "--logging_steps", "1", "--report_to", "none",
         "--torch_threads", "1", "--disable_tqdm", "true", *flags,
-    ])
+    ]
+
+
+def grpo_run(model, output_dir, *flags, callbacks=None):
+    """run() on the tiny task (tiny_flags)."""
+    parsed = grpo.parse_args(tiny_flags(model, output_dir, *flags))
     return grpo.run(*parsed, reward_funcs=[digit_share_reward], callbacks=callbacks)
 
 
@@ -74,6 +83,7 @@ def test_output_pairs_with_its_base_and_keeps_the_tokenizer(full_run, tiny_model
     assert pair["global_step"] == 2 and not resolve_pair(str(output_dir)).lora
     assert (output_dir / "checkpoint-2" / "trainer_state.json").is_file()
     assert load_tokenizer(str(output_dir)).eos_token_id == 0  # round trip asserted inside
+    assert json.loads((output_dir / OWNER_FILE).read_text()) == {"command": "training"}
 
 
 def test_before_after_evaluation_is_saved(full_run):
@@ -104,12 +114,15 @@ def test_resume_continues_from_the_saved_step_and_a_finished_run_is_not_retraine
         full_run, tiny_models, tmp_path):
     source, _ = full_run
     output_dir = tmp_path / "resumed"
-    shutil.copytree(source, output_dir, ignore=shutil.ignore_patterns("wandb"))
+    # without its owner file: a run from before train.grpo claimed its output_dir, known as a
+    # training run by its checkpoints and rast_pair.json
+    shutil.copytree(source, output_dir, ignore=shutil.ignore_patterns("wandb", OWNER_FILE))
     counter = StepCounter()
     summary = grpo_run(tiny_models["small_base"], output_dir, "--max_steps", "3", callbacks=[counter])
     assert counter.steps == 1  # steps 1-2 came from checkpoint-2
     assert summary["global_step"] == 3 and summary["trained_steps"] == 1
     assert json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    assert json.loads((output_dir / OWNER_FILE).read_text()) == {"command": "training"}
 
     again = grpo_run(tiny_models["small_base"], output_dir, "--max_steps", "3", callbacks=[counter])
     assert again["trained_steps"] == 0 and counter.steps == 1
@@ -191,3 +204,62 @@ def test_a_torn_checkpoint_named_explicitly_is_refused_in_one_line(tiny_models, 
     (torn / "trainer_state.json").write_text('{"global_step": 3, "log_hi')
     with pytest.raises(UserError, match="checkpoint-3 is not a complete checkpoint"):
         grpo_run(tiny_models["small_base"], tmp_path / "out", "--resume_from_checkpoint", str(torn))
+
+
+def test_a_second_run_on_a_busy_output_dir_is_refused_in_one_line(tiny_models, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    argv = shlex.join(tiny_flags(tiny_models["small_base"], output_dir, "--max_steps", "1"))
+    with output_lock(output_dir / ".lock", "the first run"):  # the first run, still training
+        code, error, changed = outcome(grpo.main, argv, capsys, tmp_path)
+    assert code == 2 and error.startswith(f"error: output_dir {output_dir} is in use by another "
+                                          f"run (pid {os.getpid()} on host ")
+    assert changed == [] and sorted(p.name for p in output_dir.iterdir()) == [".lock"]
+
+
+# How each other command's directory is known: by its owner file, or by its files when it was
+# written before owner files (an evaluation's systems.json) or by no command (a model).
+OTHERS_DIRECTORIES = {
+    "evaluation": ({OWNER_FILE: '{"command": "evaluation"}', "samples.jsonl": ""},
+                   "an evaluation (transfer.eval)"),
+    "older evaluation": ({"systems.json": "{}", "samples.jsonl": ""},
+                         "an evaluation (transfer.eval)"),
+    "analysis": ({OWNER_FILE: '{"command": "analysis"}', "positions.jsonl": ""}, "an analysis"),
+    "model": ({"config.json": "{}", "model.safetensors": ""}, "a model or a training run"),
+}
+
+
+@pytest.mark.parametrize("files, owner", OTHERS_DIRECTORIES.values(), ids=OTHERS_DIRECTORIES)
+def test_grpo_refuses_another_commands_directory_and_leaves_it_alone(files, owner, tiny_models,
+                                                                      tmp_path, capsys):
+    output_dir = tmp_path / "theirs"
+    output_dir.mkdir()
+    for name, text in files.items():
+        (output_dir / name).write_text(text)
+    argv = shlex.join(tiny_flags(tiny_models["small_base"], output_dir, "--max_steps", "1"))
+    expected = (f"error: output_dir {output_dir} holds the files of {owner}, which this training "
+                f"would overwrite: give it a directory of its own")
+    assert outcome(grpo.main, argv, capsys, tmp_path) == (2, expected, [])
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted([*files, ".lock"])
+
+
+def test_an_evaluation_or_analysis_into_a_grpo_output_dir_is_refused(full_run):
+    output_dir, _ = full_run
+    owner = r"holds the files of a GRPO training run \(train.grpo\)"
+    for command in ("evaluation", "analysis"):
+        with pytest.raises(UserError, match=owner), claim_output_dir(output_dir, command):
+            pass
+
+
+def test_only_rank_0_of_a_launch_locks_and_claims_the_output_dir(tmp_path, monkeypatch):
+    """Every rank runs run(); rank 0 holds the lock for the whole run, so the others must not
+    try to take it (they would refuse their own run) nor write the owner file."""
+    output_dir = tmp_path / "out"
+    _, training_args, _ = grpo.parse_args(["--output_dir", str(output_dir), "--use_cpu", "true"])
+    with grpo.claim_training_dir(training_args):  # rank 0
+        monkeypatch.setattr(type(training_args), "process_index", property(lambda self: 1))
+        with grpo.claim_training_dir(training_args):  # rank 1, beside it
+            pass
+        monkeypatch.undo()
+        assert json.loads((output_dir / OWNER_FILE).read_text()) == {"command": "training"}
+    assert sorted(p.name for p in output_dir.iterdir()) == [".lock", OWNER_FILE]
