@@ -93,6 +93,26 @@ def wandb_inspect(path, *flags: str) -> str:
     return result.stdout
 
 
+def axes_shown_as_panels(path) -> list[str]:
+    """The x axes of an offline run's charts (each metric record's step_metric) that the W&B web
+    UI would also draw as panels of their own: not defined hidden by a metric record written
+    before the first history row holding them. `wandb leet` (wandb 0.31) ignores `hidden` and
+    draws every numeric history key; the web UI reads the definitions."""
+    import json
+
+    hidden, axes, shown = set(), set(), []
+    for record in map(json.loads, wandb_inspect(path, "--json").splitlines()):
+        if record["type"] == "metric":
+            metric = record["metric"]
+            axes.add(metric.get("step_metric"))
+            if metric.get("options", {}).get("hidden") and "name" in metric:
+                hidden.add(metric["name"])
+        elif record["type"] == "history":
+            shown += [key for key in record["history"]["item"] if key not in hidden
+                      and key not in shown]
+    return sorted(axes & set(shown))
+
+
 def load_engine(target, small_base=None, small_rl=None, lam=1.0, **options):
     """RastEngine.from_deltas for the tests' spelling of a triple: (target, base, rl, lam), or
     lists of bases and RL models with a list of lambdas, one per pair; no small_rl: the target

@@ -52,7 +52,7 @@ from train.recipe import parse_recipe
 from train.rewards import correctness_reward
 from train.tiny.heldout import evaluate
 from train.tiny.task import problems
-from train.tracking import log_checkpoint, wandb_session
+from train.tracking import HideStepAxis, log_checkpoint, wandb_session
 from train.vllm_cpu import prepare as prepare_vllm
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def train(args: RastTrainArguments, training_args: GRPOConfig, model_args: Model
         trainer = MasterWeightsGRPOTrainer(
             model=model, reward_funcs=list(reward_funcs), args=training_args,
             train_dataset=train_dataset, processing_class=tokenizer,
-            peft_config=get_peft_config(model_args), callbacks=callbacks,
+            peft_config=get_peft_config(model_args), callbacks=[*(callbacks or []), HideStepAxis()],
         )
         check_trained_dtypes(trainer.model, launcher)
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint(output_dir)

@@ -18,9 +18,12 @@ import logging
 import netrc
 import os
 import socket
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,22 @@ def wandb_session(report_to: str | list[str] | None, output_dir: Path | str,
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class HideStepAxis(TrainerCallback):
+    """Hide transformers' x axis, train/global_step, as a panel of its own.
+
+    transformers' W&B callback charts every metric against train/global_step
+    (`define_metric("*", step_metric="train/global_step")`) but defines that axis visible, so
+    the run shows a panel of train/global_step against wandb's step. Hidden here, where its run
+    exists and nothing is logged yet: after that callback's on_train_begin (user callbacks follow
+    the reporting ones), before the first log. Nothing happens without a W&B run.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        wandb = sys.modules.get("wandb")  # never imported here: a run without W&B stays without
+        if wandb is not None and wandb.run is not None:
+            wandb.run.define_metric("train/global_step", hidden=True)
 
 
 ARTIFACT_FILE = "wandb_artifact.json"  # in a train.grpo output: the W&B artifact of its model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import wandb_inspect
+from conftest import axes_shown_as_panels, wandb_inspect
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -151,6 +151,14 @@ def test_tiny_recipe_gains_a_quarter_of_held_out_accuracy(tmp_path):
     assert evaluation["before"]["n"] == 300 * 4
     assert evaluation["after"]["accuracy"] - evaluation["before"]["accuracy"] >= 0.25
     assert evaluation["after"]["careful_share"] > 0.8
+
+
+def test_wandb_run_hides_its_x_axis_train_global_step(full_run):
+    """transformers charts every metric against train/global_step: that axis is hidden as a
+    panel of its own before the first history row, so every panel is a result."""
+    output_dir, _ = full_run
+    (run_dir,) = (output_dir / "wandb").glob("offline-run-*")
+    assert axes_shown_as_panels(run_dir) == []
 
 
 def test_the_final_checkpoint_is_a_wandb_model_artifact_that_consumers_find(full_run):

@@ -75,7 +75,9 @@ class AnalyzeConfig:
     limit: int | None = field(default=64, metadata={"help": "first N problems"})
     samples: int = field(default=1, metadata={"help": "trajectories per problem"})
     prompt_template: str = "tiny"
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata={
+        "help": "of trajectories generated here; 0 = greedy, as the paper measures path coverage "
+                "(along L_RL's greedy trajectories)"})
     top_p: float = 1.0
     max_new_tokens: int = 48
     seed: int = 0
@@ -139,6 +141,8 @@ class Trajectory:
     token_ids: list[int]  # the completion, teacher-forced
     text: str
     correct: bool | None
+    stopped: bool = False  # its last token is the one that stopped it (a stop id or the token
+    # completing a stop string); False: cut at max_new_tokens. Path coverage leaves it out.
 
 
 @dataclass
@@ -199,16 +203,23 @@ def read_samples(path_or_dir: str) -> list[Sample]:
     return read_records(path, Sample)
 
 
-def check_prompt_template(config: AnalyzeConfig) -> None:
-    """Refuse trajectories decoded under another prompt than the analysis would teacher-force
-    them on (the config.json beside their samples.jsonl records it): the positions would be
-    analysed after the wrong prompt without a word."""
-    path = Path(config.trajectories)
+def recorded_decoding(trajectories: str) -> tuple[Path, dict]:
+    """The evaluation config.json beside a samples.jsonl (transfer.eval.evaluate writes it: its
+    prompt_template, temperature, ...) and its fields; {} where there is none (samples copied
+    elsewhere)."""
+    path = Path(trajectories)
     recorded = (path if path.is_dir() else path.parent) / "config.json"
     try:
-        template = json.loads(recorded.read_text()).get("prompt_template")
-    except (OSError, ValueError, AttributeError):
-        return  # no record to compare with (samples copied elsewhere): nothing to check
+        fields = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        return recorded, {}
+    return recorded, fields if isinstance(fields, dict) else {}
+
+
+def check_prompt_template(config: AnalyzeConfig, recorded: Path, fields: dict) -> None:
+    """Refuse trajectories decoded under another prompt than the analysis would teacher-force
+    them on: the positions would be analysed after the wrong prompt without a word."""
+    template = fields.get("prompt_template")
     if template is not None and template != config.prompt_template:
         raise UserError(f"prompt_template {config.prompt_template!r} is not the one the "
                         f"trajectories were decoded with ({template!r}, {recorded}): set "
@@ -247,7 +258,7 @@ def read_trajectories(config: AnalyzeConfig, models: Models, records: list[Sampl
         prompt = render_prompt(config.prompt_template, problems[r.problem_id]["problem"])
         trajectories.append(Trajectory(r.problem_id, r.sample_index,
                                        models.tokenizer(prompt)["input_ids"], list(r.token_ids),
-                                       r.text, r.correct))
+                                       r.text, r.correct, stopped=r.finished))
     return trajectories
 
 
@@ -279,8 +290,8 @@ def generate_trajectories(config: AnalyzeConfig, models: Models) -> list[Traject
     partial.write_text("".join(record.to_json() + "\n" for record in records))
     os.replace(partial, partial.with_suffix(""))
     prompt_ids = {p["id"]: tokenizer(prompt)["input_ids"] for p, prompt in zip(problems, prompts)}
-    return [Trajectory(c.key, c.sample_index, prompt_ids[c.key], c.token_ids, c.text, g.correct)
-            for c, g in zip(completions, grades)]
+    return [Trajectory(c.key, c.sample_index, prompt_ids[c.key], c.token_ids, c.text, g.correct,
+                       stopped=c.finished) for c, g in zip(completions, grades)]
 
 
 @torch.inference_mode()
@@ -337,8 +348,11 @@ def run(config: AnalyzeConfig) -> dict:
         torch.set_num_threads(config.torch_threads)
     evaluation = read_samples(config.evaluation) if config.evaluation else None
     records = read_samples(config.trajectories) if config.trajectories else None  # before loading
+    temperature = config.temperature  # of the trajectories: the paper's coverage wants 0
     if config.trajectories:
-        check_prompt_template(config)
+        recorded, fields = recorded_decoding(config.trajectories)
+        check_prompt_template(config, recorded, fields)
+        temperature = fields.get("temperature")  # None: not recorded
     output_dir = Path(config.output_dir)
     with claim_output_dir(output_dir, "analysis"):
         models = load_models(config)
@@ -353,7 +367,7 @@ def run(config: AnalyzeConfig) -> dict:
         if dropped:
             logger.warning("skipping %d empty trajectories", dropped)
         stats = trajectory_stats(models, trajectories, config.lam, config.batch_size)
-        summary = summarize(config, models, trajectories, stats, evaluation)
+        summary = summarize(config, models, trajectories, stats, evaluation, temperature)
         report(summary, config, models.tokenizer, trajectories, stats, output_dir)
         write_json_atomic(output_dir / "config.json", asdict(config))
     return summary

@@ -18,7 +18,12 @@ from train.data import benchmark_label
 from train.tiny.task import is_careful
 from train.tracking import declare_input, wandb_session
 from transfer.analysis.plots import plot_all
-from transfer.analysis.token_stats import lexicon_counts, pearson, smallest_share_holding
+from transfer.analysis.token_stats import (
+    lexicon_counts,
+    path_coverage,
+    pearson,
+    smallest_share_holding,
+)
 from transfer.eval.samples import Sample, system_name
 from transfer.runlog import write_json_atomic
 
@@ -26,8 +31,8 @@ CONTEXT_CHARS = 40  # characters of text shown before a token in the example con
 EXAMPLES_PER_TOKEN = 3
 
 
-PAPER_COVERAGE = ("The paper (Qwen2.5 base vs SimpleRL-Zoo RL trajectories): 96.0 / 95.6 / 95.2 % "
-                  "for 7B / 14B / 32B.")
+PAPER_COVERAGE = ("The paper (per trajectory, Qwen2.5 base along SimpleRL-Zoo's greedy "
+                  "trajectories): 96.0 / 95.6 / 95.2 % for 7B / 14B / 32B.")
 PAPER_COSINE = "The paper: 14B vs 7B 0.528, 32B vs 14B 0.715, 32B vs 7B 0.517."
 
 
@@ -36,19 +41,20 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def summarize(config, models, trajectories, stats: list[dict],
-              evaluation: list[dict] | None) -> dict:
-    """Every number of the report, from per-position stats and the trajectories."""
+              evaluation: list[dict] | None, temperature: float | None) -> dict:
+    """Every number of the report, from per-position stats and the trajectories; `temperature`
+    is the trajectories' (None: not recorded)."""
     pooled = {key: torch.cat([s[key] for s in stats]) for key in stats[0]}
     pairs = range(len(models.pairs))
     correct = [t.correct for t in trajectories if t.correct is not None]
     summary = {
         "config": asdict(config), "models": models.names,
         "trajectories": {"system": config.system, "source": config.trajectories or "generated",
+                         "temperature": temperature,
                          "count": len(trajectories), "positions": pooled["covered/L"].numel(),
                          "problems": len({t.problem_id for t in trajectories}),
                          "accuracy": sum(correct) / len(correct) if correct else None},
-        "path_coverage": {name: _mean(pooled[f"covered/{name}"])
-                          for name in ["L", *(f"S{i}" for i in pairs)]},
+        "path_coverage": _path_coverage(config, trajectories, stats, temperature, pairs),
         "top1_changed_share": _mean(pooled["top1_changed"]),
         "shift": {f"S{i}": _shift(config, models.tokenizer, trajectories, stats, pooled, i)
                   for i in pairs},
@@ -57,11 +63,6 @@ def summarize(config, models, trajectories, stats: list[dict],
         "entropy": {key.split("/")[1]: _mean(value) for key, value in pooled.items()
                     if key.startswith("entropy/")},
     }
-    summary["path_coverage_definition"] = (
-        "paper: L's greedy token along the trajectories of L_RL, its same-size RL model"
-        if config.system == "L_RL" else
-        f"L's greedy token along {config.system}'s trajectories (the paper's path coverage "
-        f"uses L_RL's: system L_RL)")
     summary["cross_scale"] = _cross_scale(trajectories, stats)  # centred log-prob deltas
     summary["cross_scale_paper"] = _cross_scale(trajectories, stats, prefix="rawcos_")
     if evaluation is not None:
@@ -70,6 +71,33 @@ def summarize(config, models, trajectories, stats: list[dict],
     if config.benchmark == "tiny":
         summary["planted_style"] = _planted_style(models.tokenizer, trajectories, stats, pairs)
     return summary
+
+
+def _path_coverage(config, trajectories, stats, temperature: float | None, pairs) -> dict:
+    """Each base's coverage per trajectory (the paper's) and pooled, the stop token's position
+    left out, with whether these trajectories are the paper's: L_RL's, greedy."""
+    stopped = [t.stopped for t in trajectories]
+    coverage = {name: path_coverage([s[f"covered/{name}"] for s in stats], stopped)
+                for name in ["L", *(f"S{i}" for i in pairs)]}
+    not_paper = []
+    if config.system != "L_RL":
+        not_paper.append(f"along {config.system}'s trajectories, the paper uses L_RL's: "
+                         f"system L_RL")
+    if temperature is None:
+        not_paper.append("the trajectories' temperature is not recorded, the paper's are greedy")
+    elif temperature != 0:
+        not_paper.append(f"trajectories sampled at temperature {temperature:g}, the paper's are "
+                         f"greedy: temperature 0, or an evaluation at temperature 0")
+    definition = ("L's greedy token = the trajectory's token, per position; per trajectory = "
+                  "mean over trajectories of each one's share (the paper's), pooled = share of "
+                  "all positions together; the stop token's position left out")
+    return {"per_trajectory": {name: c["per_trajectory"] for name, c in coverage.items()},
+            "pooled": {name: c["pooled"] for name, c in coverage.items()},
+            "trajectories": coverage["L"]["trajectories"], "positions": coverage["L"]["positions"],
+            "stop_positions_left_out": sum(stopped), "paper_definition": not not_paper,
+            "definition": (f"paper's: {definition}, along L_RL's greedy trajectories"
+                           if not not_paper else
+                           f"{definition}; not the paper's: {'; '.join(not_paper)}")}
 
 
 def _shift(config, tokenizer, trajectories, stats, pooled, i: int) -> dict:
@@ -236,16 +264,20 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def markdown(summary: dict, plots: list[Path]) -> str:
     """report.md: one section per question of the analysis."""
-    t = summary["trajectories"]
+    t, coverage = summary["trajectories"], summary["path_coverage"]
     lines = ["# Token-level analysis", "",
              (f"{t['count']} trajectories of **{t['system']}** ({t['source']}), {t['problems']} "
               f"problems, {t['positions']} positions; accuracy {_fmt(t['accuracy'])}."), "",
              "Models: " + ", ".join(f"{k} = `{v}`" for k, v in summary["models"].items()), "",
              "## Path coverage (base greedy token = trajectory token)", "",
-             f"Definition: {summary['path_coverage_definition']}.", "",
-             *_table(["base", "coverage"],
-                     [[k, f"{v:.4f}"] for k, v in summary["path_coverage"].items()]), "",
-             *([PAPER_COVERAGE, ""] if t["system"] == "L_RL" else []),
+             f"Definition: {coverage['definition']}.", "",
+             *_table(["base", "per trajectory (the paper's)", "pooled (all positions)"],
+                     [[k, f"{v:.4f}", f"{coverage['pooled'][k]:.4f}"]
+                      for k, v in coverage["per_trajectory"].items()]), "",
+             (f"{coverage['trajectories']} trajectories, {coverage['positions']} positions "
+              f"({coverage['stop_positions_left_out']} stop positions left out); temperature "
+              f"{_temperature(t['temperature'])}."), "",
+             *([PAPER_COVERAGE, ""] if coverage["paper_definition"] else []),
              f"Top-1 changed between L and RAST: {summary['top1_changed_share']:.4f}", "",
              "## Where the delta lives: KL(S_RL || S) per position", ""]
     lines += _table(
@@ -328,6 +360,10 @@ def _planted_section(planted: dict) -> list[str]:
                      for k, v in planted.items() if isinstance(v, dict)])]
 
 
+def _temperature(value) -> str:
+    return "not recorded" if value is None else f"{value:g}" + (" (greedy)" if value == 0 else "")
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -359,7 +395,8 @@ def log_analysis_run(wandb, summary: dict, config, plots: list[Path], output_dir
                      reinit="finish_previous")
     declare_input(run, {**{f"small_rl/{i}": rl for i, rl in enumerate(config.small_rl)},
                         "target_rl": config.target_rl})
-    flat = {f"coverage/{k}": v for k, v in summary["path_coverage"].items()}
+    flat = {f"coverage/{how}/{k}": v for how in ("per_trajectory", "pooled")
+            for k, v in summary["path_coverage"][how].items()}
     flat["top1_changed_share"] = summary["top1_changed_share"]
     for pair, s in summary["shift"].items():
         flat |= {f"shift/{pair}/{k}": s[k]

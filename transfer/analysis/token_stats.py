@@ -2,7 +2,8 @@
 
 Given the next-token logits every model gives at each position of a teacher-forced trajectory
 (rows = positions, columns = vocabulary), `position_stats` returns one value per position:
-whether each base model's greedy token is the trajectory's token (path coverage), the RL delta
+whether each base model's greedy token is the trajectory's token (path coverage, aggregated per
+trajectory and pooled by `path_coverage`), the RL delta
 Delta R = log p_RL - log p_base at that token, KL(RL || base), the cross-scale cosine of Delta R,
 the RAST distribution's KL to the large base and to the RL models, entropies, and the token each
 RL model most up- and down-weights. No model, file or plot here; transfer/analysis/analyze.py gathers the
@@ -130,6 +131,31 @@ def _hits(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _changed(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.argmax(dim=-1) != log_q.argmax(dim=-1)).float()
+
+
+def path_coverage(hits: list[torch.Tensor], stopped: list[bool]) -> dict:
+    """Path coverage of one base model over trajectories, per trajectory and pooled.
+
+    hits[t] is 1.0 at each completion position of trajectory t where the base's greedy token is
+    the trajectory's token (position_stats' covered/...); stopped[t] says its last position holds
+    the token that stopped it (a stop id, or the token completing a stop string), left out: the
+    paper's trajectories are text, which ends before the stop. `per_trajectory` is the paper's
+    number, the mean over trajectories of each one's share; `pooled` is the share of all
+    positions together, where a long trajectory weighs more. A trajectory left with no position
+    counts in neither.
+
+    >>> path_coverage([torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0] * 6 + [0.0])],
+    ...               [True, True])
+    {'per_trajectory': 0.75, 'pooled': 0.875, 'trajectories': 2, 'positions': 8}
+    """
+    counted = [h[:len(h) - 1] if stop else h for h, stop in zip(hits, stopped, strict=True)]
+    counted = [h.double() for h in counted if h.numel()]
+    if not counted:
+        return {"per_trajectory": float("nan"), "pooled": float("nan"), "trajectories": 0,
+                "positions": 0}
+    return {"per_trajectory": float(torch.stack([h.mean() for h in counted]).mean()),
+            "pooled": float(torch.cat(counted).mean()), "trajectories": len(counted),
+            "positions": sum(h.numel() for h in counted)}
 
 
 def smallest_share_holding(values: torch.Tensor, fraction: float) -> float:

@@ -7,7 +7,9 @@ curve and its per-problem table. Every run declares the train.grpo checkpoints i
 inputs (train.tracking.declare_input), so base -> GRPO -> evaluation is one lineage graph.
 
 Charts are history series against their own x metric (lambda, k, benchmark index) declared with
-define_metric, so a viewer draws lines, not steps. Tables and images go to the run summary, never
+define_metric, so a viewer draws lines, not steps; each x is defined hidden before the first row,
+so the web UI shows no panel of an axis against the step (`wandb leet` of wandb 0.31 ignores
+`hidden` and still draws one: a limit of that viewer, not of the records). Tables and images go to the run summary, never
 to the history: a Table logged with run.log becomes a history row of its metadata (ncols, nrows,
 size), which viewers chart as if it were a metric.
 """

@@ -29,6 +29,7 @@ from transfer.analysis.analyze import (
 from transfer.analysis.token_stats import (
     PositionLogits,
     lexicon_counts,
+    path_coverage,
     position_stats,
     smallest_share_holding,
 )
@@ -122,6 +123,21 @@ def test_coverage_is_one_on_the_base_models_own_greedy_output(models):
     assert stats[0]["covered/L"].tolist() == [1.0] * (len(trajectories[0].token_ids) - 1) + [0.0]
 
 
+def test_path_coverage_per_trajectory_and_pooled_leave_out_the_stop_position():
+    """The paper's number is the mean of each trajectory's share; pooling weighs long answers
+    more. The token that stopped a trajectory is not part of its text: never counted."""
+    short = torch.tensor([1.0, 0.0, 0.0])  # 1 of 2 covered, then its stop id (a miss)
+    long = torch.tensor([1.0] * 8 + [0.0, 0.0])  # 8 of 9, then its stop id
+    cut = torch.tensor([1.0, 1.0, 0.0, 1.0])  # cut at max_new_tokens: every position counts
+    coverage = path_coverage([short, long, cut], [True, True, False])
+    assert coverage["per_trajectory"] == pytest.approx((1 / 2 + 8 / 9 + 3 / 4) / 3)
+    assert coverage["pooled"] == pytest.approx((1 + 8 + 3) / (2 + 9 + 4))
+    assert coverage["positions"] == 15 and coverage["trajectories"] == 3
+    # a trajectory that is only its stop id has no position: it counts in neither
+    alone = path_coverage([short, torch.tensor([0.0])], [True, True])
+    assert (alone["per_trajectory"], alone["trajectories"]) == (0.5, 1)
+
+
 def test_kl_shares_on_a_hand_made_example():
     half = math.log(3.0)  # RL puts 3:1 on token 0 where the base is uniform over two tokens
     base = torch.zeros(4, 2)
@@ -191,7 +207,11 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     weighted = sum(c * w for c, w in zip(cosines, weights)) / sum(weights)
     assert summary["cross_scale"]["S0 vs S1"]["kl_weighted"] == pytest.approx(weighted, abs=1e-4)
     assert "planted_style" in summary and "Path coverage" in (out / "report.md").read_text()
-    assert "uses L_RL's" in summary["path_coverage_definition"]  # S_RL's: not the paper's
+    # S_RL's samples at temperature 1: not the paper's path coverage, and said so
+    coverage = summary["path_coverage"]
+    assert not coverage["paper_definition"]
+    assert "uses L_RL's" in coverage["definition"]
+    assert "sampled at temperature 1" in coverage["definition"]
     assert "96.0 / 95.6 / 95.2" not in (out / "report.md").read_text()
 
     # Reuse those trajectories, with an evaluation file giving per-problem gains.
@@ -207,7 +227,8 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_models, tmp_path):
     again = main(common + ["--samples", "2", "--output_dir", str(tmp_path / "reused"),
                            "--trajectories", str(out / "samples.jsonl"),
                            "--evaluation", str(evaluation)])
-    assert again["path_coverage"] == pytest.approx(summary["path_coverage"], abs=1e-6)
+    for how in ("per_trajectory", "pooled"):
+        assert again["path_coverage"][how] == pytest.approx(coverage[how], abs=1e-6)
     assert set(again["gain"]["correlation"]) == set(summary["cross_scale"])
     assert all(c["per_problem_problems"] == 4 for c in again["gain"]["correlation"].values())
     assert {"L", "L+RAST(lam=1)", "analysed S_RL"} <= set(again["behaviour"])
@@ -223,7 +244,8 @@ def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny
               tiny_models["large"], "--small_base", tiny_models["small_base"],
               tiny_models["small_base"], "--limit", "3", "--max_new_tokens", "10",
               "--report_to", "none", "--target_rl", tiny_models["small_rl"], "--system", "L_RL"]
-    summary = main(common + ["--output_dir", str(out), "--report_to", "wandb"])
+    summary = main(common + ["--output_dir", str(out), "--report_to", "wandb",
+                             "--temperature", "0"])
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     state = json.loads(wandb_inspect(run_dir, "--summary", "--json"))
     assert state["config"]["inputs"] == {"small_rl/0": "rast-grpo/s-grpo:run-x"}  # lineage
@@ -231,10 +253,18 @@ def test_trajectories_are_the_sampled_ids_and_a_file_without_ids_is_refused(tiny
     assert state["summary"]["plots/cosine"]["_type"] == "image-file"
     records = [json.loads(line) for line in wandb_inspect(run_dir, "--json").splitlines()]
     assert not [r for r in records if r["type"] == "history"]  # no table metadata charted
-    # the paper's path coverage: on L_RL's trajectories
-    assert summary["path_coverage_definition"].startswith("paper: L's greedy token along")
+    assert state["summary"]["coverage/per_trajectory/L"] == summary["path_coverage"][
+        "per_trajectory"]["L"]
+    assert state["summary"]["coverage/pooled/S0"] == summary["path_coverage"]["pooled"]["S0"]
+    # the paper's path coverage: along L_RL's greedy trajectories, each one's stop position out
+    assert summary["path_coverage"]["paper_definition"]
+    assert summary["path_coverage"]["definition"].startswith("paper's:")
     report_md = (out / "report.md").read_text()
     assert "95.2 %" in report_md and "32B vs 7B 0.517" in report_md
+    assert "per trajectory (the paper's)" in report_md and "pooled" in report_md
+    generated = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert summary["path_coverage"]["positions"] == sum(
+        len(r["token_ids"]) - r["finished"] for r in generated)
     assert set(summary["cross_scale_paper"]) == set(summary["cross_scale"])
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     # ids that no tokenizer would give back from the text: analysis must take them as they are

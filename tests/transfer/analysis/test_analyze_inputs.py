@@ -103,3 +103,37 @@ def test_trajectories_of_another_prompt_or_an_evaluation_directory_as_output_are
                    tmp_path) == (
         2, (f"error: output_dir {tmp_path} holds the files of an evaluation (transfer.eval), which "
            f"this analysis would overwrite: give it a directory of its own"), [])
+
+
+def test_coverage_of_read_samples_leaves_out_stop_ids_and_is_the_papers_only_when_greedy(
+        tiny_models, tmp_path):
+    """Every sample of sample_rows ended on its stop id: no such position is counted. The
+    evaluation's config.json records its temperature: sampled L_RL trajectories are labelled
+    as not the paper's measure, greedy ones are."""
+    import json
+
+    rows = [json.dumps({**json.loads(row), "system": "L_RL", "role": "L_RL"})
+            for row in sample_rows()]
+    recipe = write_inputs(tmp_path, tiny_models, "\n".join(rows) + "\n", system="L_RL")
+    (tmp_path / "config.json").write_text(json.dumps({"prompt_template": "tiny",
+                                                      "temperature": 1.0}))
+    sampled = analyze.main(["--config", str(recipe)])
+    coverage = sampled["path_coverage"]
+    positions = [json.loads(line) for line in
+                 (tmp_path / "out" / "positions.jsonl").read_text().splitlines()]
+    hits = [row["covered/L"][:-1] for row in positions]  # the last is each one's stop id
+    assert coverage["positions"] == sum(map(len, hits)) == sum(map(len, TEXTS))
+    assert coverage["stop_positions_left_out"] == 4
+    assert coverage["per_trajectory"]["L"] == pytest.approx(
+        sum(sum(h) / len(h) for h in hits) / len(hits))
+    assert coverage["pooled"]["L"] == pytest.approx(sum(map(sum, hits)) / sum(map(len, hits)))
+    assert not coverage["paper_definition"]
+    assert "sampled at temperature 1" in coverage["definition"]
+    assert "95.2 %" not in (tmp_path / "out" / "report.md").read_text()
+
+    (tmp_path / "config.json").write_text(json.dumps({"prompt_template": "tiny",
+                                                      "temperature": 0.0}))
+    greedy = analyze.main(["--config", str(recipe), "--output_dir", str(tmp_path / "greedy")])
+    assert greedy["path_coverage"]["paper_definition"]
+    assert greedy["path_coverage"]["pooled"] == coverage["pooled"]
+    assert "95.2 %" in (tmp_path / "greedy" / "report.md").read_text()
