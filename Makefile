@@ -122,7 +122,7 @@ grpo-gen-bench: setup
 
 # The real Qwen commands (GRPO recipes, make transfer TARGET=32B/7B, the 32B analysis, dry-run
 # plans) on CPU against random-weight stand-ins of every hub id the recipes name, built once into
-# $RAST_HOME/hub with the real Qwen2.5 tokenizer; only sizes change. Checks and a summary table;
+# $RAST_HOME/hub-v3 with the real Qwen2.5 tokenizer; only sizes change. Checks and a summary table;
 # fails if anything failed. About 6 minutes on 2 cores, plus ~1 minute the first time.
 rehearse: setup
 	$(PY) -m tests.rehearsal.run

@@ -50,9 +50,13 @@ def test_stand_ins_have_real_rows_stop_often_and_a_nonzero_rl_delta():
     assert (delta != 0).float().mean() > 0.9
 
 
-def test_grpo_stand_ins_have_a_head_dim_vllms_cpu_attention_takes():
-    """The rehearsal's GRPO runs generate with vLLM, whose CPU attention rejects head_dim 8/16."""
-    for size in ("0.5B", "1.5B"):
+def test_stand_ins_have_head_dims_vllms_cpu_attention_takes():
+    """The rehearsal's GRPO runs generate with vLLM and `make transfer` decodes the targets with
+    it, whose CPU attention rejects head_dim 8/16: 32 for the GRPO sizes, Qwen2.5's 64 and 128
+    for the targets."""
+    head_dims = {"0.5B": 32, "1.5B": 32, "7B": 64, "14B": 64, "32B": 128}
+    for size, head_dim in head_dims.items():
         architecture = standin_architecture(size)
-        assert architecture.hidden // architecture.heads == 32
-        assert build_model(size, seed=0).config.num_attention_heads == architecture.heads
+        assert architecture.hidden // architecture.heads == head_dim
+        assert architecture.hidden % architecture.heads == 0 and architecture.kv_heads == 1
+    assert build_model("0.5B", seed=0).config.num_attention_heads == 1

@@ -7,7 +7,7 @@ and the ratios, and writes them to OUTPUT_DIR/bench_generation.json. The first s
 apart (continuous batching builds its paged cache then; vLLM's engine starts before it, in the
 whole run's time).
 
-    # CPU, the hub stand-ins in $RAST_HOME/hub (make rehearse builds them): ~6 min on 2 cores
+    # CPU, the hub stand-ins in $RAST_HOME/hub-v3 (make rehearse builds them): ~6 min on 2 cores
     python -m train.bench_generation --cpu          # make grpo-gen-bench ARGS=--cpu
     # one GPU, one real step of the 0.5B recipe both ways (make grpo-gen-bench); with no hub
     # access, --model names a local Qwen2.5-0.5B (or random weights of its shape). The recipe's
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.models import RAST_HOME
+from train.models import HUB_STANDINS
 
 PATHS = {
     "vLLM colocate": ["--use_vllm", "true", "--vllm_mode", "colocate",
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(own)
     env = dict(os.environ)
     if args.cpu and not args.model:  # the recipe's hub id, from the stand-ins
-        env.setdefault("HF_HUB_CACHE", str(RAST_HOME / "hub"))
+        env.setdefault("HF_HUB_CACHE", str(HUB_STANDINS))
         if not (Path(env["HF_HUB_CACHE"]) / "rast-standins.json").is_file():
             sys.exit(f"error: no hub stand-ins in {env['HF_HUB_CACHE']}: build them with "
                      f"`python -m tests.rehearsal.standins` (or `make rehearse`), or pass --model")

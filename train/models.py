@@ -24,6 +24,10 @@ from train.errors import UserError
 
 # Where the tiny family is built and cached (`make tiny-family`); override with RAST_HOME.
 RAST_HOME = Path(os.environ.get("RAST_HOME", Path.home() / ".cache" / "rast"))
+# Random-weight stand-ins of the hub checkpoints the Qwen recipes name, laid out as a Hugging Face
+# cache (tests/rehearsal/standins.py builds it; the rehearsal and the CPU benchmarks read it). Its
+# name carries the stand-ins' version, so code of an older version never rebuilds it under a run.
+HUB_STANDINS = RAST_HOME / "hub-v3"
 
 
 def check_rast_home() -> None:

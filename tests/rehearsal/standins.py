@@ -5,8 +5,10 @@ Each stand-in keeps what the real path depends on and shrinks the rest: the real
 (151936 for 0.5B/1.5B, tied; 152064 for 7B/14B/32B, untied), the real Qwen2.5 tokenizer
 (train/qwen_tokenizer.py), config, generation_config.json and tokenizer_config.json as the hub
 ships them, bf16 weights (sharded with an index for 7B and up), under the real ids in
-models--org--name/snapshots/<rev>/ with refs/main; but 2 layers and hidden 32/64 (one 32-dim
-attention head for the tied GRPO sizes, so that vLLM's CPU attention takes them). The
+models--org--name/snapshots/<rev>/ with refs/main; but 2 layers, hidden 32 (0.5B, 1.5B: one
+head of 32 dims) or 128 (7B, 14B: two heads of 64; 32B: one of 128, Qwen2.5's head_dim), one
+KV head, so that vLLM's CPU attention (head_dim 32, 64 or 128; it rejects 8 and 16) runs every
+one of them: the GRPO rehearsal generates with vLLM and `make transfer` decodes with it. The
 SimpleRL-Zoo stand-ins are perturbed copies of their base (a non-zero RL delta), without
 rast_pair.json, and declare <|im_end|> (151645) as eos where the base says <|endoftext|> (151643).
 
@@ -16,7 +18,7 @@ check vacuous; so each stand-in is made "stop-prone": ~8% of the next-token mass
 
 It lives in tests/ because nothing of it belongs in a real run. Built once (~1 min):
 
-    python -m tests.rehearsal.standins [CACHE_DIR]   # default $RAST_HOME/hub; prints CACHE_DIR
+    python -m tests.rehearsal.standins [CACHE_DIR]   # default $RAST_HOME/hub-v3; prints CACHE_DIR
 """
 
 import hashlib
@@ -30,11 +32,11 @@ from pathlib import Path
 import torch
 from transformers import Qwen2ForCausalLM
 
-from train.models import MODELS, RAST_HOME, qwen2_config
+from train.models import HUB_STANDINS, MODELS, qwen2_config
 from train.qwen_tokenizer import ENDOFTEXT_ID, IM_END_ID, qwen_tokenizer_dir, write_tokenizer
 
 SIZES = ("0.5B", "1.5B", "7B", "14B", "32B")  # every size a Qwen recipe names
-VERSION = 2  # bump when the stand-ins change: a cache of another version is rebuilt
+VERSION = 3  # bump when the stand-ins change: a cache of another version is rebuilt
 MARKER = "rast-standins.json"
 STOP_SHARE = 0.08  # next-token probability of (151643 or 151645) at a typical position
 SHARD_SIZE = "8MB"  # splits 7B+ stand-ins into 3 shards (embedding, layers, lm_head)
@@ -48,14 +50,16 @@ def shrunk_architecture(size: str):
 
 
 def standin_architecture(size: str):
-    """What the stand-in of `size` is built with: shrunk_architecture, except that the GRPO
-    sizes (0.5B, 1.5B: tied, hidden 32) keep ONE attention head of 32 dims (kv_heads 1), the
-    smallest head_dim vLLM's CPU attention takes (it rejects 8 and 16), so that the rehearsal's
-    GRPO runs generate with vLLM colocate."""
+    """What the stand-in of `size` is built with: shrunk_architecture with heads vLLM's CPU
+    attention takes (it rejects head_dim 8 and 16) and one KV head: the GRPO sizes (0.5B, 1.5B:
+    tied, hidden 32) one head of 32 dims, so that the rehearsal's GRPO runs generate with vLLM
+    colocate; the targets (untied) hidden 128 in heads of Qwen2.5's sizes, 64 (7B, 14B) and 128
+    (32B), so that `make transfer` decodes them with vLLM."""
     architecture = shrunk_architecture(size)
     if architecture.tied_embeddings:
-        architecture = replace(architecture, heads=1, kv_heads=1)
-    return architecture
+        return replace(architecture, heads=1, kv_heads=1)
+    heads = 1 if size == "32B" else 2
+    return replace(architecture, hidden=128, ffn=256, heads=heads, kv_heads=1)
 
 
 def stop_share(model, seed: int = 0) -> float:
@@ -141,8 +145,8 @@ def add_to_hub_cache(cache: Path, repo_id: str, files: Path) -> Path:
 
 
 def build_cache(cache: Path | None = None, force: bool = False) -> Path:
-    """Build every stand-in into `cache` (default $RAST_HOME/hub) unless already built."""
-    cache = Path(cache or RAST_HOME / "hub")
+    """Build every stand-in into `cache` (default $RAST_HOME/hub-v3) unless already built."""
+    cache = Path(cache or HUB_STANDINS)
     marker = cache / MARKER
     if not force and marker.is_file() and json.loads(marker.read_text()).get("version") == VERSION:
         return cache

@@ -16,14 +16,17 @@ implementation, so a second backend plugs in there without a change to `transfer
     completions = decoder.generate(["Q: 47*8=\\nA: "], SamplingParams(max_new_tokens=64), n=4)
 """
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from train.errors import UserError
 from transfer.decode.stops import StopBy
 from transfer.deltas import Delta
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,10 +90,14 @@ class Decoder(Protocol):
     def counters(self) -> dict[str, int]: ...
 
 
+ENGINES = ("hf", "vllm")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a decoder: placement, precision and the HF engine's speed options."""
+    """How to load a decoder: which engine, placement, precision, and each engine's options."""
 
+    engine: str = "hf"  # hf: transfer.decode.engine (exact reference); vllm: vllm_engine
     device: object = None  # the large model's: a device, "auto" or an accelerate device map
     small_device: str | None = None  # default: the last GPU with device "auto", else device
     dtype: object = None  # default: bfloat16 on GPU, float32 on CPU
@@ -99,6 +106,51 @@ class LoadOptions:
     compile: bool = False
     speculative: bool = False
     draft_tokens: int | None = None
+    # vLLM: GPUs one model is split over, the share of GPU memory (of host RAM on CPU) it takes
+    # (default 0.9, 0.08 on CPU), positions per sequence (default: the models' context), CUDA
+    # graphs off (default: off on GPU, on on CPU), and its executor beyond one node ("ray").
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+    distributed_executor_backend: str | None = None
+    vllm_args: dict = field(default_factory=dict)  # any other vllm.LLM keyword argument
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+
+def fit_context(prompt_ids: list[list[int]], params: SamplingParams, context: int | None,
+                keys: list[str] | None = None) -> list[list[int]]:
+    """The prompts, each leaving max_new_tokens of the `context` positions: a longer one is
+    refused, or cut to its last tokens when params.truncate_prompts asks for that. One rule for
+    every engine.
+
+    Past the context the positions are ones the model never trained on, and its output is
+    fluent-looking nonsense: a 5,000-token prompt against 128 positions decoded without a word.
+    """
+    if context is None:
+        return prompt_ids
+    room = context - params.max_new_tokens
+    if room < 1:
+        raise UserError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
+                        f"in the model's context of {context} positions: lower it")
+    too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > room]
+    if not too_long:
+        return prompt_ids
+    first = too_long[0]
+    name = keys[first] if keys is not None else f"#{first}"
+    if not params.truncate_prompts:
+        raise UserError(f"prompt {name!r} has {len(prompt_ids[first])} tokens, more than the "
+                        f"{room} that the context of {context} positions leaves beside "
+                        f"max_new_tokens {params.max_new_tokens} ({len(too_long)} prompt(s) "
+                        f"too long): shorten it, lower max_new_tokens, or ask for "
+                        f"truncation to its last {room} tokens (--truncate-prompts)")
+    logger.warning("truncating %d prompt(s) to their last %d tokens (context %d - "
+                   "max_new_tokens %d), the first is %r", len(too_long), room, context,
+                   params.max_new_tokens, name)
+    return [ids[-room:] for ids in prompt_ids]
 
 
 def sweepable(loaded: Sequence[Delta], wanted: Sequence[Delta]) -> bool:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from train.errors import UserError
 from train.models import load_model, resolve_model, stop_token_ids
 from transfer.decode.cached_model import CachedModel, left_pad
-from transfer.decode.decoder import Completion, LoadOptions, SamplingParams
+from transfer.decode.decoder import Completion, LoadOptions, SamplingParams, fit_context
 from transfer.decode.loading import (
     check_device,
     check_embedding_rows,
@@ -283,34 +283,8 @@ class RastEngine:
 
     def fit_context(self, prompt_ids: list[list[int]], params: SamplingParams,
                     keys: list[str] | None = None) -> list[list[int]]:
-        """The prompts, each leaving max_new_tokens positions of the context: a longer one is
-        refused, or cut to its last tokens when params.truncate_prompts asks for that.
-
-        Past the context the positions are ones the model never trained on, and its output is
-        fluent-looking nonsense: a 5,000-token prompt against 128 positions decoded without a word.
-        """
-        context = self.context_length()
-        if context is None:
-            return prompt_ids
-        room = context - params.max_new_tokens
-        if room < 1:
-            raise UserError(f"max_new_tokens {params.max_new_tokens} leaves no room for a prompt "
-                            f"in the model's context of {context} positions: lower it")
-        too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) > room]
-        if not too_long:
-            return prompt_ids
-        first = too_long[0]
-        name = keys[first] if keys is not None else f"#{first}"
-        if not params.truncate_prompts:
-            raise UserError(f"prompt {name!r} has {len(prompt_ids[first])} tokens, more than the "
-                            f"{room} that the context of {context} positions leaves beside "
-                            f"max_new_tokens {params.max_new_tokens} ({len(too_long)} prompt(s) "
-                            f"too long): shorten it, lower max_new_tokens, or ask for "
-                            f"truncation to its last {room} tokens (--truncate-prompts)")
-        logger.warning("truncating %d prompt(s) to their last %d tokens (context %d - "
-                       "max_new_tokens %d), the first is %r", len(too_long), room, context,
-                       params.max_new_tokens, name)
-        return [ids[-room:] for ids in prompt_ids]
+        """The prompts fitted to every model's context (transfer.decode.decoder.fit_context)."""
+        return fit_context(prompt_ids, params, self.context_length(), keys)
 
     def forward_counts(self) -> dict[str, dict[str, int]]:
         """Forwards run so far per model: prefill/decode calls and the batch rows they computed

@@ -1,0 +1,293 @@
+"""The decoder seam on vLLM: RAST decoded by the engine the field runs, unforked.
+
+`VllmDecoder.load(target, deltas, options)` starts one vLLM engine (`vllm.LLM`) on the target,
+whose architecture it names `RastForCausalLM` (transfer.decode.vllm_model, registered in every
+vLLM process by transfer.decode.vllm_plugin) with the small pairs as members; no pair is the
+target alone, cut to the tokenizer's ids as every system is. vLLM then pages every member's KV
+memory by actual length, refills the batch as sequences finish, preempts when memory runs out,
+shares prompt blocks between samples, and spreads the models over GPUs by tensor parallelism.
+
+What it keeps of the Hugging Face engine (transfer.decode.engine.RastEngine, the reference):
+the prompts' token ids (the same tokenizer call), the context rule (fit_context), one request per
+sample seeded by sample_seed(seed, key, i), the stop ids given and no others (`ignore_eos`: the
+caller's list already holds the eos ids), the stop strings checked as vLLM checks them, and the
+text cut by transfer.decode.stops.completion_text. One difference: when ONE token completes
+several stop strings, vLLM 0.32 stops on the one that ends first in the text, the HF engine (and
+the paper's vLLM 0.6) on the first in the list; greedy tokens are the HF engine's in float32
+(tests/transfer/decode/test_vllm_engine.py), samples follow the same distribution with other
+random numbers.
+
+`with_lams` returns a decoder over the same engine at other strengths, set in every worker before
+it decodes (a lambda sweep loads the 32B once).
+"""
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+from transformers import AutoConfig, GenerationConfig
+
+from train.errors import UserError
+from train.models import resolve_model, stop_token_ids
+from transfer.decode.decoder import Completion, LoadOptions, SamplingParams, fit_context
+from transfer.decode.loading import check_models
+from transfer.decode.rast import sample_seed
+from transfer.decode.stops import completion_text
+from transfer.decode.vllm_plugin import ARCHITECTURE
+from transfer.deltas import Delta, check_lam
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "transfer.decode.vllm_model.RastWorkerExtension"
+
+
+@dataclass
+class _Engine:
+    """One started vLLM engine and what every decoder over it shares."""
+
+    llm: object
+    tokenizer: object
+    context: int  # positions every member attends over, and at most max_model_len
+    default_stop_ids: list[int]
+    lams: tuple[float, ...]  # the strengths its workers hold now
+    requests: Iterator[int] = field(default_factory=itertools.count)  # request id numbers
+
+
+class VllmDecoder:
+    """Decoder (transfer.decode.decoder) on a vLLM engine; see the module docstring."""
+
+    def __init__(self, engine: _Engine, deltas: tuple[Delta, ...]):
+        self.engine, self.deltas = engine, deltas
+
+    @classmethod
+    def load(cls, target: str, deltas: tuple[Delta, ...] = (),
+             options: LoadOptions | None = None) -> "VllmDecoder":
+        """Start vLLM on `target` steered by `deltas` (engine_plan says how)."""
+        from vllm import LLM
+
+        plan = engine_plan(target, deltas, options or LoadOptions())
+        logger.info("starting vLLM on %s with %d small model(s)", plan.kwargs["model"],
+                    len(plan.kwargs["hf_overrides"]["rast"]["members"]))
+        engine = _Engine(LLM(**plan.kwargs), plan.tokenizer, plan.context, plan.stop_ids,
+                         tuple(d.lam for d in plan.deltas))
+        return cls(engine, plan.deltas)
+
+    @property
+    def lams(self) -> tuple[float, ...]:
+        return tuple(delta.lam for delta in self.deltas)
+
+    def with_lams(self, lams: Sequence[float]) -> "VllmDecoder":
+        """The same engine at other strengths, one per pair (a lambda sweep loads L once)."""
+        lams = [check_lam(lam) for lam in lams]
+        if not self.deltas or len(lams) != len(self.deltas) or not all(lams):
+            raise ValueError(f"with_lams needs a non-zero lambda for each of the "
+                             f"{len(self.deltas)} loaded pairs, got {lams}")
+        return VllmDecoder(self.engine, tuple(delta.with_lam(lam)
+                                              for delta, lam in zip(self.deltas, lams)))
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def text(self, ids: list[int]) -> str:
+        """A completion's text as vLLM decodes it: special tokens add none."""
+        return self.engine.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate(self, prompts: list[str], params: SamplingParams, n: int = 1, seed: int = 0,
+                 keys: list[str] | None = None, stop_ids: list[int] | None = None,
+                 batch_size: int = 16, progress: bool = True) -> list[Completion]:
+        """All completions, ordered by (prompt, sample); see generate_batches."""
+        return [completion for batch in self.generate_batches(
+            prompts, params, n, seed, keys, stop_ids, batch_size, progress) for completion in batch]
+
+    def generate_batches(self, prompts: list[str], params: SamplingParams, n: int = 1,
+                         seed: int = 0, keys: list[str] | None = None,
+                         stop_ids: list[int] | None = None, batch_size: int = 16,
+                         progress: bool = True) -> Iterator[list[Completion]]:
+        """Yield the completions of each batch of max(1, batch_size // n) prompts, in order, as
+        soon as the batch's last sample finishes. Every prompt's samples are handed to vLLM at
+        once, so its scheduler keeps its batch full across these batches (they only say when
+        completions are handed back: each is logged as its batch ends)."""
+        keys = list(prompts) if keys is None else list(keys)
+        if len(keys) != len(prompts):
+            raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
+        not_text = next((i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)), None)
+        if not_text is not None:
+            raise UserError(f"prompt {keys[not_text]!r} is a {type(prompts[not_text]).__name__}, "
+                            f"not a string: give every prompt as text")
+        ids = self.engine.tokenizer(list(prompts))["input_ids"] if prompts else []
+        empty = next((key for key, row in zip(keys, ids) if not row), None)
+        if empty is not None:
+            raise UserError(f"prompt {empty!r} is empty: every prompt needs at least one token")
+        ids = fit_context(ids, params, self.engine.context, keys)
+        stops = self.engine.default_stop_ids if stop_ids is None else list(stop_ids)
+        seeds = [[sample_seed(seed, key, i) for i in range(n)] for key in keys]
+        self._set_lams()
+        request_ids = self._submit(ids, seeds, params, stops)
+        per_batch = max(1, batch_size // n)
+        batches = [range(start, min(start + per_batch, len(prompts)))
+                   for start in range(0, len(prompts), per_batch)]
+        outputs: dict[str, object] = {}  # finished, not yet handed back
+        finished: set[str] = set()
+        bar = tqdm(total=len(prompts) * n, unit="sample", desc="decode (vLLM)",
+                   disable=not progress)
+        engine = self.engine.llm.llm_engine
+        try:
+            for batch in batches:
+                wanted = [request_ids[p][i] for p in batch for i in range(n)]
+                while not finished.issuperset(wanted):
+                    for output in engine.step():
+                        if output.finished:
+                            outputs[output.request_id] = output
+                            finished.add(output.request_id)
+                            bar.update(1)
+                yield [self._completion(outputs.pop(request_ids[p][i]), keys[p], i, seeds[p][i],
+                                        params) for p in batch for i in range(n)]
+        finally:  # interrupted or abandoned: nothing of this call may stay queued in the engine
+            left = [r for row in request_ids for r in row if r not in finished]
+            if left:
+                engine.abort_request(left)
+            bar.close()
+
+    def _set_lams(self) -> None:
+        if self.engine.lams != self.lams:
+            self.engine.llm.collective_rpc("set_rast_lams", args=(list(self.lams),))
+            self.engine.lams = self.lams
+
+    def _submit(self, ids: list[list[int]], seeds: list[list[int]], params: SamplingParams,
+                stops: list[int]) -> list[list[str]]:
+        """One vLLM request per sample, queued in prompt order; returns their request ids,
+        [prompt][sample]."""
+        from vllm import SamplingParams as VllmParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine, greedy = self.engine.llm.llm_engine, params.temperature == 0
+        request_ids = []
+        for row, row_seeds in zip(ids, seeds):
+            request_ids.append([])
+            for row_seed in row_seeds:
+                request_id = f"rast-{next(self.engine.requests)}"
+                engine.add_request(request_id, TokensPrompt(prompt_token_ids=row), VllmParams(
+                    n=1, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                    seed=None if greedy else row_seed, max_tokens=params.max_new_tokens,
+                    stop=list(params.stop_strings), stop_token_ids=stops, ignore_eos=True,
+                    skip_special_tokens=True, include_stop_str_in_output=False,
+                    output_kind=RequestOutputKind.FINAL_ONLY))
+                request_ids[-1].append(request_id)
+        return request_ids
+
+    def _completion(self, output, key: str, index: int, seed: int,
+                    params: SamplingParams) -> Completion:
+        sample = output.outputs[0]
+        token_ids = list(sample.token_ids)
+        stop = sample.stop_reason if sample.finish_reason == "stop" else None
+        if sample.finish_reason == "stop" and stop is None:  # vLLM's own eos: ignore_eos is set
+            raise RuntimeError(f"vLLM stopped {key!r} on an end token it was not given")
+        text = completion_text(token_ids, stop, params.stop_strings, self.text)
+        return Completion(key, index, seed, token_ids, text, stop is not None, stop)
+
+
+@dataclass
+class EnginePlan:
+    """What starting vLLM on a RAST system takes, decided before anything loads."""
+
+    deltas: tuple[Delta, ...]  # the pairs it loads (lam != 0)
+    tokenizer: object
+    context: int  # positions per sequence (vLLM's max_model_len)
+    stop_ids: list[int]  # the target's end ids and any a small model's tokenizer adds
+    kwargs: dict  # vllm.LLM's / vLLM EngineArgs' keyword arguments
+
+
+def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) -> EnginePlan:
+    """The engine arguments of `target` steered by `deltas` (none: the target alone): its
+    architecture named RastForCausalLM with the small pairs as members (transfer.decode.
+    vllm_model), prefix caching on, the models' shortest context (or max_model_len), float32 on
+    CPU and bfloat16 on GPU unless options.dtype says otherwise, eager on CPU. A pair at lam 0
+    is not loaded; a LoRA RL adapter is merged into a copy of its base (merged_lora_dir)."""
+    keep = tuple(delta for delta in deltas if delta.lam != 0)
+    target = resolve_model(target)
+    tokenizer, extra_stop_ids = check_models(target, [delta.pair for delta in keep])
+    dtype = vllm_dtype(options.dtype)
+    members, pairs = [], []
+    for delta in keep:
+        rl = merged_lora_dir(delta.pair, dtype) if delta.pair.lora else delta.pair.rl
+        pairs.append([_index(members, delta.pair.base), _index(members, rl)])
+    contexts = [getattr(AutoConfig.from_pretrained(name).get_text_config(),
+                        "max_position_embeddings", None) for name in (target, *members)]
+    context = min(filter(None, (*contexts, options.max_model_len)), default=None)
+    if context is None:
+        raise UserError(f"{target} states no max_position_embeddings: give max_model_len")
+    spec = {"members": members, "pairs": pairs, "lams": [delta.lam for delta in keep],
+            "shared_vocab": len(tokenizer)}
+    on_cpu = cpu_platform()
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")  # its cache key ignores model tags
+    try:
+        generation_config = GenerationConfig.from_pretrained(target)
+    except OSError:
+        generation_config = None
+    kwargs = dict(model=target, tokenizer=target, dtype=dtype, seed=0,
+                  hf_overrides={"architectures": [ARCHITECTURE], "rast": spec},
+                  max_model_len=context, enable_prefix_caching=True,
+                  tensor_parallel_size=options.tensor_parallel_size,
+                  distributed_executor_backend=options.distributed_executor_backend,
+                  gpu_memory_utilization=options.gpu_memory_utilization or (
+                      0.08 if on_cpu else 0.9),
+                  enforce_eager=on_cpu if options.enforce_eager is None else options.enforce_eager,
+                  worker_extension_cls=WORKER_EXTENSION, **options.vllm_args)
+    stop_ids = sorted({*stop_token_ids(tokenizer, generation_config), *extra_stop_ids})
+    return EnginePlan(keep, tokenizer, context, stop_ids, kwargs)
+
+
+def _index(members: list[str], name: str) -> int:
+    """Where `name` sits among the distinct small models (appended once)."""
+    if name not in members:
+        members.append(name)
+    return members.index(name)
+
+
+def vllm_dtype(dtype) -> str:
+    """vLLM's dtype name: the given one, else float32 on CPU and bfloat16 on GPU (the HF
+    engine's defaults)."""
+    if dtype is None:
+        return "float32" if cpu_platform() else "bfloat16"
+    return str(dtype).removeprefix("torch.")
+
+
+def cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def merged_lora_dir(pair, dtype: str) -> str:
+    """A LoRA RL adapter merged into a copy of its base (peft's merge_and_unload), saved once
+    under $RAST_HOME/merged/<digest of the adapter, its base and dtype>: vLLM loads it as a
+    full-weight small model."""
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from peft import PeftModel
+
+    from train.models import RAST_HOME, load_model
+
+    digest = hashlib.sha256(f"{pair.base}\0{dtype}".encode())
+    for file in sorted(Path(pair.rl).glob("adapter_*")):
+        digest.update(file.name.encode() + file.read_bytes())
+    out = RAST_HOME / "merged" / digest.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = load_model(pair.base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, pair.rl).merge_and_unload().to(getattr(torch, dtype))
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:
+        merged.save_pretrained(staging)
+        shutil.move(staging, out)  # whole or not at all: a killed merge leaves no half model
+        Path(staging).mkdir()  # for TemporaryDirectory's cleanup
+    logger.info("merged LoRA adapter %s into %s", pair.rl, out)
+    return str(out)
