@@ -28,7 +28,7 @@ from train.data import read_rows
 from train.errors import UserError, exit_on_user_error
 from transfer.decode.backends import open_decoder
 from transfer.decode.cached_model import CACHE_MODES
-from transfer.decode.decoder import LoadOptions, SamplingParams
+from transfer.decode.decoder import ENGINES, LoadOptions, SamplingParams
 from transfer.decode.rast import sample_seed
 from transfer.deltas import Delta, check_lam, deltas_per_pair
 from transfer.runlog import (
@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 # fix which prompts share a batch, and padding changes the floats.
 SETTINGS = ("target", "small_base", "small_rl", "lam", "n", "temperature", "top_p", "top_k",
             "max_new_tokens", "seed", "batch_size", "stop_ids", "stop_strings", "dtype",
-            "truncate_prompts", "speculative")  # speculation samples other tokens; k does not
+            "truncate_prompts", "speculative", "engine")  # speculation and the engine sample
+# other tokens (the draft count k does not); a settings file of an older version lacks "engine"
+SETTING_DEFAULTS = {"engine": "hf"}
 
 
 @dataclass
@@ -130,6 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop_strings", "--stop-strings", nargs="*", default=[],
                         help="stop when the text contains one; the text is cut before it "
                              "(token_ids keep the token that completed it)")
+    parser.add_argument("--engine", choices=ENGINES, default="hf",
+                        help="hf: this project's engine (exact reference); vllm: vLLM (paged KV "
+                             "memory, continuous batching, tensor parallelism)")
+    parser.add_argument("--tensor_parallel_size", "--tensor-parallel-size", type=int, default=1,
+                        help="--engine vllm: GPUs each model is split over")
+    parser.add_argument("--max_model_len", "--max-model-len", type=int,
+                        help="--engine vllm: positions per sequence (default: the context)")
     parser.add_argument("--device", help="cpu, cuda, cuda:0 or auto (multi-GPU large model)")
     parser.add_argument("--small_device", "--small-device", help="default: last GPU or --device")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -173,7 +182,7 @@ def check_settings(output: Path, settings: dict) -> None:
     path = output.with_name(output.name + ".settings.json")
     has_rows = output.exists() and output.stat().st_size > 0
     if path.is_file():
-        changes = changed_settings(json.loads(path.read_text()), settings)
+        changes = changed_settings(json.loads(path.read_text()), settings, SETTING_DEFAULTS)
         if has_rows and changes:
             raise UserError(f"--output {output} holds completions decoded with other settings "
                             f"({changes}); give another --output or the old settings")
@@ -225,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
                                                   <= 64):
             raise UserError(f"--draft_tokens needs --speculative and a value in [0, 64], got "
                             f"{args.draft_tokens}")
+        if args.engine == "vllm" and args.speculative:
+            raise UserError("--speculative runs on --engine hf only (README, \"Speculative RAST "
+                            "on vLLM\"): drop one of them")
         params = SamplingParams(args.temperature, args.top_p, args.top_k, args.max_new_tokens,
                                 stop_strings=tuple(args.stop_strings),
                                 truncate_prompts=args.truncate_prompts)
@@ -249,8 +261,10 @@ def decode(args: argparse.Namespace, deltas: tuple[Delta, ...], output: Path, id
     if not todo:
         return
     decoder = open_decoder(args.target, deltas, LoadOptions(
-        device=args.device, small_device=args.small_device, dtype=args.dtype, cache=args.cache,
-        compile=args.compile, speculative=args.speculative, draft_tokens=args.draft_tokens))
+        engine=args.engine, device=args.device, small_device=args.small_device, dtype=args.dtype,
+        cache=args.cache, compile=args.compile, speculative=args.speculative,
+        draft_tokens=args.draft_tokens, tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len))
     for batch in decoder.generate_batches([prompt_of[key] for key in todo], params, n=args.n,
                                          seed=args.seed, keys=todo, stop_ids=args.stop_ids,
                                          batch_size=args.batch_size):

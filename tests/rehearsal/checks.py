@@ -116,6 +116,23 @@ def vllm_cpu_pieces(directory: Path) -> tuple[bool, str]:
     return verdict(json.loads((directory / RESULT).read_text()))
 
 
+def vllm_against_hf(directory: Path) -> tuple[bool, str]:
+    """tests/transfer/decode/vllm_check.py's cases, each passed (greedy tokens, stops, sampled
+    log-probabilities, preemption)."""
+    from tests.transfer.decode.vllm_check import RESULT, verdicts
+
+    found = verdicts(json.loads((directory / RESULT).read_text()))
+    failed = [f"{name}: {detail}" for name, (ok, detail) in found.items() if not ok]
+    return not failed, "; ".join(failed) or f"{len(found)} cases passed"
+
+
+def engine_recorded(output_dir: Path, engine: str) -> tuple[bool, str]:
+    """Every system of the evaluation was decoded by `engine` (systems.json, the resume key)."""
+    systems = json.loads((output_dir / "systems.json").read_text())
+    engines = sorted({entry.get("engine", "hf") for entry in systems.values()})
+    return engines == [engine], f"{len(systems)} systems decoded by {engines}"
+
+
 def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
     runs = sorted(directory.rglob("offline-run-*"))
     return len(runs) >= at_least, f"{len(runs)} offline W&B runs under {directory}"
@@ -266,8 +283,14 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
          (out / "grpo-no-sync", 3)),
         ("GRPO: W&B offline runs", wandb_offline, (out / "grpo-full", 1)),
         ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
+        ("transfer 32B: decoded by vLLM (the recipe's engine)", engine_recorded,
+         (transfer_32b, "vllm")),
+        ("vLLM RAST = HF engine RAST (greedy, stops, log-probs, preemption)", vllm_against_hf,
+         (out / "vllm-check",)),
+        ("transfer 32B engine hf: results, stops", transfer_outputs,
+         (out / "transfer-32B-hf", max_new_tokens)),
         ("transfer 32B speculative: stops, plain run's L samples", speculative_transfer,
-         (out / "transfer-32B-speculative", transfer_32b, max_new_tokens)),
+         (out / "transfer-32B-speculative", out / "transfer-32B-hf", max_new_tokens)),
         ("transfer 7B: results, stops", transfer_outputs, (out / "transfer-7B-1.5B", max_new_tokens)),
         ("transfer 32B: W&B offline runs", wandb_offline, (transfer_32b, 5)),
         ("hub RL paired without rast_pair.json", hub_rl_pairs_without_pair_file,

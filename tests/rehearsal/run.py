@@ -46,8 +46,10 @@ GRPO_SIZES = ("--max_steps 2 --per_device_train_batch_size 4 --gradient_accumula
 SYNC_SIZES = GRPO_SIZES.replace("--max_steps 2", "--max_steps 3").replace(
     "--save_steps 2", "--save_steps 3") + " --learning_rate 1e-3"
 QWEN_05B_GRPO = "recipes/Qwen2.5-0.5B/grpo/config_simplerl_zoo.yaml"
-# Two problems per benchmark, two samples each, short answers.
-TRANSFER_SIZES = f"--limit 2 --samples 2 --max_new_tokens {MAX_NEW_TOKENS} --batch_size 4"
+# Two problems per benchmark, two samples each, short answers; the 32B/14B recipes' tensor
+# parallelism (4/2 GPUs) is a size too: one CPU process here.
+TRANSFER_SIZES = (f"--limit 2 --samples 2 --max_new_tokens {MAX_NEW_TOKENS} --batch_size 4 "
+                  "--tensor_parallel_size 1")
 
 
 @dataclass
@@ -89,9 +91,14 @@ def commands() -> list[tuple[str, list[str]]]:
           *SYNC_SIZES.split(), "--output_dir", f"{OUT}/grpo-no-sync"]),
         ("make transfer TARGET=32B",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
-        ("make transfer TARGET=32B, speculative",
+        ("vLLM RAST vs the HF engine: tests/transfer/decode/vllm_check.py",
+         [sys.executable, "-m", "tests.transfer.decode.vllm_check", str(OUT / "vllm-check")]),
+        ("make transfer TARGET=32B, engine hf",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
-              f"--speculative true --output_dir {OUT}/transfer-32B-speculative")),
+              f"--engine hf --output_dir {OUT}/transfer-32B-hf")),
+        ("make transfer TARGET=32B, engine hf, speculative",
+         make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
+              f"--engine hf --speculative true --output_dir {OUT}/transfer-32B-speculative")),
         ("make transfer TARGET=7B",
          make("transfer", "TARGET=7B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_7b}")),
         ("make transfer (32B, 1.5B and 7B deltas combined)",
@@ -145,6 +152,7 @@ def main() -> None:
     shutil.rmtree(OUT, ignore_errors=True)  # always a fresh run: finished runs would be skipped
     (OUT / "logs").mkdir(parents=True)
     (OUT / "vllm-cpu-check").mkdir()
+    (OUT / "vllm-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

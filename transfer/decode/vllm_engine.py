@@ -228,15 +228,19 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
         generation_config = GenerationConfig.from_pretrained(target)
     except OSError:
         generation_config = None
-    kwargs = dict(model=target, tokenizer=target, dtype=dtype, seed=0,
-                  hf_overrides={"architectures": [ARCHITECTURE], "rast": spec},
-                  max_model_len=context, enable_prefix_caching=True,
-                  tensor_parallel_size=options.tensor_parallel_size,
-                  distributed_executor_backend=options.distributed_executor_backend,
-                  gpu_memory_utilization=options.gpu_memory_utilization or (
-                      0.08 if on_cpu else 0.9),
-                  enforce_eager=on_cpu if options.enforce_eager is None else options.enforce_eager,
-                  worker_extension_cls=WORKER_EXTENSION, **options.vllm_args)
+    kwargs = {"model": target, "tokenizer": target, "dtype": dtype, "seed": 0,
+              "hf_overrides": {"architectures": [ARCHITECTURE], "rast": spec},
+              "max_model_len": context, "enable_prefix_caching": True,
+              "tensor_parallel_size": options.tensor_parallel_size,
+              "distributed_executor_backend": options.distributed_executor_backend,
+              "gpu_memory_utilization": options.gpu_memory_utilization or (
+                  0.08 if on_cpu else 0.9),
+              "enforce_eager": on_cpu if options.enforce_eager is None else options.enforce_eager,
+              "worker_extension_cls": WORKER_EXTENSION}
+    if on_cpu:  # vLLM 0.32's CPU runner fails a seeded sample of a partly prefilled prompt
+        # ("CPU Generator does not use offset"): whole prompts only, one step's budget each
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+    kwargs.update(options.vllm_args)
     stop_ids = sorted({*stop_token_ids(tokenizer, generation_config), *extra_stop_ids})
     return EnginePlan(keep, tokenizer, context, stop_ids, kwargs)
 

@@ -38,6 +38,7 @@ from train.tiny.task import is_careful
 from transfer.decode.backends import open_decoder
 from transfer.decode.cached_model import CACHE_MODES  # torch: imported here, not at first use
 from transfer.decode.decoder import (
+    ENGINES,
     Decoder,
     LoadOptions,
     SamplingParams,
@@ -109,6 +110,22 @@ class TransferConfig:
     speculative: bool = field(default=False, metadata={
         "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
                 "distribution, other samples)"})
+    engine: str = field(default="hf", metadata={
+        "help": "hf: this project's engine (exact reference; device, cache, compile, "
+                "speculative); vllm: vLLM (paged KV memory, continuous batching, tensor "
+                "parallelism; the Qwen recipes' default)"})
+    tensor_parallel_size: int = field(default=1, metadata={
+        "help": "vllm: GPUs each model is split over (L and the small pair alike)"})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        "help": "vllm: share of each GPU's memory it takes (default 0.9; on CPU, of host "
+                "RAM, default 0.08)"})
+    max_model_len: int | None = field(default=None, metadata={
+        "help": "vllm: positions per sequence, prompt + completion (default: the models' "
+                "context)"})
+    enforce_eager: bool | None = field(default=None, metadata={
+        "help": "vllm: no CUDA graphs or torch.compile (default: eager on CPU only)"})
+    distributed_executor_backend: str | None = field(default=None, metadata={
+        "help": "vllm: 'ray' to spread one model over several nodes (README)"})
     output_dir: str = "outputs/transfer-tiny"
     report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
     wandb_project: str = "rast-transfer"
@@ -142,6 +159,13 @@ class TransferConfig:
             parse_combination(text)  # refuses a misspelt one before anything loads
         if self.cache not in CACHE_MODES:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        if self.engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "vllm" and self.speculative:
+            raise UserError("speculative: true runs on engine: hf only (README, \"Speculative "
+                            "RAST on vLLM\"): drop one of them")
+        if self.tensor_parallel_size < 1:
+            raise UserError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
 
 
 @dataclass(frozen=True)
@@ -262,9 +286,10 @@ def check_systems(systems: list[System], config: TransferConfig) -> list[int]:
 
 # What decodes a system's samples besides the system itself (systems.json). batch_size fixes
 # which problems share a batch, and padding changes floats; speculative draws RAST's samples
-# with other random numbers (same distribution).
+# with other random numbers (same distribution), and so does the engine: a resumed run never
+# mixes samples of the HF engine and vLLM under one system.
 DECODING_SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed", "prompt_template",
-                     "batch_size", "split", "stop_strings", "stop_ids", "speculative")
+                     "batch_size", "split", "stop_strings", "stop_ids", "speculative", "engine")
 
 
 def check_signatures(output_dir: Path, systems: list[System], config: TransferConfig) -> None:
@@ -396,6 +421,12 @@ def _speculation_notes(counted: dict[str, int]) -> dict[str, str]:
 
 def load_decoder(system: System, config: TransferConfig) -> Decoder:
 
+    if config.engine == "vllm":
+        return open_decoder(system.target, system.deltas, LoadOptions(
+            engine="vllm", tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len, enforce_eager=config.enforce_eager,
+            distributed_executor_backend=config.distributed_executor_backend))
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)

@@ -159,6 +159,19 @@ def test_output_dir_refuses_a_system_decoded_with_other_settings(tmp_path):
         check_signatures(tmp_path, systems, TransferConfig(temperature=0.5))
     with pytest.raises(UserError, match="speculative: False -> True"):  # other random numbers
         check_signatures(tmp_path, systems, TransferConfig(speculative=True))
+    with pytest.raises(UserError, match="engine: 'hf' -> 'vllm'"):  # samples never mix engines
+        check_signatures(tmp_path, systems, TransferConfig(engine="vllm"))
+
+
+def test_a_systems_file_without_engine_was_decoded_by_the_hf_engine(tmp_path):
+    systems = [System("L", "tiny-l")]
+    check_signatures(tmp_path, systems, TransferConfig())
+    stored = json.loads((tmp_path / "systems.json").read_text())
+    del stored["L"]["engine"]  # as an older version wrote it
+    (tmp_path / "systems.json").write_text(json.dumps(stored))
+    check_signatures(tmp_path, systems, TransferConfig())
+    with pytest.raises(UserError, match="engine: 'hf' -> 'vllm'"):
+        check_signatures(tmp_path, systems, TransferConfig(engine="vllm"))
 
 
 def _write_recipe(path: Path, tiny_models: dict, tmp_path: Path, **overrides) -> Path:

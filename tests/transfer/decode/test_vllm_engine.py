@@ -1,0 +1,195 @@
+"""transfer.decode.vllm_engine: what starts vLLM, and how its outputs become Completions.
+
+The engine itself runs in tests/transfer/decode/vllm_check.py, in a subprocess (vLLM changes a
+process's torch threads): greedy tokens identical to the HF engine for lambda 0/1/2, n = 2, two
+pairs, a LoRA pair, chunked prefill, prefix caching, forced preemption; sampled log-probabilities
+against a recompute; stop ids and strings. It takes minutes on 2 cores: `slow` here, and `make
+rehearse` runs it too.
+"""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tests.transfer.decode.vllm_check import RESULT, verdicts
+from train.errors import UserError
+from transfer.decode import vllm_engine
+from transfer.decode.decoder import LoadOptions, SamplingParams
+from transfer.decode.vllm_engine import VllmDecoder, engine_plan
+from transfer.deltas import Delta, resolve_delta
+from transfer.eval.evaluate import TransferConfig
+
+
+@pytest.mark.slow  # ~4 engine starts: 3-10 minutes on 2 cores
+def test_vllm_rast_decodes_the_hf_engines_tokens(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "tests.transfer.decode.vllm_check", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    failed = {name: detail for name, (ok, detail) in
+              verdicts(json.loads((tmp_path / RESULT).read_text())).items() if not ok}
+    assert not failed
+
+
+def test_the_plan_names_the_composite_with_each_small_model_once(tiny_models, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    one = resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], lam=1.0)
+    # the same pair twice (its models loaded once), and a pair at lambda 0 (not loaded at all)
+    plan = engine_plan(tiny_models["large"], (one, one.with_lam(0.5), one.with_lam(0.0)),
+                       LoadOptions(engine="vllm", max_model_len=64, vllm_args={"seed": 3}))
+    spec = plan.kwargs["hf_overrides"]["rast"]
+    assert plan.kwargs["hf_overrides"]["architectures"] == ["RastForCausalLM"]
+    assert spec["members"] == [tiny_models["small_base"], tiny_models["small_rl"]]
+    assert spec["pairs"] == [[0, 1], [0, 1]] and spec["lams"] == [1.0, 0.5]
+    assert spec["shared_vocab"] == len(plan.tokenizer) < 128  # the tokenizer's ids, not the rows
+    assert plan.deltas == (one, one.with_lam(0.5))
+    assert plan.context == plan.kwargs["max_model_len"] == 64  # min(context 256, max_model_len)
+    # on CPU: eager, and no chunked prefill (vLLM 0.32's CPU runner fails a seeded sample of a
+    # partly prefilled prompt); the caller's vllm_args are applied last
+    assert plan.kwargs["enforce_eager"] and plan.kwargs["enable_chunked_prefill"] is False
+    assert plan.kwargs["seed"] == 3 and plan.kwargs["enable_prefix_caching"]
+
+
+def test_alone_the_target_is_the_composite_without_members(tiny_models, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: False)
+    plan = engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm"))
+    spec = plan.kwargs["hf_overrides"]["rast"]
+    assert spec["members"] == [] and spec["pairs"] == [] and spec["lams"] == []
+    assert not plan.kwargs["enforce_eager"] and "enable_chunked_prefill" not in plan.kwargs
+    assert plan.kwargs["dtype"] == "bfloat16" and plan.context == 256
+
+
+def test_a_lora_pair_is_merged_once_into_a_full_model(tiny_models, tmp_path, monkeypatch):
+    from peft import LoraConfig
+
+    from tests.transfer.decode.test_engine import save_adapter_and_merged
+
+    monkeypatch.setattr("train.models.RAST_HOME", tmp_path / "home")
+    adapter, merged = save_adapter_and_merged(
+        tiny_models["small_base"], LoraConfig(r=4, target_modules=["q_proj"],
+                                              init_lora_weights=False), tmp_path, seed=0)
+    pair = resolve_delta(adapter, tiny_models["small_base"], lam=1.0).pair
+    path = vllm_engine.merged_lora_dir(pair, "float32")
+    assert path.startswith(str(tmp_path / "home" / "merged"))
+    assert vllm_engine.merged_lora_dir(pair, "float32") == path  # cached: merged once
+    from safetensors.torch import load_file
+
+    ours, peft_merged = load_file(f"{path}/model.safetensors"), load_file(
+        f"{merged}/model.safetensors")
+    assert ours.keys() == peft_merged.keys()
+    assert all((ours[k] - peft_merged[k]).abs().max() < 1e-6 for k in ours)
+
+
+def output(token_ids, finish_reason, stop_reason=None):
+    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=token_ids,
+                                                    finish_reason=finish_reason,
+                                                    stop_reason=stop_reason)])
+
+
+@pytest.mark.parametrize("finish, reason, stop, finished", [
+    ("stop", 5, 5, True),  # a stop id: the last token, not in the text
+    ("stop", "c", "c", True),  # a stop string: the text is cut before it
+    ("length", None, None, False),  # max_new_tokens
+])
+def test_vllm_outputs_become_the_seams_completions(finish, reason, stop, finished):
+    decoder = VllmDecoder(SimpleNamespace(tokenizer=SimpleNamespace(
+        decode=lambda ids, skip_special_tokens: "".join("abcdef"[i] for i in ids))), ())
+    params = SamplingParams(stop_strings=("c",) if isinstance(reason, str) else ())
+    completion = decoder._completion(output([0, 1, 2, 3, 5], finish, reason), "k", 1, 7, params)
+    assert (completion.key, completion.sample_index, completion.seed) == ("k", 1, 7)
+    assert completion.token_ids == [0, 1, 2, 3, 5]
+    assert (completion.stop, completion.finished) == (stop, finished)
+    assert completion.text == {5: "abcd", "c": "ab", None: "abcdf"}[stop]
+
+
+def test_an_end_token_vllm_was_not_given_is_an_error_not_a_silent_stop():
+    decoder = VllmDecoder(SimpleNamespace(tokenizer=None), ())
+    with pytest.raises(RuntimeError, match="not given"):
+        decoder._completion(output([1], "stop", None), "k", 0, 0, SamplingParams())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"engine": "sglang"}, "engine must be one of hf, vllm"),
+    ({"engine": "vllm", "speculative": True}, "engine: hf only"),
+    ({"engine": "vllm", "tensor_parallel_size": 0}, "tensor_parallel_size must be >= 1"),
+])
+def test_engine_settings_that_cannot_run_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        TransferConfig(**overrides)
+
+
+def test_with_lams_sets_the_workers_strengths_before_it_decodes_and_only_then():
+    calls = []
+    engine = SimpleNamespace(lams=(1.0,), llm=SimpleNamespace(
+        collective_rpc=lambda name, args: calls.append((name, args))))
+    pair = SimpleNamespace(base="b", rl="r")
+    decoder = VllmDecoder(engine, (Delta(pair, 1.0),))
+    swept = decoder.with_lams([2.0])
+    assert calls == [] and swept.engine is decoder.engine  # nothing loads, nothing set yet
+    swept._set_lams()
+    swept._set_lams()  # already set: no second call
+    decoder._set_lams()
+    assert calls == [("set_rast_lams", ([2.0],)), ("set_rast_lams", ([1.0],))]
+    with pytest.raises(ValueError, match="non-zero lambda"):
+        decoder.with_lams([0.0])
+
+
+class FakeEngine:
+    """vLLM's LLMEngine as generate_batches uses it: requests queue, step() finishes the first
+    two, the later first (vLLM hands finished requests back in any order)."""
+
+    def __init__(self):
+        self.queued, self.aborted = [], []
+
+    def add_request(self, request_id, prompt, params):
+        self.queued.append((request_id, prompt["prompt_token_ids"], params.seed))
+
+    def step(self):
+        done, self.queued = self.queued[:2], self.queued[2:]
+        return [SimpleNamespace(request_id=request_id, finished=True, outputs=[SimpleNamespace(
+            token_ids=[len(ids)], finish_reason="length", stop_reason=None)])
+            for request_id, ids, _ in reversed(done)]
+
+    def abort_request(self, request_ids):
+        self.aborted += request_ids
+
+
+class FakeTokenizer:
+    def __call__(self, texts):
+        return {"input_ids": [[1] * len(text) for text in texts]}
+
+    def decode(self, ids, skip_special_tokens):
+        return str(ids)
+
+
+def fake_decoder() -> VllmDecoder:
+    import itertools
+
+    engine = SimpleNamespace(llm=SimpleNamespace(llm_engine=FakeEngine()), lams=(), context=1024,
+                             default_stop_ids=[0], requests=itertools.count(),
+                             tokenizer=FakeTokenizer())
+    return VllmDecoder(engine, ())
+
+
+def test_batches_come_back_in_prompt_order_whatever_order_vllm_finishes_them():
+    decoder = fake_decoder()
+    prompts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    batches = list(decoder.generate_batches(prompts, SamplingParams(temperature=1.0), n=2,
+                                            seed=0, batch_size=4, progress=False))
+    assert [[(c.key, c.sample_index) for c in batch] for batch in batches] == [
+        [("a", 0), ("a", 1), ("bb", 0), ("bb", 1)], [("ccc", 0), ("ccc", 1), ("dddd", 0),
+                                                     ("dddd", 1)], [("eeeee", 0), ("eeeee", 1)]]
+    assert all(c.token_ids == [len(c.key)] for batch in batches for c in batch)
+    assert len({c.seed for batch in batches for c in batch}) == 10  # one seed per sample
+
+
+def test_an_abandoned_call_leaves_nothing_queued_in_the_engine():
+    decoder = fake_decoder()
+    engine = decoder.engine.llm.llm_engine
+    batches = decoder.generate_batches(["a", "bb", "ccc", "dddd"], SamplingParams(), n=1,
+                                       batch_size=1, progress=False)
+    next(batches)  # the first batch; one step finished "a" and "bb"
+    batches.close()  # the caller stops (an exception, a kill): the rest is aborted
+    assert engine.aborted == ["rast-2", "rast-3"]
