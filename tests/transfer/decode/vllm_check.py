@@ -170,8 +170,8 @@ def verdicts(result: dict) -> dict[str, tuple[bool, str]]:
             same_stops = case["hf"]["stops"] == case["vllm"]["stops"]
             total = len(case["hf"]["tokens"])
             found[name] = (same == total and same_stops and total > 0,
-                           f"{same}/{total} completions token-identical, stops and text "
-                           f"{'equal' if same_stops else 'DIFFER'}")
+                           (f"{same}/{total} completions token-identical, stops and text "
+                            f"{'equal' if same_stops else 'DIFFER'}"))
     sampled = result["sampled log-probabilities"]
     found["sampled log-probabilities"] = (
         sampled["max_error"] < 1e-4 and sampled["tokens"] > 50,
