@@ -12,7 +12,9 @@ server: greedy /v1/completions by text and by token ids; the same requests from 
 at once; a stream closed after two chunks and a request whose client timed out, after which
 the server must have aborted both and still answer as before; a forced <|im_end|> (a stop id of
 the plan that the target's own generation config does not name) ends a completion, and does not
-with ignore_eos; /v1/chat/completions on the chat template's prompt.
+with ignore_eos; a prompt's log-probabilities as lm-eval's loglikelihood requests them (echo,
+logprobs) against RAST's recomputed from full forwards; /v1/chat/completions on the chat
+template's prompt.
 """
 
 import json
@@ -24,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.transfer.decode.vllm_check import PROMPTS, build_models
+from tests.transfer.decode.vllm_check import PROMPTS, build_models, rast_logprobs
 
 RESULT = "serve_check.json"
 NEW_TOKENS = 20
@@ -32,6 +34,8 @@ LONG = 100  # tokens a cancelled request asks for: several seconds of decoding o
 IM_END = 151645  # Qwen2.5's <|im_end|>: a plan stop id; the stand-in L's config names 151643 only
 MODEL = "rast-check"
 CHAT = [{"role": "user", "content": "What is 12 times 7?"}]
+PAIRS = [("S", "S_RL", 1.0), ("S2", "S2_RL", 0.5)]  # what the server is launched with
+SCORED = PROMPTS[3]  # the longest prompt: its log-probabilities, as lm-eval's loglikelihood asks
 
 
 def free_port() -> int:
@@ -42,9 +46,11 @@ def free_port() -> int:
 
 def start_server(paths: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "transfer.serve", "--target", paths["L"],
-            "--small_rl", paths["S_RL"], paths["S2_RL"], "--small_base", paths["S"], paths["S2"],
-            "--lam", "1", "0.5", "--dtype", "float32", "--max_model_len", "128",
-            "--host", "127.0.0.1", "--port", str(port), "--served_model_name", MODEL]
+            "--small_rl", *(paths[rl] for _, rl, _ in PAIRS),
+            "--small_base", *(paths[base] for base, _, _ in PAIRS),
+            "--lam", *(str(lam) for *_, lam in PAIRS), "--dtype", "float32",
+            "--max_model_len", "128", "--host", "127.0.0.1", "--port", str(port),
+            "--served_model_name", MODEL]
     return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -74,16 +80,25 @@ def metric(base: str, name: str, labels: str = "") -> float:
     return sum(float(value) for value in pattern.findall(httpx.get(f"{base}/metrics").text))
 
 
-def hf_reference(paths: dict[str, str], deltas, chat_prompt: str) -> dict:
+def hf_reference(paths: dict[str, str], chat_prompt: str, scored_ids: list[int]) -> dict:
+    """The HF engine's greedy completions, and the RAST log-probabilities of `scored_ids`
+    recomputed from full forwards."""
+    from transformers import Qwen2ForCausalLM
+
     from transfer.decode.backends import open_decoder
     from transfer.decode.decoder import LoadOptions, SamplingParams
+    from transfer.deltas import resolve_delta
 
+    deltas = tuple(resolve_delta(paths[rl], paths[base], lam) for base, rl, lam in PAIRS)
     decoder = open_decoder(paths["L"], deltas, LoadOptions(engine="hf", dtype="float32"))
     completions = decoder.generate([*PROMPTS, chat_prompt],
                                    SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS),
                                    progress=False)
+    models = {name: Qwen2ForCausalLM.from_pretrained(paths[name]).eval()
+              for name in ("L", "S", "S_RL", "S2", "S2_RL")}
     return {"tokens": [c.token_ids for c in completions[:-1]],
-            "chat": completions[-1].token_ids, "stops": [c.stop for c in completions]}
+            "chat": completions[-1].token_ids, "stops": [c.stop for c in completions],
+            "scored": rast_logprobs(models, PAIRS, scored_ids[:1], scored_ids[1:])}
 
 
 def exercise(base: str) -> dict:
@@ -142,6 +157,11 @@ def exercise(base: str) -> dict:
     found["forced_stop"] = [stopped.finish_reason, stopped.stop_reason, stopped.token_ids]
     found["forced_ignore_eos"] = [ignored.finish_reason, ignored.token_ids]
 
+    # lm-eval local-completions' loglikelihood request: the prompt echoed with its log-probs
+    echoed = client.completions.create(model=MODEL, prompt=SCORED, max_tokens=1, temperature=0,
+                                       logprobs=1, echo=True).choices[0]
+    found["scored"] = echoed.logprobs.token_logprobs
+
     chat = client.chat.completions.create(messages=CHAT, **greedy)
     found["chat"] = chat.choices[0].token_ids
     found["chat_prompt_ids"] = chat.prompt_token_ids
@@ -154,13 +174,9 @@ def exercise(base: str) -> dict:
 def main(directory: str) -> None:
     from transformers import AutoTokenizer
 
-    from transfer.deltas import resolve_delta
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = build_models(out / "models")
-    deltas = (resolve_delta(paths["S_RL"], paths["S"], lam=1.0),
-              resolve_delta(paths["S2_RL"], paths["S2"], lam=0.5))
     tokenizer = AutoTokenizer.from_pretrained(paths["L"])
     chat_prompt = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     port, log = free_port(), out / "server.log"
@@ -169,7 +185,8 @@ def main(directory: str) -> None:
     server = start_server(paths, port, log)
     result = {"timings": {}}
     try:
-        result["reference"] = hf_reference(paths, deltas, chat_prompt)  # while it starts
+        result["reference"] = hf_reference(  # while the server starts
+            paths, chat_prompt, tokenizer(SCORED)["input_ids"])
         result["timings"]["HF reference"] = time.monotonic() - started
         wait_healthy(base, server, log)
         result["timings"]["server start (to /health)"] = time.monotonic() - started
@@ -229,6 +246,12 @@ def verdicts(result: dict) -> dict[str, tuple[bool, str]]:
         (f"chat answer {served['chat_text']!r} "
          f"{'equals' if served['chat'] == result['reference']['chat'] else 'DIFFERS from'} "
          f"the HF engine's on the chat template's prompt"))
+    scored, exact = served["scored"], result["reference"]["scored"]
+    errors = [abs(a - b) for a, b in zip(scored[1:len(exact) + 1], exact)]
+    found["prompt log-probabilities"] = (
+        scored[0] is None and len(errors) == len(exact) > 30 and max(errors) < 1e-4,
+        (f"echo + logprobs (lm-eval's loglikelihood request): max |served - recomputed RAST| "
+         f"{max(errors, default=float('nan')):.2e} over {len(errors)} prompt tokens"))
     found["served model name"] = (served["models"] == [MODEL], f"/v1/models: {served['models']}")
     found["clean shutdown"] = (result["server_exit"] == 0,
                                f"server exit after SIGTERM: {result['server_exit']}")

@@ -1,10 +1,10 @@
 """transfer.serve: the plan's engine arguments reach vLLM's own server unchanged, bad input is one
 line, and the served RAST answers as the HF engine does.
 
-The end-to-end check (a server subprocess on hub-shaped stand-ins, the `openai` client, greedy,
-concurrent, cancelled and chat requests) is tests/transfer/serve_check.py, run here as a
-subprocess (`slow`: ~2 min idle, 4 on a loaded machine) and by `make rehearse`. The other tests
-build vLLM's serve parser in-process (no engine: nothing of vLLM's runtime starts).
+The end-to-end check (a server subprocess on hub-shaped stand-ins, the `openai` client: greedy,
+concurrent, cancelled, scored and chat requests) is tests/transfer/serve_check.py, run here as a
+subprocess (`slow`: 3.5 min on 2 cores shared with other jobs, most of it the server start) and
+by `make rehearse`. The other tests build vLLM's serve parser in-process (no engine starts).
 """
 
 import json
@@ -25,7 +25,7 @@ from transfer.deltas import resolve_delta
 SERVE_ARGS = SimpleNamespace(served_model_name="rast-x", port=8123, host="127.0.0.1")
 
 
-@pytest.mark.slow  # a vLLM server start: ~1.5 min idle on 2 cores, ~4 min beside other jobs
+@pytest.mark.slow  # 3.5 min on 2 shared cores: a vLLM server start, the HF reference
 def test_the_server_answers_as_the_hf_engine(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tests.transfer.serve_check", str(tmp_path)],
                          check=False, capture_output=True, text=True, timeout=900)
