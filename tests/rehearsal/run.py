@@ -101,7 +101,7 @@ def commands() -> list[tuple[str, list[str]]]:
          make("analyze", f"RECIPE={ANALYZE_32B}",
               f"ARGS=--limit 2 --trajectories {transfer_32b}/samples.jsonl "
               f"--evaluation {transfer_32b}/samples.jsonl --output_dir {OUT}/analyze-32B")),
-        ("make serve: the OpenAI-compatible server, openai client",
+        ("RAST server (transfer.serve) with the openai client",
          [sys.executable, "-m", "tests.transfer.serve_check", str(OUT / "serve-check")]),
     ]
 
