@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAST_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse grpo-gen-bench
+.PHONY: setup lint test test-slow train-small transfer bench tiny-family clean train-family gpu-bench analyze gpu-check rehearse grpo-gen-bench serve
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,13 @@ transfer: RECIPE ?= $(if $(filter tiny,$(TARGET)),recipes/tiny/rast/config_cpu.y
 transfer: setup
 	$(if $(findstring recipes/tiny/,$(RECIPE)),$(MAKE) --no-print-directory train-small train-family ARGS= RECIPE=recipes/tiny/grpo/config_cpu.yaml)
 	$(if $(NPROC),$(VENV)/bin/torchrun $(TORCHRUN_FLAGS),$(PY)) -m transfer.eval.evaluate --config $(RECIPE) $(ARGS)
+
+# make serve ARGS="--target Qwen/Qwen2.5-32B --small_base Qwen/Qwen2.5-1.5B
+#   --small_rl hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo --lam 1 --tensor_parallel_size 4 [-- vllm flags]"
+# L + the RL delta(s) behind vLLM's own OpenAI-compatible server (/v1/completions,
+# /v1/chat/completions; transfer/serve.py), on port 8000 unless --port; lambda fixed per launch.
+serve: setup
+	$(PY) -m transfer.serve $(ARGS)
 
 bench: setup
 	$(PY) -m transfer.bench.cpu --batch_size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small_rl outputs/tiny-s-grpo)

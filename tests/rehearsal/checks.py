@@ -133,6 +133,15 @@ def engine_recorded(output_dir: Path, engine: str) -> tuple[bool, str]:
     return engines == [engine], f"{len(systems)} systems decoded by {engines}"
 
 
+def server_answers(directory: Path) -> tuple[bool, str]:
+    """tests/transfer/serve_check.py's verdicts: the served RAST gives the HF engine's greedy
+    tokens (text, token ids, concurrent, after cancelled requests, chat), the plan's stop ids end
+    completions, cancelled requests are aborted."""
+    from tests.transfer.serve_check import RESULT, verdict
+
+    return verdict(json.loads((directory / RESULT).read_text()))
+
+
 def wandb_offline(directory: Path, at_least: int) -> tuple[bool, str]:
     runs = sorted(directory.rglob("offline-run-*"))
     return len(runs) >= at_least, f"{len(runs)} offline W&B runs under {directory}"
@@ -302,6 +311,8 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("transfer 32B, pairs combined: results, stops", transfer_outputs,
          (out / "transfer-32B-combined", max_new_tokens)),
         ("analysis 32B: report written", log_shows_files, (out / "analyze-32B",)),
+        ("server: HF engine's tokens, concurrent, cancelled, chat", server_answers,
+         (out / "serve-check",)),
         ("transfer dry-run plan printed", log_shows,
          (logs["plan: make transfer TARGET=32B ARGS=--dry-run"], "systems:", "GB")),
         ("GRPO dry-run plans printed, fit", log_shows_all,

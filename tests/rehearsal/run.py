@@ -108,6 +108,8 @@ def commands() -> list[tuple[str, list[str]]]:
          make("analyze", f"RECIPE={ANALYZE_32B}",
               f"ARGS=--limit 2 --trajectories {transfer_32b}/samples.jsonl "
               f"--evaluation {transfer_32b}/samples.jsonl --output_dir {OUT}/analyze-32B")),
+        ("RAST server (transfer.serve) with the openai client",
+         [sys.executable, "-m", "tests.transfer.serve_check", str(OUT / "serve-check")]),
     ]
 
 
