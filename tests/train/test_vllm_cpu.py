@@ -44,7 +44,7 @@ def test_sync_on_a_cpu_engine_follows_the_new_weights(tmp_path):
     assert ok, detail
 
 
-@pytest.mark.slow  # ~80 s idle; `make rehearse` runs it too
+@pytest.mark.slow  # 71-80 s, 3 min on a loaded machine; `make rehearse` runs it too
 def test_server_on_cpu_follows_the_new_weights(tmp_path):
     """`trl vllm-serve` fails; train.vllm_server serves; vLLM's own reload leaves the tied LM
     head stale; the checkpoint sync gives the server exactly the transformers model's log-probs."""
