@@ -5,6 +5,7 @@ logits check, which loads three stand-ins itself to compare the engine's combine
 a hand-made combination.
 """
 
+import importlib
 import json
 from pathlib import Path
 
@@ -108,12 +109,13 @@ def unsynced_vllm_drifts(output_dir: Path, steps: int) -> tuple[bool, str]:
     return ok, f"logp difference per step {[round(g, 5) for g in gaps]} (must exceed {LOGP_GAP_LIMIT})"
 
 
-def vllm_cpu_pieces(directory: Path) -> tuple[bool, str]:
+def vllm_cpu_pieces(directory: Path, check: str = "vllm_cpu_check") -> tuple[bool, str]:
     """tests/train/vllm_cpu_check.py's measurements (TRL's sync fails, reload alone leaves the
-    tied head stale, reload + re-pack matches the policy, the engine is eager)."""
-    from tests.train.vllm_cpu_check import RESULT, verdict
-
-    return verdict(json.loads((directory / RESULT).read_text()))
+    tied head stale, reload + re-pack matches the policy, the engine is eager), or
+    vllm_server_check.py's (`trl vllm-serve` fails, train.vllm_server serves, vLLM's reload alone
+    leaves the tied head stale, the checkpoint sync matches the policy)."""
+    module = importlib.import_module(f"tests.train.{check}")
+    return module.verdict(json.loads((directory / module.RESULT).read_text()))
 
 
 def vllm_against_hf(directory: Path) -> tuple[bool, str]:
@@ -290,6 +292,13 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("GRPO 0.5B lr 1e-3: vLLM follows the policy", vllm_follows_policy, (out / "grpo-sync", 3)),
         ("GRPO 0.5B lr 1e-3, no sync: vLLM drifts (control)", unsynced_vllm_drifts,
          (out / "grpo-no-sync", 3)),
+        ("vLLM server on CPU: each server piece of train/vllm_cpu.py needed", vllm_cpu_pieces,
+         (out / "vllm-server-check", "vllm_server_check")),
+        ("GRPO 0.5B server mode: stops at 151643/151645", grpo_stops, (out / "grpo-server",)),
+        ("GRPO 0.5B lr 1e-3, server mode: vLLM follows the policy", vllm_follows_policy,
+         (out / "grpo-server", 3)),
+        ("GRPO 0.5B lr 1e-3, server mode, no sync: vLLM drifts (control)", unsynced_vllm_drifts,
+         (out / "grpo-server-no-sync", 3)),
         ("GRPO: W&B offline runs", wandb_offline, (out / "grpo-full", 1)),
         ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
         ("transfer 32B: decoded by vLLM (the recipe's engine)", engine_recorded,

@@ -1,6 +1,7 @@
 """`make rehearse`: the README's real Qwen commands, run on CPU against hub stand-ins.
 
-The Qwen path's real commands (GRPO with the SimpleRL-Zoo and LoRA recipes, `make transfer
+The Qwen path's real commands (GRPO with the SimpleRL-Zoo and LoRA recipes, with vLLM colocate
+and once against a vLLM server (`python -m train.vllm_server`), `make transfer
 TARGET=32B` and `TARGET=7B`, the 32B analysis recipe, the dry-run plans) run as subprocesses,
 exactly as a user types them, with HF_HUB_OFFLINE=1 and HF_HUB_CACHE pointing at random-weight
 stand-ins of every hub id the recipes name (tests/rehearsal/standins.py: real tokenizer, real
@@ -42,7 +43,8 @@ GRPO_SIZES = ("--max_steps 2 --per_device_train_batch_size 4 --gradient_accumula
 # Does vLLM generate with the policy after each optimizer step? At the recipes' lr (5e-7) the
 # policy barely moves, so that would pass without any sync: these two runs (0.5B recipe) train at
 # lr 1e-3 for 3 steps, once as written and once with the sync into vLLM switched off (the control,
-# tests/rehearsal/no_sync.py), and compare TRL's sampling/sampling_logp_difference/mean.
+# tests/rehearsal/no_sync.py), and compare TRL's sampling/sampling_logp_difference/mean. The same
+# pair runs again in server mode (tests/rehearsal/server_mode.py: the vLLM server started apart).
 SYNC_SIZES = GRPO_SIZES.replace("--max_steps 2", "--max_steps 3").replace(
     "--save_steps 2", "--save_steps 3") + " --learning_rate 1e-3"
 QWEN_05B_GRPO = "recipes/Qwen2.5-0.5B/grpo/config_simplerl_zoo.yaml"
@@ -89,6 +91,15 @@ def commands() -> list[tuple[str, list[str]]]:
         ("GRPO 0.5B, lr 1e-3, no sync into vLLM (control)",
          [sys.executable, "-m", "tests.rehearsal.no_sync", "--config", QWEN_05B_GRPO,
           *SYNC_SIZES.split(), "--output_dir", f"{OUT}/grpo-no-sync"]),
+        ("vLLM server on CPU: train/vllm_cpu.py's server pieces",
+         [sys.executable, "-m", "tests.train.vllm_server_check", "Qwen/Qwen2.5-0.5B",
+          str(OUT / "vllm-server-check")]),
+        ("GRPO 0.5B, lr 1e-3, vLLM server mode: follows the policy",
+         [sys.executable, "-m", "tests.rehearsal.server_mode", "Qwen/Qwen2.5-0.5B", QWEN_05B_GRPO,
+          *SYNC_SIZES.split(), "--output_dir", f"{OUT}/grpo-server"]),
+        ("GRPO 0.5B, lr 1e-3, vLLM server mode, no sync (control)",
+         [sys.executable, "-m", "tests.rehearsal.server_mode", "--no-sync", "Qwen/Qwen2.5-0.5B",
+          QWEN_05B_GRPO, *SYNC_SIZES.split(), "--output_dir", f"{OUT}/grpo-server-no-sync"]),
         ("make transfer TARGET=32B",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
         ("vLLM RAST vs the HF engine: tests/transfer/decode/vllm_check.py",
@@ -155,6 +166,7 @@ def main() -> None:
     (OUT / "logs").mkdir(parents=True)
     (OUT / "vllm-cpu-check").mkdir()
     (OUT / "vllm-check").mkdir()
+    (OUT / "vllm-server-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

@@ -106,7 +106,7 @@ def test_vllm_generation_kwargs_carry_the_stop_ids(mode, standin, tmp_path, monk
         raise Built
 
     monkeypatch.setattr(GRPOTrainer, "__init__", capture)
-    # what vLLM on CPU needs (train.vllm_cpu, which refuses server mode there) is not tested here
+    # what vLLM on CPU needs (train.vllm_cpu) is not tested here
     monkeypatch.setattr(grpo, "prepare_vllm", lambda training_args: False)
     with pytest.raises(Built):
         grpo.run(*grpo.parse_args([
