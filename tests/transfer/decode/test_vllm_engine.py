@@ -35,6 +35,7 @@ def test_vllm_rast_decodes_the_hf_engines_tokens(tmp_path):
 
 def test_the_plan_names_the_composite_with_each_small_model_once(tiny_models, monkeypatch):
     monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "check_cpu_head_dims", lambda configs: None)
     one = resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], lam=1.0)
     # the same pair twice (its models loaded once), and a pair at lambda 0 (not loaded at all)
     plan = engine_plan(tiny_models["large"], (one, one.with_lam(0.5), one.with_lam(0.0)),
@@ -50,6 +51,14 @@ def test_the_plan_names_the_composite_with_each_small_model_once(tiny_models, mo
     # partly prefilled prompt); the caller's vllm_args are applied last
     assert plan.kwargs["enforce_eager"] and plan.kwargs["enable_chunked_prefill"] is False
     assert plan.kwargs["seed"] == 3 and plan.kwargs["enable_prefix_caching"]
+
+
+def test_heads_vllms_cpu_attention_cannot_take_are_refused_in_one_line(tiny_models,
+                                                                       monkeypatch):
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    with pytest.raises(UserError, match="large has attention heads of 16 dims; vLLM's CPU attention takes 32, 64") as err:
+        engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm"))
+    assert "\n" not in str(err.value)
 
 
 def test_alone_the_target_is_the_composite_without_members(tiny_models, monkeypatch):
