@@ -165,12 +165,15 @@ class VllmDecoder:
         from vllm.sampling_params import RequestOutputKind
 
         engine, greedy = self.engine.llm.llm_engine, params.temperature == 0
+        # rendered as LLM.generate renders prompts (vLLM 0.32; raw prompts are deprecated there)
+        rendered = self.engine.llm._preprocess_cmpl([TokensPrompt(prompt_token_ids=row)
+                                                     for row in ids]) if ids else []
         request_ids = []
-        for row, row_seeds in zip(ids, seeds):
+        for prompt, row_seeds in zip(rendered, seeds):
             request_ids.append([])
             for row_seed in row_seeds:
                 request_id = f"rast-{next(self.engine.requests)}"
-                engine.add_request(request_id, TokensPrompt(prompt_token_ids=row), VllmParams(
+                engine.add_request(request_id, prompt, VllmParams(
                     n=1, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                     seed=None if greedy else row_seed, max_tokens=params.max_new_tokens,
                     stop=list(params.stop_strings), stop_token_ids=stops, ignore_eos=True,

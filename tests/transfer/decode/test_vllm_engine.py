@@ -176,7 +176,8 @@ class FakeTokenizer:
 def fake_decoder() -> VllmDecoder:
     import itertools
 
-    engine = SimpleNamespace(llm=SimpleNamespace(llm_engine=FakeEngine()), lams=(), context=1024,
+    llm = SimpleNamespace(llm_engine=FakeEngine(), _preprocess_cmpl=lambda prompts: prompts)
+    engine = SimpleNamespace(llm=llm, lams=(), context=1024,
                              default_stop_ids=[0], requests=itertools.count(),
                              tokenizer=FakeTokenizer())
     return VllmDecoder(engine, ())
