@@ -99,7 +99,9 @@ class TransferConfig:
     stop_ids: list[int] | None = field(default=None, metadata={
         "help": "token ids that end a completion; empty = the target tokenizer's eos ids"})
     seed: int = 0
-    batch_size: int = field(default=64, metadata={"help": "sequences decoded together"})
+    batch_size: int = field(default=64, metadata={
+        "help": "sequences decoded together (hf); vllm: samples logged together, while vLLM "
+                "keeps its own batch full across them"})
     device: str | None = field(default=None, metadata={
         "help": "large model's device: cuda/cpu (default: cuda if any) or auto (spread over GPUs)"})
     cache: str = field(default="auto", metadata={
