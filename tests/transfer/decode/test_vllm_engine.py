@@ -10,6 +10,7 @@ rehearse` runs it too.
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -31,6 +32,19 @@ def test_vllm_rast_decodes_the_hf_engines_tokens(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     failed = {name: detail for name, (ok, detail) in
               verdicts(json.loads((tmp_path / RESULT).read_text())).items() if not ok}
+    assert not failed
+
+
+@pytest.mark.slow  # 2 engine starts + an HF recompute of ~2,000 sampled tokens: ~5-10 minutes
+def test_speculative_vllm_rast_is_rast(tmp_path):
+    from tests.transfer.decode import vllm_spec_check
+
+    run = subprocess.run([sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
+                          str(tmp_path)], check=False, capture_output=True, text=True,
+                         timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    failed = {name: detail for name, (ok, detail) in vllm_spec_check.verdicts(
+        json.loads((tmp_path / vllm_spec_check.RESULT).read_text())).items() if not ok}
     assert not failed
 
 
@@ -215,7 +229,11 @@ def test_speculation_drafts_with_the_first_pairs_rl_model_padded_to_the_targets_
     assert torch.equal(rows[:128], own["model.embed_tokens.weight"])
     assert not rows[128:].any()  # pad ids: zero rows, and -inf in the target
     assert all(torch.equal(padded[k], own[k]) for k in own if "embed_tokens" not in k)
-    assert vllm_engine.padded_draft_dir(tiny_models["small_rl"], 160, "float32") == spec["model"]
+    config = json.loads(Path(spec["model"], "config.json").read_text())
+    assert config["architectures"] == ["RastForCausalLM"]  # S_RL alone, cut to the tokenizer
+    assert config["rast"]["shared_vocab"] == len(plan.tokenizer) and not config["rast"]["pairs"]
+    assert vllm_engine.padded_draft_dir(tiny_models["small_rl"], 160, len(plan.tokenizer),
+                                        "float32") == spec["model"]
     plain = engine_plan(tiny_models["large"], (one,), LoadOptions(engine="vllm"))
     assert "speculative_config" not in plain.kwargs
 
