@@ -224,6 +224,7 @@ def test_speculation_drafts_with_the_first_pairs_rl_model_padded_to_the_targets_
     from safetensors.torch import load_file
 
     monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "check_cpu_head_dims", lambda configs: None)
     monkeypatch.setattr("train.models.RAST_HOME", tmp_path / "home")
     one = resolve_delta(tiny_models["small_rl"], tiny_models["small_base"], lam=1.0)
     plan = engine_plan(tiny_models["large"], (one,), LoadOptions(
@@ -250,6 +251,7 @@ def test_speculation_drafts_with_the_first_pairs_rl_model_padded_to_the_targets_
 
 def test_speculation_without_a_pair_is_refused(tiny_models, monkeypatch):
     monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "check_cpu_head_dims", lambda configs: None)
     with pytest.raises(UserError, match="needs a small pair"):
         engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm", speculative=True))
 
