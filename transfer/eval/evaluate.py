@@ -38,6 +38,7 @@ from train.tiny.task import is_careful
 from transfer.decode.backends import open_decoder
 from transfer.decode.cached_model import CACHE_MODES  # torch: imported here, not at first use
 from transfer.decode.decoder import (
+    ENGINES,
     Decoder,
     LoadOptions,
     SamplingParams,
@@ -109,6 +110,12 @@ class TransferConfig:
     speculative: bool = field(default=False, metadata={
         "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
                 "distribution, other samples)"})
+    engine: str = field(default="hf", metadata={
+        "help": "decoding engine: hf (this project's loop, the exact reference) or vllm"})
+    tensor_parallel_size: int = field(default=1, metadata={
+        "help": "vllm: GPUs every model is sharded over (heads must divide by it)"})
+    gpu_memory_utilization: float | None = field(default=None, metadata={
+        "help": "vllm: share of each GPU it takes for weights and KV blocks (default 0.9)"})
     output_dir: str = "outputs/transfer-tiny"
     report_to: str = field(default="wandb", metadata={"help": "wandb or none"})
     wandb_project: str = "rast-transfer"
@@ -142,6 +149,8 @@ class TransferConfig:
             parse_combination(text)  # refuses a misspelt one before anything loads
         if self.cache not in CACHE_MODES:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
+        if self.engine not in ENGINES:
+            raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
 @dataclass(frozen=True)
@@ -508,7 +517,8 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
         f"{s.name} [{s.target}" + "".join(f" + {d.lam:g} x ({d.pair.rl} - {d.pair.base})"
                                           for d in s.deltas if d.lam)
         + "]" for s in systems))
-    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected))
+    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected,
+                   config.engine, config.tensor_parallel_size, config.gpu_memory_utilization))
     return {}
 
 
