@@ -27,6 +27,7 @@ from pathlib import Path
 from train.errors import UserError
 from train.memory import GB, USABLE_SHARE, full_training_gb
 from train.models import MODELS, Architecture, architecture_of, registry_entry
+from transfer.decode.vllm_engine import check_tensor_parallel, tensor_parallel_ok
 
 PROMPT_TOKENS = 1024  # qwen-boxed prompts of the six benchmarks fit (SimpleRL-Zoo's max prompt)
 CARDS_GB = (40, 80, 141)  # A100-40G, A100/H100-80G, H200
@@ -179,28 +180,6 @@ LENGTH_SIGMA = 1.0  # ASSUMED spread: completion lengths lognormal, capped at ma
 PAPER_PROBLEMS = 2836  # MATH500 500, AIME24 30, AMC23 40, Minerva 272, OlympiadBench 675, GSM8K 1319
 # A card's roofline by its memory: HBM bytes/s and dense bf16 FLOP/s (A100-40G, H100 SXM, H200).
 CARD_SPEED = {40: (1.555e12, 312e12), 80: (3.35e12, 989e12), 141: (4.8e12, 989e12)}
-
-
-def tensor_parallel_ok(architecture: Architecture, tp: int) -> bool:
-    """Whether vLLM can shard the model over tp GPUs: its attention heads split evenly, and its
-    KV heads split evenly or, fewer than tp, replicate evenly (vLLM's Qwen2Attention asserts)."""
-    kv = architecture.kv_heads
-    return architecture.heads % tp == 0 and (kv % tp == 0 if kv >= tp else tp % kv == 0)
-
-
-def check_tensor_parallel(architectures: dict[str, Architecture], tp: int) -> None:
-    """Refuse a tensor_parallel_size one of the models cannot take: vLLM shards the small models
-    like the target (transfer.decode.vllm_model), so every model's heads must split over tp
-    (Qwen2.5-0.5B's 14 heads fail 4 and 8, 1.5B's 12 fail 8, 7B's 28 fail 8)."""
-    for name, architecture in architectures.items():
-        if not tensor_parallel_ok(architecture, tp):
-            sizes = [str(size) for size in (1, 2, 4, 8, 16)
-                     if all(tensor_parallel_ok(a, size) for a in architectures.values())]
-            raise UserError(f"tensor_parallel_size {tp}: {name} has {architecture.heads} "
-                            f"attention heads and {architecture.kv_heads} KV heads, which vLLM "
-                            f"cannot split over {tp} GPUs (it shards the small models like the "
-                            f"target): use tensor_parallel_size {' or '.join(sizes)} and "
-                            f"data-parallel replicas for more GPUs")
 
 
 def kv_bytes_per_gpu(architecture: Architecture, tp: int) -> int:

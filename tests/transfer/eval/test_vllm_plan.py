@@ -120,3 +120,17 @@ def test_dry_run_refuses_tp_8_with_the_1_5B_pair_in_one_line(capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: tensor_parallel_size 8: Qwen/Qwen2.5-1.5B has 12 attention "
                             "heads and 2 KV heads") and "\n" not in error
+
+
+def test_starting_vllm_refuses_it_too_before_loading_anything():
+    """engine_plan (every vLLM start) checks the target and each pair's base (the RL model has
+    its shape) from their configs, before tokenizers or weights are read."""
+    from train.pairing import Pair
+    from transfer.decode.decoder import LoadOptions
+    from transfer.decode.vllm_engine import engine_plan
+    from transfer.deltas import Delta
+
+    pair = Pair("Qwen/Qwen2.5-0.5B", "hkust-nlp/Qwen-2.5-0.5B-SimpleRL-Zoo", False, True)
+    options = LoadOptions(engine="vllm", tensor_parallel_size=4)
+    with pytest.raises(UserError, match="^tensor_parallel_size 4: Qwen/Qwen2.5-0.5B has 14 "):
+        engine_plan("Qwen/Qwen2.5-32B", (Delta(pair, 1.0),), options)
