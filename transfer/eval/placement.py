@@ -177,7 +177,7 @@ MEAN_PROMPT_TOKENS = 91  # measured: the six benchmarks' question-answer prompts
 # tokenizer (2836 problems: mean 90.9 tokens, longest 1264)
 MEAN_COMPLETION_TOKENS = 1000  # ASSUMED (a run's summary.json has the real mean_tokens)
 LENGTH_SIGMA = 1.0  # ASSUMED spread: completion lengths lognormal, capped at max_new_tokens
-PAPER_PROBLEMS = 2836  # MATH500 500, AIME24 30, AMC23 40, Minerva 272, OlympiadBench 675, GSM8K 1319
+PAPER_PROBLEMS = 2836  # MATH500 500, AIME24 30, AMC23 40, Minerva 272, Olympiad 675, GSM8K 1319
 # A card's roofline by its memory: HBM bytes/s and dense bf16 FLOP/s (A100-40G, H100 SXM, H200).
 CARD_SPEED = {40: (1.555e12, 312e12), 80: (3.35e12, 989e12), 141: (4.8e12, 989e12)}
 
@@ -206,7 +206,7 @@ class VllmPlan:
         return max(0, int(self.pool_gb * GB / (self.large_kv + self.pair_kv)))
 
     def sequences(self, tokens_each: float) -> int:
-        """Sequences of `tokens_each` tokens the pool holds at once (vLLM's max_num_seqs caps it)."""
+        """Sequences of `tokens_each` tokens the pool holds at once (max_num_seqs caps it)."""
         return min(VLLM_MAX_NUM_SEQS, int(self.pool_tokens // tokens_each))
 
 
@@ -331,9 +331,10 @@ def _vllm_lines(config, large: ModelFacts, small: list[ModelFacts], gpus: int, c
                f"one system of the six benchmarks ({PAPER_PROBLEMS} problems) x {config.samples} "
                f"samples:")
     hf_seconds = hf_sweep_seconds(large, small, config.batch_size, lengths, samples, card_gb)
-    out.append(f"  HF engine, batch_size {config.batch_size} on its {hf.gpus_per_process} GPUs: each "
-               f"batch runs ~{lengths.longest(config.batch_size):,.0f} steps (its expected longest "
-               f"row) for {lengths.mean:,.0f} tokens a row on average: {hf_seconds / 3600:,.1f} h, "
+    out.append(f"  HF engine, batch_size {config.batch_size} on its {hf.gpus_per_process} GPUs: "
+               f"each batch runs ~{lengths.longest(config.batch_size):,.0f} steps (its expected "
+               f"longest row) for {lengths.mean:,.0f} tokens a row on average: "
+               f"{hf_seconds / 3600:,.1f} h, "
                f"{hf_seconds * hf.gpus_per_process / 3600:,.0f} GPU-hours")
     vllm_seconds, running = vllm_sweep_seconds(p, large, small, lengths, samples, card_gb)
     out.append(f"  vLLM, tensor_parallel_size {tp}, ~{running} sequences in flight: "
@@ -424,8 +425,36 @@ def _facts_line(role: str, name: str, facts: ModelFacts) -> str:
             f"{facts.architecture.head_dim})")
 
 
+def vllm_table(samples: int = 32, batch: int = 64, max_new_tokens: int = 16384) -> str:
+    """Markdown: the 32B recipes on vLLM against the HF engine, per card and tensor-parallel
+    size: what one engine holds at once and one system's Avg@`samples` sweep (arithmetic)."""
+    large, worst = model_facts("32B"), sequence_tokens(max_new_tokens)
+    lengths = Lengths(max_new_tokens)
+    lines = [("| 32B + pair | GPUs | weights / KV pool per GPU (GB) | pair's extra KV per "
+              "token | HF engine: rows at once (worst case) | vLLM: sequences at once, worst case "
+              "/ in flight | one system's sweep, GPU-hours: HF engine (batch 64, its plan) / "
+              "vLLM |"),
+             "|---|---|---|---|---|---|---|"]
+    for small_name in ("1.5B", "7B"):
+        small = [model_facts(small_name)] * 2
+        for card, tp in ((80, 2), (80, 4), (141, 1), (141, 2)):
+            p = vllm_plan(large, small, tp, card)
+            hf = plan(large, small, batch, worst, 64, card)
+            hf_hours = (hf_sweep_seconds(large, small, batch, lengths, PAPER_PROBLEMS * samples,
+                                         card) * hf.gpus_per_process / 3600)
+            seconds, running = vllm_sweep_seconds(p, large, small, lengths,
+                                                  PAPER_PROBLEMS * samples, card)
+            lines.append(f"| + {small_name} | {tp} x {card} GB | {p.weights_gb:.1f} / "
+                         f"{p.pool_gb:.1f} | +{p.pair_kv / p.large_kv:.1%} | "
+                         f"{max_batch(large, small, worst, tp, card)} | {p.sequences(worst)} / "
+                         f"{running} | {hf_hours:,.0f} / {seconds * tp / 3600:,.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(memory_table())
+    print()
+    print(vllm_table())
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def test_the_sweep_arithmetic_favours_refilling_over_worst_case_batches():
     ("7B", 4, True), ("7B", 8, False)])  # 28 heads, 4 KV heads
 def test_a_tensor_parallel_size_the_heads_cannot_take_is_refused_in_one_line(small, tp, ok):
     large, pair = facts("32B", small)
-    architectures = {"Qwen/Qwen2.5-32B": large.architecture, f"Qwen/Qwen2.5-{small}": pair.architecture}
+    architectures = {"Qwen/Qwen2.5-32B": large.architecture,
+                     f"Qwen/Qwen2.5-{small}": pair.architecture}
     assert placement.tensor_parallel_ok(pair.architecture, tp) is ok
     if ok:
         placement.check_tensor_parallel(architectures, tp)
@@ -134,3 +135,10 @@ def test_starting_vllm_refuses_it_too_before_loading_anything():
     options = LoadOptions(engine="vllm", tensor_parallel_size=4)
     with pytest.raises(UserError, match="^tensor_parallel_size 4: Qwen/Qwen2.5-0.5B has 14 "):
         engine_plan("Qwen/Qwen2.5-32B", (Delta(pair, 1.0),), options)
+
+
+def test_the_readme_table_is_the_plans_output():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    assert placement.vllm_table() in readme  # regenerate with `python -m transfer.eval.placement`
