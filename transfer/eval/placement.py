@@ -451,10 +451,40 @@ def vllm_table(samples: int = 32, batch: int = 64, max_new_tokens: int = 16384) 
     return "\n".join(lines)
 
 
+def smallest_tp(large: ModelFacts, small: list[ModelFacts], tokens: int, card_gb: float) -> int:
+    """The fewest GPUs vLLM can shard these models over with room for one `tokens` sequence."""
+    return next(tp for tp in (1, 2, 4, 8) if all(tensor_parallel_ok(m.architecture, tp)
+                                                 for m in (large, *small))
+                and vllm_plan(large, small, tp, card_gb).pool_tokens >= tokens)
+
+
+def recipe_hours_table(samples: int = 32, max_new_tokens: int = 16384, card_gb: float = 80) -> str:
+    """Markdown: GPU-hours of each Qwen RAST recipe's systems on vLLM (S_RL, L, L + RAST, L_RL;
+    roofline arithmetic, vllm_sweep_seconds), each on the fewest GPUs that hold it."""
+    lengths, worst = Lengths(max_new_tokens), sequence_tokens(max_new_tokens)
+    lines = ["| recipe (x 32 samples) | S_RL | L | L + RAST | L_RL | all four |",
+             "|---|---|---|---|---|---|"]
+    for target, small_name in (("7B", "1.5B"), ("14B", "1.5B"), ("32B", "1.5B"), ("32B", "7B")):
+        large, small = model_facts(target), model_facts(small_name)
+        cells = []
+        for model, pair in ((small, []), (large, []), (large, [small, small]), (large, [])):
+            tp = smallest_tp(model, pair, worst, card_gb)
+            seconds, _ = vllm_sweep_seconds(vllm_plan(model, pair, tp, card_gb), model, pair,
+                                            lengths, PAPER_PROBLEMS * samples, card_gb)
+            cells.append((seconds * tp / 3600, tp))
+        lines.append(f"| `Qwen2.5-{target}/rast/config_{small_name}.yaml` | "
+                     + " | ".join(f"{hours:.1f} ({tp} GPU{'s' if tp > 1 else ''})"
+                                  for hours, tp in cells)
+                     + f" | {sum(hours for hours, _ in cells):.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(memory_table())
     print()
     print(vllm_table())
+    print()
+    print(recipe_hours_table())
 
 
 if __name__ == "__main__":

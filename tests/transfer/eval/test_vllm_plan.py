@@ -142,3 +142,10 @@ def test_the_readme_table_is_the_plans_output():
 
     readme = (Path(__file__).parents[3] / "README.md").read_text()
     assert placement.vllm_table() in readme  # regenerate with `python -m transfer.eval.placement`
+
+
+def test_the_recipes_readme_table_is_the_plans_output():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[3] / "recipes" / "README.md").read_text()
+    assert placement.recipe_hours_table() in readme  # `python -m transfer.eval.placement`
