@@ -1,6 +1,7 @@
 """The HF engine and vLLM side by side (`make bench`'s engine comparison, issue 23).
 
-In one process, on the same models, in interleaved rounds (best round kept), generated tokens/s of
+In one process, on the same models, in interleaved rounds (the best kept; the paper-shaped
+workload in the first --paper_repeats of them), generated tokens/s of
   HF engine, L alone   transfer.decode.engine.RastEngine on the large model alone
   HF engine, RAST      the same with the small pair (stacked, eager)
   vLLM, L alone        plain vLLM on L (Qwen2ForCausalLM, the engine arguments of
@@ -40,8 +41,8 @@ of a step, and the ratio would measure LM heads, not RAST.
 On these CPUs the HF engine may stay the faster one: these models are small, each step is
 mostly per-call overhead, and vLLM's per-step scheduling costs as much as a toy model's
 forward. What vLLM brings (paged memory by actual length, refilling, preemption, tensor
-parallelism, CUDA graphs) pays at the paper's scale on GPUs: `make gpu-bench` (transfer.bench.gpu
---engines) measures that.
+parallelism, CUDA graphs) pays at the paper's scale on GPUs: `make gpu-bench`
+(transfer.bench.gpu_engines) measures that.
 
     make bench        # or: python -m transfer.bench.engines [--batches 1 16 64] [--repeats 2]
 """
