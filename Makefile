@@ -82,8 +82,12 @@ transfer: setup
 serve: setup
 	$(PY) -m transfer.serve $(ARGS)
 
+# The HF engine's loop against a naive one and speculative RAST (tiny family), then the HF engine
+# against vLLM, L alone and RAST, at batch 1/16/64 and on a paper-shaped workload under one KV
+# budget (transfer/bench/engines.py: vLLM in worker processes it starts; outputs/bench_engines.json).
 bench: setup
 	$(PY) -m transfer.bench.cpu --batch_size 8 --prompts 32 $(if $(wildcard outputs/tiny-s-grpo/rast_pair.json),--small_rl outputs/tiny-s-grpo)
+	$(PY) -m transfer.bench.engines
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
@@ -93,10 +97,14 @@ clean:
 tiny-family: setup
 	$(PY) -m train.tiny.family
 
-# On a machine with one GPU; writes outputs/gpu_bench.json. About 8 minutes on an H200, mostly
-# the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the default mode alone (~3 minutes);
-# cuda-graphs+speculative times speculative RAST, and each pair gets its round timed part by part.
+# On a machine with one GPU and vLLM. First vLLM RAST against vLLM on L alone and the HF engine
+# (transfer/bench/gpu_engines.py, outputs/gpu_engines.json; ENGINES_ARGS="--pairs 7B:0.5B" for
+# one pair, ~6-12 min each, estimate); then the HF engine's modes (outputs/gpu_bench.json, about 8
+# minutes on an H200, mostly the eager "dynamic" mode: ARGS="--modes cuda-graphs" times the
+# default mode alone, ~3 minutes; cuda-graphs+speculative times speculative RAST, and each pair
+# gets its round timed part by part). ARGS=--smoke runs both on CPU with tiny configs.
 gpu-bench: setup
+	$(PY) -m transfer.bench.gpu_engines --pairs 7B:0.5B 32B:1.5B $(filter --smoke,$(ARGS)) $(ENGINES_ARGS)
 	$(PY) -m transfer.bench.gpu --pairs 7B:0.5B 32B:1.5B --batches 1 8 16 $(ARGS)
 
 # GRPO of the other tiny members (the RL references of RR and the cross-scale analysis), one

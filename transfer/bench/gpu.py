@@ -31,6 +31,10 @@ from transfer.decode.stacked_pair import stack_pair
 ARCHITECTURES = {name: info.architecture for name, info in MODELS.items() if info.architecture}
 ARCHITECTURES["smoke-s"] = Architecture(32, 2, 4, 2, 64, 128, True)
 ARCHITECTURES["smoke-l"] = Architecture(64, 3, 4, 2, 128, 160, False)
+# transfer.bench.gpu_engines --smoke runs vLLM on CPU: its attention takes heads of 32 and up
+# (64 and 32 here), and the tiny family's 98-token tokenizer needs at least 98 rows.
+ARCHITECTURES["smoke-vl"] = Architecture(128, 2, 2, 1, 256, 128, False)
+ARCHITECTURES["smoke-vs"] = Architecture(64, 2, 2, 1, 128, 128, True)
 
 
 def random_qwen2(size: str, device: str, dtype: torch.dtype, seed: int) -> Qwen2ForCausalLM:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, GenerationConfig
 
 from train.errors import UserError
-from train.models import resolve_model, stop_token_ids
+from train.models import Architecture, architecture_of, resolve_model, stop_token_ids
 from transfer.decode.decoder import Completion, LoadOptions, SamplingParams, fit_context
 from transfer.decode.loading import check_models
 from transfer.decode.rast import sample_seed
@@ -227,6 +227,10 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
     per step (speculative_config)."""
     keep = tuple(delta for delta in deltas if delta.lam != 0)
     target = resolve_model(target)
+    if options.tensor_parallel_size > 1:  # else vLLM asserts in a worker, minutes into a start
+        shapes = {name: architecture_of(name) for name in (target, *(d.pair.base for d in keep))}
+        check_tensor_parallel({name: shape for name, shape in shapes.items() if shape},
+                              options.tensor_parallel_size)
     tokenizer, extra_stop_ids = check_models(target, [delta.pair for delta in keep])
     dtype = vllm_dtype(options.dtype)
     members, pairs = [], []
@@ -408,3 +412,25 @@ def merged_lora_dir(pair, dtype: str) -> str:
         Path(staging).mkdir()  # for TemporaryDirectory's cleanup
     logger.info("merged LoRA adapter %s into %s", pair.rl, out)
     return str(out)
+
+
+def tensor_parallel_ok(architecture: Architecture, tp: int) -> bool:
+    """Whether vLLM can shard the model over tp GPUs: its attention heads split evenly, and its
+    KV heads split evenly or, fewer than tp, replicate evenly (vLLM's Qwen2Attention asserts)."""
+    kv = architecture.kv_heads
+    return architecture.heads % tp == 0 and (kv % tp == 0 if kv >= tp else tp % kv == 0)
+
+
+def check_tensor_parallel(architectures: dict[str, Architecture], tp: int) -> None:
+    """Refuse a tensor_parallel_size one of the models cannot take: vLLM shards the small models
+    like the target (transfer.decode.vllm_model), so every model's heads must split over tp
+    (Qwen2.5-0.5B's 14 heads fail 4 and 8, 1.5B's 12 fail 8, 7B's 28 fail 8)."""
+    for name, architecture in architectures.items():
+        if not tensor_parallel_ok(architecture, tp):
+            sizes = [str(size) for size in (1, 2, 4, 8, 16)
+                     if all(tensor_parallel_ok(a, size) for a in architectures.values())]
+            raise UserError(f"tensor_parallel_size {tp}: {name} has {architecture.heads} "
+                            f"attention heads and {architecture.kv_heads} KV heads, which vLLM "
+                            f"cannot split over {tp} GPUs (it shards the small models like the "
+                            f"target): use tensor_parallel_size {' or '.join(sizes)} and "
+                            f"data-parallel replicas for more GPUs")

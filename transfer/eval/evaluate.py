@@ -113,10 +113,12 @@ class TransferConfig:
         "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
                 "distribution, other samples)"})
     engine: str = field(default="hf", metadata={
-        "help": "hf: this project's engine (exact reference; device, cache, compile); vllm: vLLM (paged KV memory, continuous batching, tensor "
-                "parallelism; the Qwen recipes' default)"})
+        "help": "hf: this project's engine (exact reference; device, cache, compile); vllm: "
+                "vLLM (paged KV memory, continuous batching, tensor parallelism; the Qwen "
+                "recipes' default)"})
     tensor_parallel_size: int = field(default=1, metadata={
-        "help": "vllm: GPUs each model is split over (L and the small pair alike)"})
+        "help": "vllm: GPUs each model is split over (L and the small pair alike: heads must "
+                "divide by it)"})
     gpu_memory_utilization: float | None = field(default=None, metadata={
         "help": "vllm: share of each GPU's memory it takes (default 0.9; on CPU, of host "
                 "RAM, default 0.08)"})
@@ -539,7 +541,8 @@ def dry_run(config: TransferConfig, systems: list[System]) -> dict:
         f"{s.name} [{s.target}" + "".join(f" + {d.lam:g} x ({d.pair.rl} - {d.pair.base})"
                                           for d in s.deltas if d.lam)
         + "]" for s in systems))
-    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected))
+    print(describe(config, small_models, config.gpus, config.gpu_memory_gb, detected,
+                   config.engine, config.tensor_parallel_size, config.gpu_memory_utilization))
     return {}
 
 
