@@ -140,7 +140,7 @@ def test_dry_run_plans_32B_without_weights_or_hub(tmp_path):
     env = {**ENV, "HF_HOME": str(tmp_path / "empty_hf_home")}  # nothing cached: must not matter
     result = subprocess.run([sys.executable, "-m", "transfer.eval.evaluate", "--config",
                              "recipes/Qwen2.5-32B/rast/config_1.5B.yaml", "--dry-run", "--gpus",
-                             "8", "--gpu_memory_gb", "80", "--batch_size", "16",
+                             "8", "--gpu_memory_gb", "80", "--batch_size", "16", "--engine", "hf",
                              "--output_dir", str(tmp_path / "out")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
