@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             ["smoke-vl:smoke-vs"], [1, 4], 8, 16)
         args.prompts, args.samples, args.prompt_tokens, args.median_tokens = 2, 4, 32, 8
         args.max_new_tokens, args.kv_rows, args.repeats, args.paper_repeats = 64, 4, 1, 1
+    if not args.smoke:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("error: no CUDA device; run with --smoke for the CPU path")
     if args.system:  # one system in this process
         result = run_system(args)
         Path(args.output).write_text(json.dumps(result))
