@@ -67,6 +67,22 @@ def resolve_delta(small_rl: str, small_base: str | None = None, lam: float = 1.0
     return Delta(resolve_pair(small_rl, small_base), lam)
 
 
+def add_pair_arguments(parser, lam_note: str = "") -> None:
+    """The command-line flags deltas_per_pair reads (--target, --small_base, --small_rl, --lam),
+    one spelling for every command that decodes pairs (transfer.generate, transfer.serve)."""
+    parser.add_argument("--target", "--large", required=True,
+                        help="large base model L: registry name, directory or hub id")
+    parser.add_argument("--small_base", "--small-base", nargs="+",
+                        help="small model before RL (default: from rast_pair.json); one per "
+                             "--small_rl")
+    parser.add_argument("--small_rl", "--small-rl", nargs="+",
+                        help="RL checkpoint or LoRA adapter directory of small_base; several: "
+                             "their deltas add up, z_L + sum_i lam_i (z_RL_i - z_base_i)")
+    parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
+                        help="RL delta weight, one per --small_rl (a single value applies to "
+                             "every pair); 0 = large alone" + lam_note)
+
+
 def deltas_per_pair(small_rl: list[str], small_base: list[str | None] | None,
                     lams: list[float]) -> tuple[Delta, ...]:
     """One Delta per RL model, lams[i] for pair i (a single lam applies to every pair): the

@@ -30,7 +30,7 @@ from transfer.decode.backends import open_decoder
 from transfer.decode.cached_model import CACHE_MODES
 from transfer.decode.decoder import ENGINES, LoadOptions, SamplingParams
 from transfer.decode.rast import sample_seed
-from transfer.deltas import Delta, check_lam, deltas_per_pair
+from transfer.deltas import Delta, add_pair_arguments, check_lam, deltas_per_pair
 from transfer.runlog import (
     SampleLog,
     changed_settings,
@@ -106,17 +106,7 @@ def read_prompts(path: str) -> tuple[list[str], list[str]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Flags are spelled as the recipes' fields (--max_new_tokens); --max-new-tokens works too.
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", "--large", required=True,
-                        help="large base model L: registry name, directory or hub id")
-    parser.add_argument("--small_base", "--small-base", nargs="+",
-                        help="small model before RL (default: from rast_pair.json); one per "
-                             "--small_rl")
-    parser.add_argument("--small_rl", "--small-rl", nargs="+",
-                        help="RL checkpoint or LoRA adapter directory of small_base; several: "
-                             "their deltas add up, z_L + sum_i lam_i (z_RL_i - z_base_i)")
-    parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
-                        help="RL delta weight, one per --small_rl (a single value applies to "
-                             "every pair); 0 = large alone")
+    add_pair_arguments(parser)
     parser.add_argument("--input", required=True, help="JSONL of {'prompt', optional 'id'}")
     parser.add_argument("--output", required=True, help="JSONL of completions, appended per batch")
     parser.add_argument("--n", type=int, default=1, help="samples per prompt")

@@ -38,7 +38,7 @@ from pathlib import Path
 from train.errors import UserError, exit_on_user_error
 from transfer.decode.decoder import LoadOptions
 from transfer.decode.vllm_engine import EnginePlan, engine_plan
-from transfer.deltas import check_lam, deltas_per_pair
+from transfer.deltas import add_pair_arguments, check_lam, deltas_per_pair
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +48,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", "--large", required=True,
-                        help="large base model L: registry name, directory or hub id")
-    parser.add_argument("--small_base", "--small-base", nargs="+",
-                        help="small model before RL (default: from rast_pair.json); one per "
-                             "--small_rl")
-    parser.add_argument("--small_rl", "--small-rl", nargs="+",
-                        help="RL checkpoint or LoRA adapter of small_base; several: their deltas "
-                             "add up, z_L + sum_i lam_i (z_RL_i - z_base_i)")
-    parser.add_argument("--lam", type=float, nargs="+", default=[1.0],
-                        help="RL delta weight, one per --small_rl (a single value applies to "
-                             "every pair); 0 = large alone; fixed while the server runs")
+    add_pair_arguments(parser, "; fixed while the server runs")
     parser.add_argument("--served_model_name", "--served-model-name", default="rast",
                         help="the `model` clients send")
     parser.add_argument("--host", help="default: every interface (vLLM's)")

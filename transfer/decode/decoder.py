@@ -121,6 +121,19 @@ class LoadOptions:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 
 
+def check_prompts(prompts: list, keys: list[str] | None) -> list[str]:
+    """The keys of `prompts` (default: the prompts themselves), refusing a key count that does
+    not match and a prompt that is not text; one rule for every engine."""
+    keys = list(prompts) if keys is None else list(keys)
+    if len(keys) != len(prompts):
+        raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
+    not_text = next((i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)), None)
+    if not_text is not None:
+        raise UserError(f"prompt {keys[not_text]!r} is a {type(prompts[not_text]).__name__}, "
+                        f"not a string: give every prompt as text")
+    return keys
+
+
 def fit_context(prompt_ids: list[list[int]], params: SamplingParams, context: int | None,
                 keys: list[str] | None = None) -> list[list[int]]:
     """The prompts, each leaving max_new_tokens of the `context` positions: a longer one is

@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from train.errors import UserError
 from train.models import load_model, resolve_model, stop_token_ids
 from transfer.decode.cached_model import CachedModel, left_pad
-from transfer.decode.decoder import Completion, LoadOptions, SamplingParams, fit_context
+from transfer.decode.decoder import (
+    Completion,
+    LoadOptions,
+    SamplingParams,
+    check_prompts,
+    fit_context,
+)
 from transfer.decode.loading import (
     check_device,
     check_embedding_rows,
@@ -161,13 +167,7 @@ class RastEngine:
         prompts with all n samples of each (so a prompt is never prefilled twice). The seed of
         sample i of a prompt is sample_seed(seed, key, i), key defaulting to the prompt text.
         """
-        keys = list(prompts) if keys is None else list(keys)
-        if len(keys) != len(prompts):
-            raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
-        not_text = next((i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)), None)
-        if not_text is not None:
-            raise UserError(f"prompt {keys[not_text]!r} is a {type(prompts[not_text]).__name__}, "
-                            f"not a string: give every prompt as text")
+        keys = check_prompts(prompts, keys)
         # Every prompt is tokenized and fitted to the context before the first token is decoded.
         all_ids = self.fit_context(self.tokenizer(list(prompts))["input_ids"] if prompts else [],
                                    params, keys)

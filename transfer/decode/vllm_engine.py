@@ -37,7 +37,13 @@ from transformers import AutoConfig, GenerationConfig
 
 from train.errors import UserError
 from train.models import Architecture, architecture_of, resolve_model, stop_token_ids
-from transfer.decode.decoder import Completion, LoadOptions, SamplingParams, fit_context
+from transfer.decode.decoder import (
+    Completion,
+    LoadOptions,
+    SamplingParams,
+    check_prompts,
+    fit_context,
+)
 from transfer.decode.loading import check_models
 from transfer.decode.rast import sample_seed
 from transfer.decode.stops import completion_text
@@ -123,13 +129,7 @@ class VllmDecoder:
         soon as the batch's last sample finishes. Every prompt's samples are handed to vLLM at
         once, so its scheduler keeps its batch full across these batches (they only say when
         completions are handed back: each is logged as its batch ends)."""
-        keys = list(prompts) if keys is None else list(keys)
-        if len(keys) != len(prompts):
-            raise UserError(f"{len(keys)} keys for {len(prompts)} prompts")
-        not_text = next((i for i, prompt in enumerate(prompts) if not isinstance(prompt, str)), None)
-        if not_text is not None:
-            raise UserError(f"prompt {keys[not_text]!r} is a {type(prompts[not_text]).__name__}, "
-                            f"not a string: give every prompt as text")
+        keys = check_prompts(prompts, keys)
         ids = self.engine.tokenizer(list(prompts))["input_ids"] if prompts else []
         empty = next((key for key, row in zip(keys, ids) if not row), None)
         if empty is not None:
