@@ -112,6 +112,9 @@ class TransferConfig:
     speculative: bool = field(default=False, metadata={
         "help": "speculative RAST for every RAST system: S_RL drafts, L verifies (same "
                 "distribution, other samples)"})
+    draft_tokens: int | None = field(default=None, metadata={
+        "help": "with speculative: drafts per round (hf: default adaptive; vllm: default 4); "
+                "the samples' distribution does not depend on it"})
     engine: str = field(default="hf", metadata={
         "help": "hf: this project's engine (exact reference; device, cache, compile); vllm: "
                 "vLLM (paged KV memory, continuous batching, tensor parallelism; the Qwen "
@@ -164,6 +167,10 @@ class TransferConfig:
             raise UserError(f"cache must be one of {', '.join(CACHE_MODES)}, got {self.cache!r}")
         if self.engine not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.draft_tokens is not None and not (self.speculative
+                                                  and 0 <= self.draft_tokens <= 64):
+            raise UserError(f"draft_tokens needs speculative: true and a value in [0, 64], got "
+                            f"{self.draft_tokens}")
         if self.tensor_parallel_size < 1:
             raise UserError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
 
@@ -428,13 +435,14 @@ def load_decoder(system: System, config: TransferConfig) -> Decoder:
             max_model_len=config.max_model_len, enforce_eager=config.enforce_eager,
             distributed_executor_backend=config.distributed_executor_backend,
             # L alone has no draft: it decodes plainly, as on the HF engine
-            speculative=config.speculative and any(delta.lam for delta in system.deltas)))
+            speculative=config.speculative and any(delta.lam for delta in system.deltas),
+            draft_tokens=config.draft_tokens))
     device, small_device = config.device, None
     if device == "auto":  # several GPUs: L's layers over the first ones, the pair on its own
         device, small_device = gpu_layout(system, config)
     return open_decoder(system.target, system.deltas, LoadOptions(
         device=device, small_device=small_device, cache=config.cache, compile=config.compile,
-        speculative=config.speculative))
+        speculative=config.speculative, draft_tokens=config.draft_tokens))
 
 
 def gpu_layout(system: System, config: TransferConfig):

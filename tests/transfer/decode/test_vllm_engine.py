@@ -137,6 +137,8 @@ def test_an_end_token_vllm_was_not_given_is_an_error_not_a_silent_stop():
 @pytest.mark.parametrize("overrides, message", [
     ({"engine": "sglang"}, "engine must be one of hf, vllm"),
     ({"engine": "vllm", "tensor_parallel_size": 0}, "tensor_parallel_size must be >= 1"),
+    ({"draft_tokens": 4}, "draft_tokens needs speculative: true"),
+    ({"speculative": True, "draft_tokens": 65}, r"a value in \[0, 64\], got 65"),
 ])
 def test_engine_settings_that_cannot_run_are_refused(overrides, message):
     with pytest.raises(UserError, match=message):
@@ -281,3 +283,16 @@ def test_on_cpu_the_samplers_expand_is_mended_and_vllms_own_loses_its_result(mon
     ints = rejection_sampler.expand_batch_to_tokens(torch.tensor([3, -1], dtype=torch.int32),
                                                     torch.tensor([1, 4]), 4)
     assert ints.tolist() == [3, -1, -1, -1] and ints.dtype == torch.int32
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_a_recipes_draft_tokens_reach_either_engine(engine, monkeypatch):
+    from transfer.eval import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "open_decoder", lambda target, deltas, options: seen.append(
+        options))
+    pair = SimpleNamespace(base="b", rl="r")
+    system = evaluate.System("RAST", "t", (Delta(pair, 1.0),))
+    evaluate.load_decoder(system, TransferConfig(engine=engine, speculative=True, draft_tokens=3))
+    assert (seen[0].engine, seen[0].speculative, seen[0].draft_tokens) == (engine, True, 3)
