@@ -103,6 +103,8 @@ class VllmDecoder:
         """Speculation's counts since the engine started (none without speculation): drafted
         and accepted tokens from vLLM's spec-decode metrics (transfer.decode.decoder.
         acceptance_rate reads them)."""
+        if not self.engine.llm.llm_engine.log_stats:  # vLLM keeps no counts: no speculation
+            return {}
         metrics = {metric.name: getattr(metric, "value", None)
                    for metric in self.engine.llm.get_metrics()}
         if "vllm:spec_decode_num_draft_tokens" not in metrics:
@@ -269,6 +271,7 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
         draft = members[pairs[0][1]] if pairs else None  # the first pair's S_RL
         kwargs["speculative_config"] = speculative_config(target, draft, len(tokenizer), options,
                                                           dtype, on_cpu)
+        kwargs["disable_log_stats"] = False  # counters() reads the drafted/accepted counts
     kwargs.update(options.vllm_args)
     stop_ids = sorted({*stop_token_ids(tokenizer, generation_config), *extra_stop_ids})
     return EnginePlan(keep, tokenizer, context, stop_ids, kwargs)

@@ -232,6 +232,7 @@ def test_speculation_drafts_with_the_first_pairs_rl_model_padded_to_the_targets_
     plan = engine_plan(tiny_models["large"], (one,), LoadOptions(
         engine="vllm", speculative=True, draft_tokens=3, tensor_parallel_size=2))
     spec = plan.kwargs["speculative_config"]
+    assert plan.kwargs["disable_log_stats"] is False  # counters() reads its counts
     assert spec["method"] == "draft_model" and spec["num_speculative_tokens"] == 3
     assert spec["draft_tensor_parallel_size"] == 2  # vLLM 0.32: the target's, no other
     assert spec["model"].startswith(str(tmp_path / "home" / "drafts"))
@@ -296,3 +297,21 @@ def test_a_recipes_draft_tokens_reach_either_engine(engine, monkeypatch):
     system = evaluate.System("RAST", "t", (Delta(pair, 1.0),))
     evaluate.load_decoder(system, TransferConfig(engine=engine, speculative=True, draft_tokens=3))
     assert (seen[0].engine, seen[0].speculative, seen[0].draft_tokens) == (engine, True, 3)
+
+
+def test_counters_read_vllms_metrics_only_where_it_keeps_them():
+    """LLM's default keeps no stats, and get_metrics() then asserts: the evaluation of a plain
+    system calls counters() before its first batch."""
+    def engine(log_stats, metrics=()):
+        def get_metrics():
+            assert log_stats, "Stat logging disabled"
+            return [SimpleNamespace(name=name, value=value) for name, value in metrics]
+
+        return SimpleNamespace(llm=SimpleNamespace(llm_engine=SimpleNamespace(
+            log_stats=log_stats), get_metrics=get_metrics))
+
+    assert VllmDecoder(engine(False), ()).counters() == {}
+    assert VllmDecoder(engine(True, [("vllm:num_preemptions", 0)]), ()).counters() == {}
+    counted = engine(True, [("vllm:spec_decode_num_draft_tokens", 8),
+                            ("vllm:spec_decode_num_accepted_tokens", 6)])
+    assert VllmDecoder(counted, ()).counters() == {"drafted": 8, "accepted": 6}
