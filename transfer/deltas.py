@@ -83,6 +83,17 @@ def add_pair_arguments(parser, lam_note: str = "") -> None:
                              "every pair); 0 = large alone" + lam_note)
 
 
+def deltas_from_arguments(args, alone: str) -> tuple[Delta, ...]:
+    """The Deltas add_pair_arguments' flags name, checked: every lambda, and --small_base only
+    with --small_rl (`alone`: what the command does with neither, for the message)."""
+    for lam in args.lam:
+        check_lam(lam)
+    if args.small_base and not args.small_rl:
+        raise UserError(f"--small_base given without --small_rl: pass both, or neither to "
+                        f"{alone}")
+    return deltas_per_pair(args.small_rl or [], args.small_base, args.lam)
+
+
 def deltas_per_pair(small_rl: list[str], small_base: list[str | None] | None,
                     lams: list[float]) -> tuple[Delta, ...]:
     """One Delta per RL model, lams[i] for pair i (a single lam applies to every pair): the

@@ -30,7 +30,7 @@ from transfer.decode.backends import open_decoder
 from transfer.decode.cached_model import CACHE_MODES
 from transfer.decode.decoder import ENGINES, LoadOptions, SamplingParams
 from transfer.decode.rast import sample_seed
-from transfer.deltas import Delta, add_pair_arguments, check_lam, deltas_per_pair
+from transfer.deltas import Delta, add_pair_arguments, deltas_from_arguments
 from transfer.runlog import (
     SampleLog,
     changed_settings,
@@ -210,12 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         ids, prompts = read_prompts(args.input)
         if args.n < 1:
             raise UserError(f"--n must be >= 1, got {args.n}")
-        for lam in args.lam:
-            check_lam(lam)
-        if args.small_base and not args.small_rl:
-            raise UserError("--small_base given without --small_rl: pass both, or neither to "
-                            "decode the large model alone")
-        deltas = deltas_per_pair(args.small_rl or [], args.small_base, args.lam)
+        deltas = deltas_from_arguments(args, "decode the large model alone")
         # as the settings of one-pair runs were always recorded: a single value as itself
         args.small_base, args.small_rl, args.lam = (_one_or_list(args.small_base),
                                                     _one_or_list(args.small_rl),

@@ -38,7 +38,7 @@ from pathlib import Path
 from train.errors import UserError, exit_on_user_error
 from transfer.decode.decoder import LoadOptions
 from transfer.decode.vllm_engine import EnginePlan, engine_plan
-from transfer.deltas import add_pair_arguments, check_lam, deltas_per_pair
+from transfer.deltas import add_pair_arguments, deltas_from_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, extra = parse_args(argv)
     with exit_on_user_error():
-        for lam in args.lam:
-            check_lam(lam)
-        if args.small_base and not args.small_rl:
-            raise UserError("--small_base given without --small_rl: pass both, or neither to "
-                            "serve the large model alone")
-        deltas = deltas_per_pair(args.small_rl or [], args.small_base, args.lam)
+        deltas = deltas_from_arguments(args, "serve the large model alone")
         check_port(args.host, args.port)
         plan = engine_plan(args.target, deltas, LoadOptions(
             engine="vllm", dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,

@@ -25,15 +25,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 RESULT = "vllm_server_check.json"
-PROMPT = [5, 17, 301, 42, 7, 99, 250, 3, 64, 128, 11, 900]
+from tests.train.vllm_cpu_check import PROMPT, reference_logprobs
+
 SERVER_SIZES = "--max_model_len 256 --gpu_memory_utilization 0.05 --enforce_eager true"
-
-
-def reference_logprobs(model) -> torch.Tensor:
-    ids = torch.tensor([PROMPT])
-    with torch.no_grad():
-        logprobs = model(ids).logits.float().log_softmax(-1)[0, :-1]
-    return logprobs.gather(-1, ids[0, 1:, None])[:, 0]
 
 
 def server_logprobs(client) -> torch.Tensor:
