@@ -53,6 +53,11 @@ from transfer.deltas import Delta, check_lam
 logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "transfer.decode.vllm_model.RastWorkerExtension"
+# KV cache on CPU unless a share of host RAM or VLLM_CPU_KVCACHE_SPACE is given: vLLM's CPU worker
+# sizes it as that share minus the process's whole RSS (torch, Python, every member's weights),
+# which a machine a few MB fuller turns negative (CI: -0.01 of 1.88 GiB for the 32B combined
+# stand-ins that fit here). A full 18432-position sequence of those stand-ins takes 92 MB.
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -260,10 +265,11 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
               "max_model_len": context, "enable_prefix_caching": True,
               "tensor_parallel_size": options.tensor_parallel_size,
               "distributed_executor_backend": options.distributed_executor_backend,
-              "gpu_memory_utilization": options.gpu_memory_utilization or (
-                  0.08 if on_cpu else 0.9),
+              "gpu_memory_utilization": options.gpu_memory_utilization or 0.9,
               "enforce_eager": on_cpu if options.enforce_eager is None else options.enforce_eager,
               "worker_extension_cls": WORKER_EXTENSION}
+    if on_cpu and not (options.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     if on_cpu:  # vLLM 0.32's CPU runner fails a seeded sample of a partly prefilled prompt
         # ("CPU Generator does not use offset"): whole prompts only, one step's budget each
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))

@@ -124,7 +124,7 @@ class TransferConfig:
                 "divide by it)"})
     gpu_memory_utilization: float | None = field(default=None, metadata={
         "help": "vllm: share of each GPU's memory it takes (default 0.9; on CPU, of host "
-                "RAM, default 0.08)"})
+                "RAM, default: a 1 GiB KV cache instead)"})
     max_model_len: int | None = field(default=None, metadata={
         "help": "vllm: positions per sequence, prompt + completion (default: the models' "
                 "context)"})

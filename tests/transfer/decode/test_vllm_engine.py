@@ -66,6 +66,16 @@ def test_the_plan_names_the_composite_with_each_small_model_once(tiny_models, mo
     # partly prefilled prompt); the caller's vllm_args are applied last
     assert plan.kwargs["enforce_eager"] and plan.kwargs["enable_chunked_prefill"] is False
     assert plan.kwargs["seed"] == 3 and plan.kwargs["enable_prefix_caching"]
+    # a KV cache of its own size, not a share of RAM less the process's RSS (which a fuller
+    # machine turns negative); a share given, or VLLM_CPU_KVCACHE_SPACE, replaces it
+    assert plan.kwargs["kv_cache_memory_bytes"] == vllm_engine.CPU_KV_CACHE_BYTES
+    shared = engine_plan(tiny_models["large"], (one,), LoadOptions(
+        engine="vllm", max_model_len=64, gpu_memory_utilization=0.2))
+    assert "kv_cache_memory_bytes" not in shared.kwargs
+    assert shared.kwargs["gpu_memory_utilization"] == 0.2
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    spaced = engine_plan(tiny_models["large"], (one,), LoadOptions(engine="vllm", max_model_len=64))
+    assert "kv_cache_memory_bytes" not in spaced.kwargs
 
 
 def test_heads_vllms_cpu_attention_cannot_take_are_refused_in_one_line(tiny_models,
@@ -82,6 +92,7 @@ def test_alone_the_target_is_the_composite_without_members(tiny_models, monkeypa
     spec = plan.kwargs["hf_overrides"]["rast"]
     assert spec["members"] == [] and spec["pairs"] == [] and spec["lams"] == []
     assert not plan.kwargs["enforce_eager"] and "enable_chunked_prefill" not in plan.kwargs
+    assert plan.kwargs["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in plan.kwargs
     assert plan.kwargs["dtype"] == "bfloat16" and plan.context == 256
 
 

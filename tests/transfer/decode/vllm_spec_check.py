@@ -23,7 +23,6 @@ acceptance counters.
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -122,8 +121,7 @@ def main(directory: str) -> None:
 
     # negative control: vLLM's own expand, in this process so that undoing the mend reaches it
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    # (in this process vLLM counts the HF models above as used memory: a larger share of RAM)
-    control = open_decoder(paths["L"], (one,), replace(speculative, gpu_memory_utilization=0.2))
+    control = open_decoder(paths["L"], (one,), speculative)
     rejection_sampler.expand_batch_to_tokens = vllms_expand
     result["control"] = sampled_run(control, models)
     (out / RESULT).write_text(json.dumps(result, indent=1))
