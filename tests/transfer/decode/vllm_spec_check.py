@@ -18,6 +18,10 @@ Three measurements, float32 on CPU, one pair (S, S_RL) at lambda 1, 4 drafts per
   mend undone, engine in this process): the negative control, whose tokens must fail the test.
 Both runs record how often a drawn token is the draft's own greedy choice, and vLLM's
 acceptance counters.
+The toy pair's greedy drafts are never accepted (S_RL's argmax is rarely RAST's), so greedy
+acceptance runs once more on a pair the target mostly agrees with: S_RL = L and S = L slightly
+perturbed (RAST = 2 z_L - z_S, the draft L): vLLM's tokens against the HF engine's, with some
+drafts accepted and some rejected.
 """
 
 import json
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from tests.transfer.decode.vllm_check import PROMPTS, build_models, rast_logprobs
+from tests.transfer.decode.vllm_check import PROMPTS, build_models, rast_logprobs, tokens
 
 RESULT = "vllm_spec_check.json"
 NEW_TOKENS = 24
@@ -85,6 +89,38 @@ def distributions(models, prompt, drawn):
     return combined.softmax(-1), rl.argmax(-1).tolist()
 
 
+def near_copy(model: str, out: Path, noise: float = 0.02) -> str:
+    """`model` with every weight moved by `noise` of its spread: a base whose pair with `model`
+    leaves RAST's greedy choice mostly the target's own."""
+    from transformers import AutoModelForCausalLM
+
+    from train.qwen_tokenizer import write_tokenizer
+
+    torch.manual_seed(6)
+    copy = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        for param in copy.parameters():
+            param.add_(noise * param.std() * torch.randn_like(param))
+    copy.save_pretrained(out)
+    write_tokenizer(out, Path(model) / "tokenizer.json")
+    return str(out)
+
+
+def greedy_run(paths: dict, delta, options, greedy) -> tuple[dict, object]:
+    """The HF engine's greedy RAST and vLLM's speculative one (vLLM's counters too), and the
+    vLLM decoder, still open."""
+    from transfer.decode.backends import open_decoder
+    from transfer.decode.decoder import LoadOptions
+
+    reference = open_decoder(paths["L"], (delta,), LoadOptions(engine="hf", dtype="float32"))
+    result = {"hf": tokens(reference.generate(PROMPTS, greedy, progress=False))}
+    del reference
+    decoder = open_decoder(paths["L"], (delta,), options)
+    result["vllm"] = tokens(decoder.generate(PROMPTS, greedy, progress=False))
+    result["counters"] = decoder.counters()
+    return result, decoder
+
+
 def main(directory: str) -> None:
     out = Path(directory)
     os.environ.setdefault("RAST_HOME", str(out / "home"))  # the padded draft's cache
@@ -103,19 +139,17 @@ def main(directory: str) -> None:
                               vllm_args={"disable_log_stats": False})
     greedy = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
     result = {}
-    reference = open_decoder(paths["L"], (one,), LoadOptions(engine="hf", dtype="float32"))
-    result["greedy"] = {"hf": [c.token_ids for c in reference.generate(PROMPTS, greedy,
-                                                                      progress=False)]}
-    del reference
+    result["greedy"], decoder = greedy_run(paths, one, speculative, greedy)
     models = {name: Qwen2ForCausalLM.from_pretrained(paths[name]).eval()
               for name in ("L", "S", "S_RL")}
-
-    decoder = open_decoder(paths["L"], (one,), speculative)
-    result["greedy"]["vllm"] = [c.token_ids for c in decoder.generate(PROMPTS, greedy,
-                                                                      progress=False)]
-    result["greedy"]["counters"] = decoder.counters()
     result["sampled"] = sampled_run(decoder, models)
-    (out / RESULT).write_text(json.dumps(result, indent=1))  # the control below may not start
+    (out / RESULT).write_text(json.dumps(result, indent=1))  # what follows may not start
+    decoder.engine.llm.llm_engine.engine_core.shutdown()
+    del decoder
+
+    near = resolve_delta(paths["L"], near_copy(paths["L"], out / "models" / "L_near"), lam=1.0)
+    result["near"], decoder = greedy_run(paths, near, speculative, greedy)
+    (out / RESULT).write_text(json.dumps(result, indent=1))
     decoder.engine.llm.llm_engine.engine_core.shutdown()
     del decoder
 
@@ -131,6 +165,9 @@ def verdicts(result: dict) -> dict[str, tuple[bool, str]]:
     greedy, sampled, control = result["greedy"], result["sampled"], result["control"]
     same = sum(a == b for a, b in zip(greedy["hf"], greedy["vllm"]))
     drafted = greedy["counters"].get("drafted", 0)
+    near = result["near"]
+    near_same = sum(a == b for a, b in zip(near["hf"], near["vllm"]))
+    near_drafted, near_accepted = (near["counters"].get(key, 0) for key in ("drafted", "accepted"))
     accepted = sampled["counters"].get("accepted", 0) / max(sampled["counters"].get("drafted",
                                                                                     0), 1)
     return {
@@ -138,6 +175,10 @@ def verdicts(result: dict) -> dict[str, tuple[bool, str]]:
             same == len(greedy["hf"]) > 0 and drafted > 0,
             (f"{same}/{len(greedy['hf'])} completions token-identical, {drafted} tokens drafted, "
             f"acceptance {greedy['counters'].get('accepted', 0) / max(drafted, 1):.3f}")),
+        "greedy, drafts accepted and rejected = HF greedy RAST": (
+            near_same == len(near["hf"]) > 0 and 0 < near_accepted < near_drafted,
+            (f"S_RL = L, S = L perturbed: {near_same}/{len(near['hf'])} completions "
+             f"token-identical, {near_accepted} of {near_drafted} drafted tokens accepted")),
         "T = 1: reported log-probabilities are RAST's": (
             sampled["max_logprob_error"] < 1e-4 and sampled["tokens"] > 1000,
             (f"max |vLLM - recomputed RAST| {sampled['max_logprob_error']:.2e} over "
