@@ -118,22 +118,13 @@ def vllm_cpu_pieces(directory: Path, check: str = "vllm_cpu_check") -> tuple[boo
     return module.verdict(json.loads((directory / module.RESULT).read_text()))
 
 
-def vllm_against_hf(directory: Path) -> tuple[bool, str]:
-    """tests/transfer/decode/vllm_check.py's cases, each passed (greedy tokens, stops, sampled
-    log-probabilities, preemption)."""
-    from tests.transfer.decode.vllm_check import RESULT, verdicts
-
-    found = verdicts(json.loads((directory / RESULT).read_text()))
-    failed = [f"{name}: {detail}" for name, (ok, detail) in found.items() if not ok]
-    return not failed, "; ".join(failed) or f"{len(found)} cases passed"
-
-
-def speculative_vllm(directory: Path) -> tuple[bool, str]:
-    """tests/transfer/decode/vllm_spec_check.py: greedy = HF RAST, T = 1 tokens and log-probs
-    RAST's, and the negative control (vLLM's own CPU expand) fails."""
-    from tests.transfer.decode.vllm_spec_check import RESULT, verdicts
-
-    found = verdicts(json.loads((directory / RESULT).read_text()))
+def decode_check(directory: Path, check: str) -> tuple[bool, str]:
+    """Every verdict of tests/transfer/decode/<check>.py passed: vllm_check (vLLM RAST = HF RAST:
+    greedy tokens, stops, sampled log-probabilities, preemption), vllm_spec_check (speculation:
+    greedy = HF, T = 1 tokens and log-probs RAST's, vLLM's own CPU expand fails), vllm_tp_check
+    (tensor parallelism 2: greedy = HF at three lambdas, sampled log-probs RAST's)."""
+    module = importlib.import_module(f"tests.transfer.decode.{check}")
+    found = module.verdicts(json.loads((directory / module.RESULT).read_text()))
     failed = [f"{name}: {detail}" for name, (ok, detail) in found.items() if not ok]
     return not failed, "; ".join(failed) or "; ".join(detail for _, detail in found.values())
 
@@ -313,10 +304,12 @@ def all_checks(out: Path, logs: dict[str, Path], cache: Path, max_new_tokens: in
         ("transfer 32B: results, stops", transfer_outputs, (transfer_32b, max_new_tokens)),
         ("transfer 32B: decoded by vLLM (the recipe's engine)", engine_recorded,
          (transfer_32b, "vllm")),
-        ("vLLM RAST = HF engine RAST (greedy, stops, log-probs, preemption)", vllm_against_hf,
-         (out / "vllm-check",)),
+        ("vLLM RAST = HF engine RAST (greedy, stops, log-probs, preemption)", decode_check,
+         (out / "vllm-check", "vllm_check")),
         ("speculative vLLM RAST: greedy = HF, T = 1 exact, unmended CPU sampler fails",
-         speculative_vllm, (out / "vllm-spec-check",)),
+         decode_check, (out / "vllm-spec-check", "vllm_spec_check")),
+        ("vLLM RAST at tensor parallelism 2: greedy = HF, log-probs RAST's", decode_check,
+         (out / "vllm-tp-check", "vllm_tp_check")),
         ("transfer 32B engine hf: results, stops", transfer_outputs,
          (out / "transfer-32B-hf", max_new_tokens)),
         ("transfer 32B speculative: stops, plain run's L samples", speculative_transfer,

@@ -107,6 +107,8 @@ def commands() -> list[tuple[str, list[str]]]:
         ("speculative vLLM RAST: tests/transfer/decode/vllm_spec_check.py",
          [sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
           str(OUT / "vllm-spec-check")]),
+        ("vLLM RAST at TP 2: tests/transfer/decode/vllm_tp_check.py",
+         [sys.executable, "-m", "tests.transfer.decode.vllm_tp_check", str(OUT / "vllm-tp-check")]),
         ("make transfer TARGET=32B, engine hf",
          make("transfer", "TARGET=32B", f"ARGS={TRANSFER_SIZES} --benchmarks math500 "
               f"--engine hf --output_dir {OUT}/transfer-32B-hf")),
@@ -171,6 +173,7 @@ def main() -> None:
     (OUT / "vllm-check").mkdir()
     (OUT / "vllm-server-check").mkdir()
     (OUT / "vllm-spec-check").mkdir()
+    (OUT / "vllm-tp-check").mkdir()
     outcomes = []
 
     start = time.monotonic()

@@ -3,10 +3,12 @@
 The engine itself runs in tests/transfer/decode/vllm_check.py, in a subprocess (vLLM changes a
 process's torch threads): greedy tokens identical to the HF engine for lambda 0/1/2, n = 2, two
 pairs, a LoRA pair, chunked prefill, prefix caching, forced preemption; sampled log-probabilities
-against a recompute; stop ids and strings. It takes minutes on 2 cores: `slow` here, and `make
-rehearse` runs it too.
+against a recompute; stop ids and strings; and so do vllm_spec_check.py (speculation) and
+vllm_tp_check.py (tensor parallelism 2). They take minutes on 2 cores: `slow` here, and `make
+rehearse` runs them too.
 """
 
+import importlib
 import json
 import subprocess
 import sys
@@ -16,7 +18,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.transfer.decode.vllm_check import RESULT, verdicts
 from train.errors import UserError
 from transfer.decode import vllm_engine
 from transfer.decode.decoder import LoadOptions, SamplingParams
@@ -25,26 +26,18 @@ from transfer.deltas import Delta, resolve_delta
 from transfer.eval.evaluate import TransferConfig
 
 
-@pytest.mark.slow  # ~4 engine starts: 3-10 minutes on 2 cores
-def test_vllm_rast_decodes_the_hf_engines_tokens(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "tests.transfer.decode.vllm_check", str(tmp_path)],
-                         check=False, capture_output=True, text=True, timeout=1800)
+@pytest.mark.slow  # each starts 1-4 engines: 2-10 minutes on 2 cores
+@pytest.mark.parametrize("check", ["vllm_check", "vllm_spec_check", "vllm_tp_check"])
+def test_vllm_rast_is_the_hf_engines_rast(check, tmp_path):
+    """vllm_check: greedy tokens, stops, log-probs, preemption; vllm_spec_check: speculation;
+    vllm_tp_check: tensor parallelism 2 (each against the HF engine)."""
+    module = importlib.import_module(f"tests.transfer.decode.{check}")
+    run = subprocess.run([sys.executable, "-m", module.__name__, str(tmp_path)], check=False,
+                         capture_output=True, text=True, timeout=1800)
     assert run.returncode == 0, run.stderr[-3000:]
     failed = {name: detail for name, (ok, detail) in
-              verdicts(json.loads((tmp_path / RESULT).read_text())).items() if not ok}
-    assert not failed
-
-
-@pytest.mark.slow  # 2 engine starts + an HF recompute of ~2,000 sampled tokens: ~5-10 minutes
-def test_speculative_vllm_rast_is_rast(tmp_path):
-    from tests.transfer.decode import vllm_spec_check
-
-    run = subprocess.run([sys.executable, "-m", "tests.transfer.decode.vllm_spec_check",
-                          str(tmp_path)], check=False, capture_output=True, text=True,
-                         timeout=1800)
-    assert run.returncode == 0, run.stderr[-3000:]
-    failed = {name: detail for name, (ok, detail) in vllm_spec_check.verdicts(
-        json.loads((tmp_path / vllm_spec_check.RESULT).read_text())).items() if not ok}
+              module.verdicts(json.loads((tmp_path / module.RESULT).read_text())).items()
+              if not ok}
     assert not failed
 
 

@@ -36,34 +36,41 @@ ENGINE_ARGS = {"block_size": 32, "num_gpu_blocks_override": 8, "max_num_batched_
                "enable_chunked_prefill": True, "max_num_seqs": 8, "disable_log_stats": False}
 
 
-def build_models(root: Path) -> dict[str, str]:
-    from peft import LoraConfig, get_peft_model
+def save_model(root: Path, name: str, size: str, seed: int, hidden: int, heads: int,
+               kv_heads: int = 1, perturb_from=None):
+    """A random Qwen2 model with `size`'s hub-shaped rows (tests.rehearsal.standins) at a small
+    width, the real Qwen2.5 tokenizer beside it; `perturb_from`: that model's weights moved by
+    0.3 of their spread (an "RL" model of that base)."""
     from transformers import Qwen2ForCausalLM
 
     from tests.rehearsal.standins import shrunk_architecture
     from train.models import qwen2_config
     from train.qwen_tokenizer import ENDOFTEXT_ID, qwen_tokenizer_dir, write_tokenizer
 
-    def save(name, size, seed, hidden, heads, perturb_from=None):
-        torch.manual_seed(seed)
-        architecture = replace(shrunk_architecture(size), hidden=hidden, heads=heads,
-                               kv_heads=1, ffn=2 * hidden)
-        model = Qwen2ForCausalLM(qwen2_config(architecture, bos_token_id=ENDOFTEXT_ID,
-                                              eos_token_id=ENDOFTEXT_ID))
-        if perturb_from is not None:
-            model.load_state_dict(perturb_from.state_dict())
-            with torch.no_grad():
-                for param in model.parameters():
-                    param.add_(0.3 * param.std() * torch.randn_like(param))
-        model.save_pretrained(root / name)
-        write_tokenizer(root / name, qwen_tokenizer_dir() / "tokenizer.json")
-        return model
+    torch.manual_seed(seed)
+    architecture = replace(shrunk_architecture(size), hidden=hidden, heads=heads,
+                           kv_heads=kv_heads, ffn=2 * hidden)
+    model = Qwen2ForCausalLM(qwen2_config(architecture, bos_token_id=ENDOFTEXT_ID,
+                                          eos_token_id=ENDOFTEXT_ID))
+    if perturb_from is not None:
+        model.load_state_dict(perturb_from.state_dict())
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.3 * param.std() * torch.randn_like(param))
+    model.save_pretrained(root / name)
+    write_tokenizer(root / name, qwen_tokenizer_dir() / "tokenizer.json")
+    return model
 
-    save("L", "32B", 0, hidden=128, heads=1)
-    small = save("S", "0.5B", 1, hidden=128, heads=2)
-    save("S_RL", "0.5B", 2, hidden=128, heads=2, perturb_from=small)
-    small2 = save("S2", "1.5B", 3, hidden=64, heads=1)
-    save("S2_RL", "1.5B", 4, hidden=64, heads=1, perturb_from=small2)
+
+def build_models(root: Path) -> dict[str, str]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2ForCausalLM
+
+    save_model(root, "L", "32B", 0, hidden=128, heads=1)
+    small = save_model(root, "S", "0.5B", 1, hidden=128, heads=2)
+    save_model(root, "S_RL", "0.5B", 2, hidden=128, heads=2, perturb_from=small)
+    small2 = save_model(root, "S2", "1.5B", 3, hidden=64, heads=1)
+    save_model(root, "S2_RL", "1.5B", 4, hidden=64, heads=1, perturb_from=small2)
     torch.manual_seed(5)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
                       init_lora_weights=False)
