@@ -249,6 +249,9 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
     on_cpu = cpu_platform()
     if on_cpu:
         check_cpu_head_dims(configs)
+        if options.distributed_executor_backend == "ray":  # else vLLM refuses minutes later
+            raise UserError("vLLM's CPU build has no Ray executor (its CPU platform names no "
+                            "Ray device): drop distributed_executor_backend, or run on GPUs")
     contexts = [getattr(config, "max_position_embeddings", None) for config in configs.values()]
     context = min(filter(None, (*contexts, options.max_model_len)), default=None)
     if context is None:

@@ -79,6 +79,15 @@ def test_heads_vllms_cpu_attention_cannot_take_are_refused_in_one_line(tiny_mode
     assert "\n" not in str(err.value)
 
 
+def test_ray_on_cpu_is_refused_in_one_line(tiny_models, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "check_cpu_head_dims", lambda configs: None)
+    with pytest.raises(UserError, match="CPU build has no Ray executor") as err:
+        engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm",
+                                                          distributed_executor_backend="ray"))
+    assert "\n" not in str(err.value)
+
+
 def test_alone_the_target_is_the_composite_without_members(tiny_models, monkeypatch):
     monkeypatch.setattr(vllm_engine, "cpu_platform", lambda: False)
     plan = engine_plan(tiny_models["large"], (), LoadOptions(engine="vllm"))
