@@ -8,7 +8,8 @@ workload in the first --paper_repeats of them), generated tokens/s of
                        transfer.decode.vllm_engine without RAST): what one runs without RAST
   vLLM, RAST           transfer.decode.vllm_engine's composite model (L + the pair in one model)
 on two workloads:
-  (1) fixed batches (1, 16, 64 prompts): every row decodes exactly --new_tokens tokens;
+  (1) fixed batches (1, 16, 64 prompts): every row decodes exactly --new_tokens tokens (a batch
+      under 4 rows longer: 4 x --new_tokens tokens in all);
   (2) one shaped like the paper's evaluation: --prompts prompts x --samples samples whose
       completion lengths are drawn from a lognormal capped at --max_new_tokens (a few reach the
       cap, most stop early), under ONE KV memory budget: --kv_rows rows of RAST's worst case
@@ -263,12 +264,15 @@ class Budget:
         """vLLM's KV blocks in the same bytes (+1: vLLM keeps block 0 as its null block)."""
         return self.bytes // (self.block_size * self.kv_bytes[kind]) + 1
 
-    def check_fits(self, batch: int, tokens: int) -> None:
-        """The fixed batches run on the same engines: `batch` rows of `tokens` must fit."""
-        need = batch * math.ceil(tokens / self.block_size)
-        if need >= self.vllm_blocks("RAST"):
-            raise SystemExit(f"the fixed batches need {need} KV blocks, the budget gives "
-                             f"{self.vllm_blocks('RAST') - 1}: raise --kv_rows or lower --batches")
+    def check_fits(self, args) -> None:
+        """The fixed batches run on the same engines: each must fit."""
+        for batch in args.batches:
+            tokens = args.fixed_prompt_tokens + fixed_row_tokens(batch, args.new_tokens)
+            need = batch * math.ceil(tokens / self.block_size)
+            if need >= self.vllm_blocks("RAST"):
+                raise SystemExit(f"the fixed batch of {batch} needs {need} KV blocks, the budget "
+                                 f"gives {self.vllm_blocks('RAST') - 1}: raise --kv_rows or "
+                                 "lower --batches")
 
 
 def add_workload_args(parser: argparse.ArgumentParser, new_tokens: int, fixed_prompt: int,
@@ -297,15 +301,22 @@ def add_workload_args(parser: argparse.ArgumentParser, new_tokens: int, fixed_pr
 
 def workloads(args) -> list[Workload]:
     """The fixed batches, then the paper-shaped workload (its lengths drawn once, seed 1)."""
-    fixed = [Workload(f"batch {batch} x {args.new_tokens} tokens", 1,
-                      [args.new_tokens] * batch, (args.fixed_prompt_tokens,) * 2)
-             for batch in args.batches]
+    fixed = [Workload(f"batch {batch} x {tokens} tokens", 1, [tokens] * batch,
+                      (args.fixed_prompt_tokens,) * 2)
+             for batch, tokens in ((batch, fixed_row_tokens(batch, args.new_tokens))
+                                   for batch in args.batches)]
     lengths = long_tailed_lengths(args.prompts * args.samples, args.median_tokens, args.sigma,
                                   args.max_new_tokens, seed=1)
     paper = Workload(f"paper-shaped: {args.prompts} prompts x {args.samples}", args.samples,
                      lengths, (args.prompt_tokens // 4, args.prompt_tokens), budgeted=True,
                      rounds=args.paper_repeats)
     return [*fixed, paper]
+
+
+def fixed_row_tokens(batch: int, new_tokens: int) -> int:
+    """Tokens per row of a fixed batch: `new_tokens`, and at least 4 x `new_tokens` in all (batch
+    1 decodes 4 x as long: 48 tokens on CPU are a 0.4 s window, which load elsewhere swamps)."""
+    return max(new_tokens, 4 * new_tokens // batch)
 
 
 def hf_runner(engine, kind: str, budget: Budget, stop_id: int):
@@ -346,7 +357,7 @@ def shape_of(paper: Workload, budget: Budget, args) -> dict:
     return {"sequences": paper.sequences, "generated_tokens": paper.tokens,
             "mean_length": paper.tokens / paper.sequences, "max_length": max(paper.lengths),
             "at_cap": sum(length == args.max_new_tokens for length in paper.lengths),
-            "kv_budget_bytes": budget.bytes,
+            "kv_budget_bytes": budget.bytes, "kv_bytes_per_token": budget.kv_bytes,
             "hf_rows": {kind: budget.hf_rows(kind) for kind in budget.kv_bytes},
             "vllm_blocks": {kind: budget.vllm_blocks(kind) - 1 for kind in budget.kv_bytes},
             "vllm_sequences_at_mean_length": {
@@ -359,6 +370,9 @@ def main(argv: list[str] | None = None) -> dict:
     add_workload_args(parser, new_tokens=48, fixed_prompt=16, prompts=16, samples=4,
                       prompt_tokens=64, median=32, sigma=1.2, cap=448, kv_rows=8,
                       paper_repeats=1)
+    parser.add_argument("--eager", action="store_true",
+                        help="vLLM without torch.compile (make transfer's CPU default: no minute "
+                             "of compiling per start); default: compiled, vLLM's own default")
     parser.add_argument("--output", default="outputs/bench_engines.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # vLLM's CPU worker binds its model to one core (see docstring)
@@ -380,15 +394,17 @@ def compare(args, paths: dict[str, str]) -> dict:
     plan = workloads(args)
     budget = Budget.of_rows(args.kv_rows, args.prompt_tokens + args.max_new_tokens, LARGE,
                             SMALL, dtype_bytes=4)
-    budget.check_fits(max(args.batches), args.fixed_prompt_tokens + args.new_tokens)
+    budget.check_fits(args)
     delta = resolve_delta(paths["S_RL"], paths["S"], lam=1.0)
     hf = LoadOptions(engine="hf", dtype="float32")
     context = args.prompt_tokens + args.max_new_tokens
     alone, rast = open_decoder(paths["L"], (), hf), open_decoder(paths["L"], (delta,), hf)
     stop_id = alone.default_stop_ids[0]
-    vllm_alone = plain_vllm(paths["L"], vllm_options(budget.vllm_blocks("L alone"), context))
-    vllm_rast = VllmDecoder.load(paths["L"], (delta,),
-                                 vllm_options(budget.vllm_blocks("RAST"), context)).engine.llm
+    eager = bool(args.eager)  # the same for both vLLM systems
+    vllm_alone = plain_vllm(paths["L"], vllm_options(budget.vllm_blocks("L alone"), context,
+                                                     enforce_eager=eager))
+    vllm_rast = VllmDecoder.load(paths["L"], (delta,), vllm_options(
+        budget.vllm_blocks("RAST"), context, enforce_eager=eager)).engine.llm
     systems = dict(zip(SYSTEMS, (hf_runner(alone, "L alone", budget, stop_id),
                                  hf_runner(rast, "RAST", budget, stop_id),
                                  lambda workload: run_vllm(vllm_alone, workload),
@@ -401,7 +417,8 @@ def compare(args, paths: dict[str, str]) -> dict:
                            "torch_threads": torch.get_num_threads()},
               "paper_workload": shape_of(plan[-1].fresh(0, SMALL.embedding_rows), budget, args),
               "results": best}
-    print(f"\nHF engine vs vLLM on CPU, float32, one thread for each engine's model, temperature "
+    print(f"\nHF engine vs vLLM ({'eager' if eager else 'torch.compile'}) on CPU, float32, one "
+          f"thread for each engine's model, temperature "
           f"1, top-p {TOP_P}, a seed per sample, best of {args.repeats} interleaved rounds (the "
           f"paper-shaped workload: {args.paper_repeats}); generated tokens/s, prefill included")
     print(table(best, plan))
@@ -425,7 +442,7 @@ def table(best: dict, plan: list[Workload]) -> str:
 
 
 def describe_paper(shape: dict, results: dict, args, block_size: int) -> str:
-    hf_rows, blocks = shape["hf_rows"], shape["vllm_blocks"]
+    hf_rows, blocks, kv = shape["hf_rows"], shape["vllm_blocks"], shape["kv_bytes_per_token"]
     at_mean = shape["vllm_sequences_at_mean_length"]
     preempted = ", ".join(f"{name} {results[name].get('preemptions')}" for name in SYSTEMS[2:]
                           if name in results)
@@ -437,7 +454,9 @@ def describe_paper(shape: dict, results: dict, args, block_size: int) -> str:
             f"The HF engine's batch: {hf_rows['RAST']} rows (RAST), {hf_rows['L alone']} (L "
             f"alone); vLLM: {blocks['RAST']} / {blocks['L alone']} blocks of {block_size} "
             f"tokens, about {at_mean['RAST']:.0f} / {at_mean['L alone']:.0f} sequences at the "
-            f"mean length; vLLM preemptions: {preempted}")
+            f"mean length (RAST's KV per token is {kv['RAST'] / kv['L alone']:.2f}x L's: where a "
+            f"step costs the same at any batch, that alone caps vLLM RAST / vLLM L alone at "
+            f"{kv['L alone'] / kv['RAST']:.2f} here); vLLM preemptions: {preempted}")
 
 
 if __name__ == "__main__":

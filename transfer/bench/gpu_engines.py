@@ -144,7 +144,7 @@ def run_system(args) -> dict:
     block_size = 32 if args.smoke else 16  # vLLM's CPU attention takes multiples of 32
     budget = Budget.of_rows(args.kv_rows, args.prompt_tokens + args.max_new_tokens, large, small,
                             dtype_bytes, block_size)
-    budget.check_fits(max(args.batches), args.fixed_prompt_tokens + args.new_tokens)
+    budget.check_fits(args)
     engine, kind = ("hf" if args.system.startswith("HF") else "vllm",
                     "RAST" if args.system.endswith("RAST") else "L alone")
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

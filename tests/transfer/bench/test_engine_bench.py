@@ -3,6 +3,7 @@ system must decode exactly the drawn number of tokens per sample, and the KV bud
 each engine as the benchmark says."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,9 +62,15 @@ def test_the_budget_sizes_the_hf_batch_for_the_worst_case_and_vllm_by_blocks():
     assert budget.bytes == 8 * 512 * (large + pair)
     assert (budget.hf_rows("RAST"), budget.hf_rows("L alone")) == (8, 10)
     assert budget.vllm_blocks("RAST") == 8 * 512 // 32 + 1
-    budget.check_fits(64, 64)  # 64 rows x 2 blocks = 128 of 128
-    with pytest.raises(SystemExit, match="the fixed batches need 192 KV blocks"):
-        budget.check_fits(64, 96)
+    fixed = SimpleNamespace(batches=[1, 64], fixed_prompt_tokens=16, new_tokens=48)
+    budget.check_fits(fixed)  # 64 rows x 2 blocks = 128 of 128; 1 row of 16 + 192 tokens
+    with pytest.raises(SystemExit, match="the fixed batch of 64 needs 192 KV blocks"):
+        budget.check_fits(SimpleNamespace(**{**vars(fixed), "new_tokens": 80}))
+
+
+def test_a_batch_under_4_rows_decodes_4_x_new_tokens_in_all():
+    assert [engines.fixed_row_tokens(batch, 48) for batch in (1, 2, 4, 16, 64)] == [
+        192, 96, 48, 48, 48]
 
 
 def test_the_cpu_stand_ins_mirror_the_32B_pair_share_of_work():
