@@ -6,7 +6,7 @@ its own (one engine holds the GPU at a time): the HF engine (transfer.decode.eng
 graphs) on L alone and on RAST, plain vLLM on L, and vLLM RAST (transfer.decode.vllm_engine's
 composite model), both vLLM ones with vLLM's defaults for a GPU (torch.compile and CUDA graphs:
 enforce_eager False). The workloads are transfer.bench.engines': fixed batches 1, 16 and 64 of
---new_tokens tokens each, and a paper-shaped one (prompts x samples, lognormal lengths capped at
+--new_tokens tokens each (batch 1: 4 x as many), and a paper-shaped one (prompts x samples, lognormal lengths capped at
 --max_new_tokens) under one KV budget of --kv_rows worst-case RAST rows, in which the HF engine
 decodes batches sized for the worst case and vLLM pages and refills. Every system produces the
 same tokens per sample (see that module). It prints tokens/s and the goals of issue 23: vLLM
