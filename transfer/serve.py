@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--tensor_parallel_size", "--tensor-parallel-size", type=int, default=1,
                         help="GPUs every model is split over")
     parser.add_argument("--gpu_memory_utilization", "--gpu-memory-utilization", type=float,
-                        help="share of each GPU (of host RAM on CPU): default 0.9 (on CPU: a 1 GiB KV cache)")
+                        help="share of each GPU (of host RAM on CPU): default 0.9 (on CPU: a "
+                             "1 GiB KV cache)")
     parser.add_argument("--max_model_len", "--max-model-len", type=int,
                         help="positions per sequence, prompt and completion (default: the "
                              "models' shortest context)")

@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoModelForCausalLM
 
-RESULT = "vllm_server_check.json"
 from tests.train.vllm_cpu_check import PROMPT, reference_logprobs
 
+RESULT = "vllm_server_check.json"
 SERVER_SIZES = "--max_model_len 256 --gpu_memory_utilization 0.05 --enforce_eager true"
 
 

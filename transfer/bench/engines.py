@@ -301,10 +301,11 @@ def add_workload_args(parser: argparse.ArgumentParser, new_tokens: int, fixed_pr
 
 def workloads(args) -> list[Workload]:
     """The fixed batches, then the paper-shaped workload (its lengths drawn once, seed 1)."""
-    fixed = [Workload(f"batch {batch} x {tokens} tokens", 1, [tokens] * batch,
-                      (args.fixed_prompt_tokens,) * 2)
-             for batch, tokens in ((batch, fixed_row_tokens(batch, args.new_tokens))
-                                   for batch in args.batches)]
+    fixed = []
+    for batch in args.batches:
+        tokens = fixed_row_tokens(batch, args.new_tokens)
+        fixed.append(Workload(f"batch {batch} x {tokens} tokens", 1, [tokens] * batch,
+                              (args.fixed_prompt_tokens,) * 2))
     lengths = long_tailed_lengths(args.prompts * args.samples, args.median_tokens, args.sigma,
                                   args.max_new_tokens, seed=1)
     paper = Workload(f"paper-shaped: {args.prompts} prompts x {args.samples}", args.samples,
@@ -400,7 +401,7 @@ def compare(args, paths: dict[str, str]) -> dict:
     context = args.prompt_tokens + args.max_new_tokens
     alone, rast = open_decoder(paths["L"], (), hf), open_decoder(paths["L"], (delta,), hf)
     stop_id = alone.default_stop_ids[0]
-    eager = bool(args.eager)  # the same for both vLLM systems
+    eager = args.eager  # the same for both vLLM systems
     vllm_alone = plain_vllm(paths["L"], vllm_options(budget.vllm_blocks("L alone"), context,
                                                      enforce_eager=eager))
     vllm_rast = VllmDecoder.load(paths["L"], (delta,), vllm_options(

@@ -1,17 +1,17 @@
 """vLLM RAST against vLLM on L alone and against the HF engine, on one GPU (`make gpu-bench`).
 
-For each pair (7B + 0.5B and 32B + 1.5B by default), at the real Qwen2.5 configs with random
-bf16 weights (decode speed does not depend on the values), four systems, each in a process of
-its own (one engine holds the GPU at a time): the HF engine (transfer.decode.engine, CUDA
-graphs) on L alone and on RAST, plain vLLM on L, and vLLM RAST (transfer.decode.vllm_engine's
-composite model), both vLLM ones with vLLM's defaults for a GPU (torch.compile and CUDA graphs:
-enforce_eager False). The workloads are transfer.bench.engines': fixed batches 1, 16 and 64 of
---new_tokens tokens each (batch 1: 4 x as many), and a paper-shaped one (prompts x samples, lognormal lengths capped at
+For each pair (7B + 0.5B and 32B + 1.5B by default), at the real Qwen2.5 configs with random bf16
+weights (decode speed does not depend on the values), four systems, each in a process of its own
+(one engine holds the GPU at a time): the HF engine (transfer.decode.engine, CUDA graphs) on L
+alone and on RAST, plain vLLM on L, and vLLM RAST (transfer.decode.vllm_engine's composite model),
+both vLLM ones with vLLM's defaults for a GPU (torch.compile and CUDA graphs: enforce_eager False).
+The workloads are transfer.bench.engines': fixed batches 1, 16 and 64 of --new_tokens tokens each
+(batch 1: 4 x as many), and a paper-shaped one (prompts x samples, lognormal lengths capped at
 --max_new_tokens) under one KV budget of --kv_rows worst-case RAST rows, in which the HF engine
-decodes batches sized for the worst case and vLLM pages and refills. Every system produces the
-same tokens per sample (see that module). It prints tokens/s and the goals of issue 23: vLLM
-RAST >= 0.85x vLLM L alone at batch 64 (weight-bytes bound: 0.885 for 7B + 0.5B, 0.914 for
-32B + 1.5B) and >= 2x the HF engine on the paper-shaped workload.
+decodes batches sized for the worst case and vLLM pages and refills. Every system produces the same
+tokens per sample (see that module). It prints tokens/s and the goals of issue 23: vLLM RAST >=
+0.85x vLLM L alone at batch 64 (weight-bytes bound: 0.885 for 7B + 0.5B, 0.914 for 32B + 1.5B) and
+>= 2x the HF engine on the paper-shaped workload.
 
 vLLM starts from a directory per model holding config.json and the Qwen2.5 tokenizer only:
 `load_format="dummy"` fills its weights with random values on the GPU. A vLLM system whose

@@ -107,8 +107,9 @@ class LoadOptions:
     speculative: bool = False
     draft_tokens: int | None = None
     # vLLM: GPUs one model is split over, the share of GPU memory (of host RAM on CPU) it takes
-    # (default 0.9; on CPU a 1 GiB KV cache instead), positions per sequence (default: the models' context), CUDA
-    # graphs off (default: off on GPU, on on CPU), and its executor beyond one node ("ray").
+    # (default 0.9; on CPU a 1 GiB KV cache instead), positions per sequence (default: the
+    # models' context), CUDA graphs off (default: off on GPU, on on CPU), and its executor beyond
+    # one node ("ray").
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
     max_model_len: int | None = None

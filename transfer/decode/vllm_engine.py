@@ -271,11 +271,11 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
               "gpu_memory_utilization": options.gpu_memory_utilization or 0.9,
               "enforce_eager": on_cpu if options.enforce_eager is None else options.enforce_eager,
               "worker_extension_cls": WORKER_EXTENSION}
-    if on_cpu and not (options.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
-        kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     if on_cpu:  # vLLM 0.32's CPU runner fails a seeded sample of a partly prefilled prompt
         # ("CPU Generator does not use offset"): whole prompts only, one step's budget each
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
+        if not (options.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     if options.speculative:
         draft = members[pairs[0][1]] if pairs else None  # the first pair's S_RL
         kwargs["speculative_config"] = speculative_config(target, draft, len(tokenizer), options,

@@ -94,7 +94,8 @@ def test_alone_the_target_is_the_composite_without_members(tiny_models, monkeypa
     spec = plan.kwargs["hf_overrides"]["rast"]
     assert spec["members"] == [] and spec["pairs"] == [] and spec["lams"] == []
     assert not plan.kwargs["enforce_eager"] and "enable_chunked_prefill" not in plan.kwargs
-    assert plan.kwargs["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in plan.kwargs
+    assert plan.kwargs["gpu_memory_utilization"] == 0.9
+    assert "kv_cache_memory_bytes" not in plan.kwargs
     assert plan.kwargs["dtype"] == "bfloat16" and plan.context == 256
 
 
