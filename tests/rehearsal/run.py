@@ -35,11 +35,10 @@ MAX_NEW_TOKENS = 24  # the stand-ins stop ~8% of the time per token: some end ea
 # A few GRPO steps at a small batch: 2 optimizer steps of 4 completions (2 prompts x 2). The one
 # flag that is not a size: --use_cpu, without which transformers refuses the recipes' bf16 on a
 # machine without a GPU (with it, bf16 autocast runs on CPU as it would on GPUs).
-# The recipes generate with vLLM colocate; on CPU vllm_gpu_memory_utilization is the share of host
-# RAM the whole training process may hold (0.1: 2.4 GB here).
+# The recipes generate with vLLM colocate; on CPU it gets a 1 GiB KV cache (train/vllm_cpu.py).
 GRPO_SIZES = ("--max_steps 2 --per_device_train_batch_size 4 --gradient_accumulation_steps 1 "
               f"--steps_per_generation 1 --num_generations 2 --max_completion_length {MAX_NEW_TOKENS} "
-              "--dataset_limit 32 --save_steps 2 --use_cpu true --vllm_gpu_memory_utilization 0.1")
+              "--dataset_limit 32 --save_steps 2 --use_cpu true")
 # Does vLLM generate with the policy after each optimizer step? At the recipes' lr (5e-7) the
 # policy barely moves, so that would pass without any sync: these two runs (0.5B recipe) train at
 # lr 1e-3 for 3 steps, once as written and once with the sync into vLLM switched off (the control,

@@ -84,6 +84,20 @@ def test_sleep_mode_is_refused_on_cpu(monkeypatch):
         vllm_cpu.prepare(colocate_args(vllm_enable_sleep_mode=True))
 
 
+def test_the_colocated_engine_is_eager_with_a_kv_cache_of_its_own_size(monkeypatch):
+    """Not vllm_gpu_memory_utilization, which vLLM's CPU worker turns into a share of host RAM
+    minus the whole training process's RSS (negative on a machine a little fuller)."""
+    monkeypatch.setattr(vllm_cpu, "on_cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_cpu, "check_versions", lambda: None)
+    monkeypatch.setattr(vllm_generation.VLLMGeneration, "sync_weights", lambda self: None)
+    monkeypatch.setattr(vllm_client.VLLMClient, "init_communicator", lambda self: None)
+    monkeypatch.setattr(vllm_generation, "LLM", lambda **kwargs: kwargs)
+    assert vllm_cpu.prepare(colocate_args()) is True
+    engine = vllm_generation.LLM(model="m", gpu_memory_utilization=0.3)  # as TRL calls it
+    assert engine == {"model": "m", "gpu_memory_utilization": 0.3, "enforce_eager": True,
+                      "kv_cache_memory_bytes": 1 << 30}
+
+
 @pytest.mark.parametrize("port, launched, kept", [("29500", False, False), (None, False, False),
                                                    ("29611", False, True), ("29500", True, True)])
 def test_one_process_gets_a_free_master_port(monkeypatch, port, launched, kept):

@@ -61,13 +61,14 @@ def main(directory: str) -> None:
     model.save_pretrained(directory)
     args = SimpleNamespace(use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=False)
     result = {"patched": vllm_cpu.prepare(args)}
-    # the arguments of TRL 1.16's colocate LLM(...) that matter here; enforce_eager is prepare's
+    # the arguments of TRL 1.16's colocate LLM(...) that matter here; enforce_eager and the KV
+    # cache's size are prepare's
     llm = vllm_generation.LLM(model=directory, skip_tokenizer_init=True, dtype="float32",
-                              gpu_memory_utilization=0.05, kv_cache_memory_bytes=64 << 20,
-                              max_model_len=64, max_num_seqs=4, seed=0,
+                              gpu_memory_utilization=0.05, max_model_len=64, max_num_seqs=4, seed=0,
                               distributed_executor_backend="external_launcher",
                               logprobs_mode="processed_logprobs")
     result["enforce_eager"] = llm.llm_engine.vllm_config.model_config.enforce_eager
+    result["kv_cache_bytes"] = llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
 
     def gap() -> float:
         return (vllm_logprobs(llm) - reference_logprobs(model)).abs().max().item()
@@ -96,7 +97,10 @@ def main(directory: str) -> None:
 
 def verdict(result: dict) -> tuple[bool, str]:
     """Each piece of train.vllm_cpu did its job: (ok, what was measured)."""
+    from train.vllm_cpu import CPU_KV_CACHE_BYTES
+
     ok = (result["patched"] and result["enforce_eager"]
+          and result["kv_cache_bytes"] == CPU_KV_CACHE_BYTES
           and result["gap_loaded"] < 1e-4
           and result["gap_stale"] > 0.05  # the weights did change
           and "weight_loader" in (result["trl_sync_error"] or "")  # TRL's own sync fails
@@ -104,7 +108,7 @@ def verdict(result: dict) -> tuple[bool, str]:
           and result["gap_synced"] < 1e-4)
     return ok, (f"TRL's sync: {result['trl_sync_error']}; max |logprob gap| after reload alone "
                 f"{result['gap_reload_only']:.3g}, after reload + re-pack {result['gap_synced']:.3g}; "
-                f"enforce_eager {result['enforce_eager']}")
+                f"enforce_eager {result['enforce_eager']}; KV cache {result['kv_cache_bytes']} bytes")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from transformers import AutoConfig, GenerationConfig
 
 from train.errors import UserError
 from train.models import Architecture, architecture_of, resolve_model, stop_token_ids
+from train.vllm_cpu import CPU_KV_CACHE_BYTES
 from transfer.decode.decoder import (
     Completion,
     LoadOptions,
@@ -53,11 +54,6 @@ from transfer.deltas import Delta, check_lam
 logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "transfer.decode.vllm_model.RastWorkerExtension"
-# KV cache on CPU unless a share of host RAM or VLLM_CPU_KVCACHE_SPACE is given: vLLM's CPU worker
-# sizes it as that share minus the process's whole RSS (torch, Python, every member's weights),
-# which a machine a few MB fuller turns negative (CI: -0.01 of 1.88 GiB for the 32B combined
-# stand-ins that fit here). A full 18432-position sequence of those stand-ins takes 92 MB.
-CPU_KV_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -275,7 +271,7 @@ def engine_plan(target: str, deltas: tuple[Delta, ...], options: LoadOptions) ->
         # ("CPU Generator does not use offset"): whole prompts only, one step's budget each
         kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(context, 2048))
         if not (options.gpu_memory_utilization or os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
-            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES  # not a share minus RSS
     if options.speculative:
         draft = members[pairs[0][1]] if pairs else None  # the first pair's S_RL
         kwargs["speculative_config"] = speculative_config(target, draft, len(tokenizer), options,
