@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--pairs", nargs="+", default=["7B:0.5B", "32B:1.5B"], metavar="L:S")
     add_workload_args(parser, new_tokens=128, fixed_prompt=128, prompts=8, samples=8,
                       prompt_tokens=256, median=96, sigma=1.0, cap=1024, kv_rows=16,
-                      paper_repeats=2)  # the HF engine's first round captures CUDA graphs
+                      repeats=2, paper_repeats=2)  # the HF engine's first round captures CUDA graphs
     parser.add_argument("--output", default="outputs/gpu_engines.json")
     parser.add_argument("--smoke", action="store_true", help="tiny configs on CPU, the same path")
     parser.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)  # a worker's
