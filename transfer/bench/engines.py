@@ -401,11 +401,10 @@ def compare(args, paths: dict[str, str]) -> dict:
     context = args.prompt_tokens + args.max_new_tokens
     alone, rast = open_decoder(paths["L"], (), hf), open_decoder(paths["L"], (delta,), hf)
     stop_id = alone.default_stop_ids[0]
-    eager = args.eager  # the same for both vLLM systems
     vllm_alone = plain_vllm(paths["L"], vllm_options(budget.vllm_blocks("L alone"), context,
-                                                     enforce_eager=eager))
+                                                     enforce_eager=args.eager))
     vllm_rast = VllmDecoder.load(paths["L"], (delta,), vllm_options(
-        budget.vllm_blocks("RAST"), context, enforce_eager=eager)).engine.llm
+        budget.vllm_blocks("RAST"), context, enforce_eager=args.eager)).engine.llm
     systems = dict(zip(SYSTEMS, (hf_runner(alone, "L alone", budget, stop_id),
                                  hf_runner(rast, "RAST", budget, stop_id),
                                  lambda workload: run_vllm(vllm_alone, workload),
@@ -418,7 +417,7 @@ def compare(args, paths: dict[str, str]) -> dict:
                            "torch_threads": torch.get_num_threads()},
               "paper_workload": shape_of(plan[-1].fresh(0, SMALL.embedding_rows), budget, args),
               "results": best}
-    print(f"\nHF engine vs vLLM ({'eager' if eager else 'torch.compile'}) on CPU, float32, one "
+    print(f"\nHF engine vs vLLM ({'eager' if args.eager else 'torch.compile'}) on CPU, float32, one "
           f"thread for each engine's model, temperature "
           f"1, top-p {TOP_P}, a seed per sample, best of {args.repeats} interleaved rounds (the "
           f"paper-shaped workload: {args.paper_repeats}); generated tokens/s, prefill included")
